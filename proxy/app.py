@@ -1,0 +1,145 @@
+"""The WSGI application: one request from hostname to answer (SPEC §2).
+
+It asks the resolver where to go and never waits for etcd; it turns every error into a
+page in one place (`_error_page`), so a failure is an answer, never a traceback to the
+client, and the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from proxy.errors import BadRequest, ProxyError, UpstreamError, code_of
+from proxy.forward import Forwarder, response_headers, stream_body
+from proxy.pages import Page, StatusPages
+from proxy.static import PREFIX as STATIC_PREFIX
+from proxy.static import StaticFiles
+from resolvers.base import Resolver, RoutingError
+
+log = logging.getLogger(__name__)
+
+StartResponse = Callable[..., Any]
+
+# A hostname as it may appear in Host: letters, digits, '-', '.', '_' (seen in the wild),
+# or a bracketed IPv6 literal. Anything else is a bad request, not a lookup.
+_HOST_RE = re.compile(r"(?:[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?")
+
+
+def hostname_of(host_header: str | None) -> str:
+    """SPEC §2.1: Host without its port, lower-cased, one leading `www.` removed."""
+    if not host_header or len(host_header) > 255 or not _HOST_RE.fullmatch(host_header):
+        raise BadRequest(f"invalid Host header {host_header!r}")
+    if host_header.startswith("["):
+        hostname = host_header[: host_header.index("]") + 1]
+    else:
+        hostname = host_header.partition(":")[0].rstrip(".")
+    hostname = hostname.lower()
+    if hostname.startswith("www."):
+        hostname = hostname[4:]
+    return hostname
+
+
+class Gogeta:
+    """The WSGI callable. Holds no routing state of its own: the resolver does."""
+
+    def __init__(
+        self,
+        resolver: Resolver,
+        pages: StatusPages,
+        forwarder: Forwarder,
+        static: StaticFiles,
+        force_ssl: bool = False,
+        url_header: str = "",
+    ) -> None:
+        self.resolver = resolver
+        self.pages = pages
+        self.forwarder = forwarder
+        self.static = static
+        self.force_ssl = force_ssl
+        self.url_header = url_header
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        hostname = ""
+        try:
+            hostname = hostname_of(environ.get("HTTP_HOST"))
+            return self._serve(environ, start_response, hostname)
+        except RoutingError as exc:
+            return self._send(
+                start_response, self.pages.render(exc.status.value, code_of(exc.status), hostname)
+            )
+        except ProxyError as exc:
+            if isinstance(exc, UpstreamError):
+                log.warning("%s %s: upstream %s %s", hostname, exc.code, exc.upstream, exc.detail)
+            else:
+                log.info("%s %s: %s", hostname, exc.code, exc.detail)
+            return self._send(start_response, self.pages.render(exc.page, exc.code, hostname))
+        except Exception:
+            log.exception(
+                "An error occurred serving %s %s for %s",
+                environ.get("REQUEST_METHOD"),
+                environ.get("PATH_INFO"),
+                hostname or environ.get("HTTP_HOST"),
+            )
+            return self._send(start_response, self.pages.render("internal_error", 500, hostname))
+
+    def _serve(
+        self, environ: dict[str, Any], start_response: StartResponse, hostname: str
+    ) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+
+        if self.force_ssl and environ.get("HTTP_X_FORWARDED_PROTO", "") != "https":
+            query = environ.get("QUERY_STRING", "")
+            raw_path = (environ.get("RAW_URI") or path).partition("?")[0]
+            location = f"https://{hostname}{raw_path}" + (f"?{query}" if query else "")
+            start_response(
+                "301 Moved Permanently", [("Location", location), ("Content-Length", "0")]
+            )
+            return [b""]
+
+        if path.startswith(STATIC_PREFIX):
+            return self._static(environ, start_response, hostname, path)
+
+        if path == "/robots.txt":
+            text = self.resolver.robots(hostname)
+            if text is not None:
+                data = text.encode("utf-8")
+                start_response(
+                    "200 OK",
+                    [
+                        ("Content-Type", "text/plain; charset=utf-8"),
+                        ("Content-Length", str(len(data))),
+                    ],
+                )
+                return [data]
+
+        upstream = self.resolver.resolve(hostname)
+        response = self.forwarder.send(environ, upstream, self.url_header)
+        try:
+            start_response(
+                f"{response.status} {response.reason or ''}".rstrip(),
+                response_headers(response.headers),
+            )
+        except BaseException:
+            response.close()
+            response.release_conn()
+            raise
+        return stream_body(response, upstream.label)
+
+    def _static(
+        self, environ: dict[str, Any], start_response: StartResponse, hostname: str, path: str
+    ) -> Iterable[bytes]:
+        found = self.static.find(path)
+        if found is None or environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+            return self._send(start_response, self.pages.render("notfound", 404, hostname))
+        start_response("200 OK", self.static.headers_of(found))
+        if environ.get("REQUEST_METHOD") == "HEAD":
+            return [b""]
+        return self.static.blocks_of(found)
+
+    @staticmethod
+    def _send(start_response: StartResponse, page: Page) -> Iterable[bytes]:
+        start_response(page.status, page.headers)
+        return [page.body]

@@ -1,0 +1,59 @@
+"""The request path's errors: each one knows its HTTP code and the page that answers it.
+
+One tree, rooted at `ProxyError`. `proxy.app` is the one place that turns an error (or a
+resolver's `RoutingError`) into a page.
+"""
+
+from __future__ import annotations
+
+from resolvers.base import Status
+
+
+class ProxyError(Exception):
+    """An answer gogeta gives itself instead of the backend's."""
+
+    code = 500
+    page = "internal_error"
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__(detail or self.__class__.__name__)
+        self.detail = detail
+
+
+class BadRequest(ProxyError):
+    code = 400
+    page = "bad_request"
+
+
+class UpstreamError(ProxyError):
+    """The backend failed; `upstream` says which one, for the logs."""
+
+    def __init__(self, detail: str, upstream: str = "") -> None:
+        super().__init__(detail)
+        self.upstream = upstream
+
+
+class BadGateway(UpstreamError):
+    """Refused, reset, or an invalid answer from the backend."""
+
+    code = 502
+    page = "bad_gateway"
+
+
+class GatewayTimeout(UpstreamError):
+    """The backend did not connect or answer within the configured timeouts."""
+
+    code = 504
+    page = "gateway_timeout"
+
+
+# SPEC §3: status → HTTP code. Everything not listed (stopped, error) is a 500.
+STATUS_CODES: dict[Status, int] = {
+    Status.NOTFOUND: 404,
+    Status.STARTING: 503,
+    Status.PASSIVATED: 503,
+}
+
+
+def code_of(status: Status) -> int:
+    return STATUS_CODES.get(status, 500)

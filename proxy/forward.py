@@ -1,0 +1,221 @@
+"""Forwarding one request to one upstream through urllib3, streaming both ways.
+
+Reverse-proxy semantics (SPEC §2.5–§2.6): method, path, query, headers and body pass
+through, the client's Host included; hop-by-hop headers are dropped in both directions;
+X-Forwarded-* are filled in. Nothing is read whole into memory: the request body is
+handed to urllib3 as an iterator, the response body goes back as one. This module knows
+nothing about routing; it is given an `Upstream`.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import urllib3
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    HTTPError,
+    NewConnectionError,
+    ReadTimeoutError,
+)
+from urllib3.util import SKIP_HEADER
+
+from proxy.errors import BadGateway, GatewayTimeout
+from resolvers.base import Upstream
+
+log = logging.getLogger(__name__)
+
+BLOCK = 64 * 1024
+
+# RFC 9110 §7.6.1, plus the Proxy-* family (SPEC §2.5). `Expect` is answered by our own
+# server (100-continue), so the backend must not see it either.
+HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "te", "trailer", "trailers", "transfer-encoding", "upgrade"}
+)
+
+
+def _is_hop_by_hop(lower_name: str) -> bool:
+    return lower_name in HOP_BY_HOP or lower_name.startswith("proxy-")
+
+
+def _connection_tokens(value: str) -> frozenset[str]:
+    return frozenset(t.strip().lower() for t in value.split(",") if t.strip())
+
+
+_NAME_CACHE: dict[str, tuple[str, str]] = {}
+
+
+def _header_name(environ_key: str) -> tuple[str, str]:
+    """`HTTP_X_FORWARDED_FOR` → (`X-Forwarded-For`, `x-forwarded-for`), memoised."""
+    names = _NAME_CACHE.get(environ_key)
+    if names is None:
+        name = environ_key[5:].replace("_", "-").title()
+        names = (name, name.lower())
+        if len(_NAME_CACHE) < 4096:  # a client inventing names must not grow it forever
+            _NAME_CACHE[environ_key] = names
+    return names
+
+
+def host_without_port(host: str) -> str:
+    if host.startswith("["):  # [::1]:8080
+        end = host.find("]")
+        return host[: end + 1] if end > 0 else host
+    return host.partition(":")[0]
+
+
+def public_base_url(proto: str, host: str, port: str) -> str:
+    """SPEC §2.6: `{proto}://{host}/`, with `:{port}` unless it is the scheme's default."""
+    default = (proto == "https" and port == "443") or (proto == "http" and port == "80")
+    host = host_without_port(host)
+    return f"{proto}://{host}/" if default or not port else f"{proto}://{host}:{port}/"
+
+
+def request_headers(environ: dict[str, Any], url_header: str = "") -> dict[str, str]:
+    """The headers to send upstream, built in one pass over the WSGI environ."""
+    headers: dict[str, str] = {}
+    dropped = _connection_tokens(environ.get("HTTP_CONNECTION", ""))
+    url_header_lower = url_header.lower()
+    for key, value in environ.items():
+        if not key.startswith("HTTP_"):
+            continue
+        name, lower = _header_name(key)
+        if _is_hop_by_hop(lower) or lower in dropped or lower == "expect":
+            continue
+        if url_header and lower == url_header_lower:
+            continue  # replaced below, never taken from the client (SPEC §2.6)
+        headers[name] = value
+    content_type = environ.get("CONTENT_TYPE")
+    if content_type:
+        headers["Content-Type"] = content_type
+    content_length = environ.get("CONTENT_LENGTH")
+    if content_length and not _is_chunked(environ):
+        headers["Content-Length"] = content_length
+
+    remote = environ.get("REMOTE_ADDR", "")
+    forwarded_for = headers.get("X-Forwarded-For")
+    headers["X-Forwarded-For"] = f"{forwarded_for}, {remote}" if forwarded_for else remote
+    proto = headers.setdefault("X-Forwarded-Proto", environ.get("wsgi.url_scheme", "http"))
+    host = environ.get("HTTP_HOST", "")
+    headers.setdefault("X-Forwarded-Host", host)
+    port = headers.setdefault("X-Forwarded-Port", str(environ.get("SERVER_PORT", "")))
+    if url_header:
+        headers[url_header] = public_base_url(proto, host, port)
+    if "User-Agent" not in headers:
+        headers["User-Agent"] = SKIP_HEADER  # urllib3 would add its own
+    return headers
+
+
+def _is_chunked(environ: dict[str, Any]) -> bool:
+    return "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
+
+
+def request_body(environ: dict[str, Any]) -> Iterator[bytes] | None:
+    """The client's body as an iterator of blocks, or None when there is none."""
+    if not _is_chunked(environ):
+        length = environ.get("CONTENT_LENGTH")
+        if not length or length.strip() == "0":
+            return None
+    stream = environ["wsgi.input"]
+
+    def blocks() -> Iterator[bytes]:
+        while True:
+            block = stream.read(BLOCK)
+            if not block:
+                return
+            yield block
+
+    return blocks()
+
+
+def target_of(environ: dict[str, Any], upstream: Upstream) -> str:
+    """The request target to send upstream: the raw path, joined to the upstream's own."""
+    raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+    if raw and raw.startswith("/"):
+        path, _, query = raw.partition("?")
+    else:
+        from urllib.parse import quote
+
+        path = quote(environ.get("PATH_INFO", "/") or "/", safe="/;=,:@!$&'()*+~")
+        query = environ.get("QUERY_STRING", "")
+    if upstream.path:
+        path = upstream.path + path  # upstream.path has no trailing '/', path starts with one
+    if upstream.query:
+        query = f"{upstream.query}&{query}" if query else upstream.query
+    return f"{path}?{query}" if query else path
+
+
+def response_headers(headers: Any) -> list[tuple[str, str]]:
+    """The backend's headers minus hop-by-hop ones; repeated headers stay separate."""
+    dropped = _connection_tokens(headers.get("Connection", ""))
+    return [
+        (name, value)
+        for name, value in headers.items()
+        if not _is_hop_by_hop(name.lower()) and name.lower() not in dropped
+    ]
+
+
+class Forwarder:
+    """Holds the one urllib3 PoolManager and sends requests through it."""
+
+    def __init__(self, connect_timeout: float, read_timeout: float, pool_size: int = 64) -> None:
+        self.timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
+        # Keep-alive to every backend; a pool per backend host, sized for the concurrency
+        # (too small a pool reconnects constantly). block=False: beyond the size, extra
+        # connections are opened and closed rather than making requests wait.
+        self.pools = urllib3.PoolManager(
+            num_pools=1024, maxsize=pool_size, block=False, timeout=self.timeout, retries=False
+        )
+
+    def close(self) -> None:
+        self.pools.clear()
+
+    def send(
+        self, environ: dict[str, Any], upstream: Upstream, url_header: str = ""
+    ) -> urllib3.BaseHTTPResponse:
+        """Send the request upstream and return the response with its body unread.
+
+        Raises BadGateway or GatewayTimeout; the caller must finish with `stream_body`.
+        """
+        pool = self.pools.connection_from_host(upstream.host, upstream.port, upstream.scheme)
+        try:
+            return pool.urlopen(
+                environ["REQUEST_METHOD"],
+                target_of(environ, upstream),
+                body=request_body(environ),
+                headers=request_headers(environ, url_header),
+                retries=False,
+                redirect=False,
+                assert_same_host=False,
+                preload_content=False,
+                decode_content=False,
+                timeout=self.timeout,
+            )
+        except NewConnectionError as exc:  # before ConnectTimeoutError: it subclasses it
+            raise BadGateway(f"cannot connect: {exc}", upstream.label) from exc
+        except (ConnectTimeoutError, ReadTimeoutError) as exc:
+            raise GatewayTimeout(f"timed out: {exc}", upstream.label) from exc
+        except (HTTPError, OSError) as exc:
+            raise BadGateway(f"failed: {exc}", upstream.label) from exc
+
+
+def stream_body(response: urllib3.BaseHTTPResponse, label: str) -> Iterator[bytes]:
+    """Yield the backend's body as it comes; always give the connection back.
+
+    A backend that fails mid-body cannot change a status already sent: the client
+    connection is cut (a connection-reset error, which our server closes quietly) so the
+    client sees a truncated response instead of a complete-looking one.
+    """
+    complete = False
+    try:
+        yield from response.stream(BLOCK, decode_content=False)
+        complete = True
+    except (HTTPError, OSError) as exc:
+        log.warning("upstream %s failed mid-body: %s", label, exc)
+        raise ConnectionResetError(errno.ECONNRESET, "upstream failed mid-body") from exc
+    finally:
+        if not complete:
+            response.close()  # unread data: this connection cannot be reused
+        response.release_conn()

@@ -1,0 +1,84 @@
+"""What every resolver promises the request path, and nothing about WSGI or HTTP.
+
+A resolver turns a hostname into an `Upstream` (where to forward) or raises `RoutingError`
+carrying the `Status` that explains why not. The request path turns that status into a page
+and an HTTP code; resolvers never see a request.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class Status(enum.Enum):
+    """Computed status of a route (SPEC §3), plus `NOTFOUND` for an unknown hostname."""
+
+    STARTED = "started"
+    STARTING = "starting"
+    PASSIVATED = "passivated"
+    STOPPED = "stopped"
+    ERROR = "error"
+    NOTFOUND = "notfound"
+
+
+DEFAULT_ROBOTS = "User-agent: *\nDisallow: /\n"
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """A place to forward a request to.
+
+    `path` is joined to the request path with exactly one `/` and `query` is put before the
+    request's query (SPEC §2.4, type `uri`); both are empty for service instances.
+    """
+
+    scheme: str
+    host: str
+    port: int
+    path: str = ""
+    query: str = ""
+    service: str = ""
+    instance: str = ""
+
+    @property
+    def label(self) -> str:
+        """`service/instance` for logs, or `host:port` for a plain URL."""
+        if self.service:
+            return f"{self.service}/{self.instance}"
+        return f"{self.host}:{self.port}"
+
+
+class RoutingError(Exception):
+    """No upstream for this hostname; `status` says which page to show."""
+
+    def __init__(self, status: Status, hostname: str = "") -> None:
+        super().__init__(f"{hostname or 'request'}: {status.value}")
+        self.status = status
+        self.hostname = hostname
+
+
+class Resolver(Protocol):
+    """The interface the request path uses; implementations live beside this module."""
+
+    def start(self) -> None:
+        """Begin background work (watching etcd...). Called once the event loop runs."""
+
+    def stop(self) -> None:
+        """End background work."""
+
+    def resolve(self, hostname: str) -> Upstream:
+        """The upstream for this hostname, or raise RoutingError."""
+        ...
+
+    def robots(self, hostname: str) -> str | None:
+        """The robots.txt text when hostname is a service domain, else None (SPEC §2.4).
+
+        Never wakes anything up: a crawler must not start a sleeping application.
+        """
+        ...
+
+    def ready(self) -> bool:
+        """True once the routing table has been loaded at least once."""
+        ...

@@ -1,0 +1,44 @@
+"""The `Dummy` resolver (SPEC §5): every hostname goes to one fixed URL, no etcd at all."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from resolvers.base import Upstream
+
+
+def upstream_of_url(url: str) -> Upstream:
+    """The upstream for an absolute http(s) URL; raises ValueError when it is not one."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not an absolute http(s) URL: {url!r}")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return Upstream(
+        scheme=parts.scheme,
+        host=parts.hostname,
+        port=port,
+        path=parts.path.rstrip("/"),
+        query=parts.query,
+    )
+
+
+class DummyResolver:
+    """Routes everything to `target` (default http://localhost:8080/, SPEC §5)."""
+
+    def __init__(self, target: str) -> None:
+        self._upstream = upstream_of_url(target)
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def resolve(self, hostname: str) -> Upstream:
+        return self._upstream
+
+    def robots(self, hostname: str) -> str | None:
+        return None
+
+    def ready(self) -> bool:
+        return True

@@ -1,0 +1,303 @@
+"""Settings: one declarative table feeds the command line, the environment and `-h`.
+
+Flags keep the original's names and Go syntax (`-port 7777`, `-port=7777`, `-forceFwSsl`,
+`--port` too) so gogeta stays a drop-in replacement (SPEC §6). Each flag can also come from
+`GOGETA_<FLAG>` in the environment (`-etcdAddress` → `GOGETA_ETCD_ADDRESS`); a flag on the
+command line wins over the environment. This module does no I/O beyond reading its inputs.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+from urllib.parse import urlsplit
+
+HERE = Path(__file__).resolve().parent
+
+
+class SettingError(ValueError):
+    """A flag or variable with a value that cannot be used; the message names it."""
+
+
+def _port(text: str) -> int:
+    value = _int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError("must be a port number between 0 and 65535")
+    return value
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ValueError("must be an integer") from None
+
+
+def _non_negative_int(text: str) -> int:
+    value = _int(text)
+    if value < 0:
+        raise ValueError("must be zero or more")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise ValueError("must be a number of seconds") from None
+    if not value > 0 or value == float("inf"):
+        raise ValueError("must be a positive number of seconds")
+    return value
+
+
+def _bool(text: str) -> bool:
+    # The values Go's strconv.ParseBool accepts, so old command lines keep working.
+    lowered = text.strip().lower()
+    if lowered in ("1", "t", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "f", "false", "no", "off", ""):
+        return False
+    raise ValueError("must be true or false")
+
+
+def _key_prefix(text: str) -> str:
+    value = "/" + text.strip().strip("/")
+    if value == "/":
+        raise ValueError("must be a non-empty etcd directory such as /domains")
+    return value
+
+
+def _urls(text: str) -> tuple[str, ...]:
+    urls = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if "://" not in part:
+            part = "http://" + part
+        parsed = urlsplit(part)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError(f"{part!r} is not an http(s) URL")
+        try:
+            _ = parsed.port
+        except ValueError:
+            raise ValueError(f"{part!r} has an invalid port") from None
+        urls.append(part)
+    if not urls:
+        raise ValueError("needs at least one etcd URL")
+    return tuple(urls)
+
+
+def _url(text: str) -> str:
+    return _urls(text)[0]
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        for choice in choices:
+            if text.strip().lower() == choice.lower():
+                return choice
+        raise ValueError("must be one of " + ", ".join(choices))
+
+    return parse
+
+
+def _header_name(text: str) -> str:
+    value = text.strip()
+    if value and not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^`|~-]+", value):
+        raise ValueError("must be an HTTP header name")
+    return value
+
+
+def _directory(text: str) -> Path:
+    path = Path(text).expanduser()
+    if not path.is_absolute():
+        path = Path.cwd() / path
+    if not path.is_dir():
+        raise ValueError(f"{str(path)!r} is not a directory")
+    return path.resolve()
+
+
+def _text(text: str) -> str:
+    return text
+
+
+def _listen_address(text: str) -> str:
+    value = text.strip()
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        if value != "localhost":
+            raise ValueError("must be an IP address") from None
+    return value
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One flag: its name as the original spelt it, default, parser and help line."""
+
+    name: str
+    default: str
+    parse: Callable[[str], Any]
+    help: str
+    boolean: bool = False
+
+    @property
+    def env_name(self) -> str:
+        # etcdAddress → GOGETA_ETCD_ADDRESS, UrlHeaderParam → GOGETA_URL_HEADER_PARAM
+        snake = re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", self.name)
+        return "GOGETA_" + snake.upper()
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("port", "7777", _port, "port to listen on"),
+    Setting(
+        "listenAddress", "0.0.0.0", _listen_address, "address to listen on (127.0.0.1 for local)"
+    ),
+    Setting("domainDir", "/domains", _key_prefix, "etcd directory holding the domains"),
+    Setting("serviceDir", "/services", _key_prefix, "etcd directory holding the services"),
+    Setting(
+        "etcdAddress",
+        "http://127.0.0.1:4001/",
+        _urls,
+        "etcd endpoint(s), comma-separated, tried in turn",
+    ),
+    Setting(
+        "resolverType",
+        "IoEtcd",
+        _choice("IoEtcd", "Env", "Dummy"),
+        "routing: IoEtcd (domains in etcd), Env (service = first label), Dummy",
+    ),
+    Setting(
+        "templateDir",
+        str(HERE / "templates"),
+        _directory,
+        "directory of the status page templates and __static__ assets",
+    ),
+    Setting(
+        "lastAccessInterval",
+        "10",
+        _non_negative_int,
+        "seconds between two lastAccess writes for one instance",
+    ),
+    Setting(
+        "forceFwSsl",
+        "false",
+        _bool,
+        "redirect to https unless X-Forwarded-Proto is https",
+        boolean=True,
+    ),
+    Setting(
+        "UrlHeaderParam",
+        "",
+        _header_name,
+        "header that tells the backend its public base URL (off when empty)",
+    ),
+    Setting("cpuProfile", "/tmp/gogeta.prof", _text, "file written by SIGUSR2 CPU profiling"),
+    Setting(
+        "dummyTarget",
+        "http://localhost:8080/",
+        _url,
+        "where the Dummy resolver sends every request",
+    ),
+    Setting("connectTimeout", "5", _seconds, "seconds to connect to a backend (then 502)"),
+    Setting("readTimeout", "60", _seconds, "seconds to wait for backend data (then 504)"),
+    Setting(
+        "logLevel",
+        "INFO",
+        _choice("DEBUG", "INFO", "WARNING", "ERROR"),
+        "application log level",
+    ),
+)
+
+BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+
+
+@dataclass(frozen=True)
+class Config:
+    """Parsed settings; attributes are named exactly like the flags."""
+
+    values: Mapping[str, Any] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def replace(self, **changes: Any) -> Config:
+        return Config({**self.values, **changes})
+
+
+def usage() -> str:
+    lines = ["usage: gogeta [flags]", "", "flags (Go syntax -flag value, -flag=value, or --flag):"]
+    for s in SETTINGS:
+        kind = "" if s.boolean else " value"
+        lines.append(f"  -{s.name}{kind}")
+        lines.append(f"        {s.help} (default {s.default!r}; env {s.env_name})")
+    return "\n".join(lines)
+
+
+def parse(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Config:
+    """Return the config from command-line flags over `GOGETA_*` variables over defaults.
+
+    Raises SettingError naming the flag or variable at fault.
+    """
+    env = os.environ if environ is None else environ
+    raw: dict[str, tuple[str, str]] = {}  # setting name -> (where, text)
+    for s in SETTINGS:
+        if s.env_name in env:
+            raw[s.name] = (s.env_name, env[s.env_name])
+
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        i += 1
+        if not arg.startswith("-") or arg in ("-", "--"):
+            raise SettingError(f"unexpected argument {arg!r} (flags look like -port 7777)")
+        body = arg.lstrip("-")
+        name, has_value, text = body.partition("=")
+        setting = BY_NAME.get(name)
+        if setting is None:
+            raise SettingError(f"flag provided but not defined: -{name}")
+        if not has_value:
+            if setting.boolean:
+                text = "true"
+            elif i < len(args):
+                text = args[i]
+                i += 1
+            else:
+                raise SettingError(f"flag needs an argument: -{name}")
+        raw[name] = (f"-{name}", text)
+
+    values: dict[str, Any] = {}
+    for s in SETTINGS:
+        where, text = raw.get(s.name, ("default of -" + s.name, s.default))
+        try:
+            values[s.name] = s.parse(text)
+        except ValueError as exc:
+            raise SettingError(f"invalid value {text!r} for {where}: {exc}") from None
+    return Config(values)
+
+
+def parse_or_exit(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Config:
+    """`parse`, but as a command line does it: `-h` prints usage, an error exits 2."""
+    if any(a in ("-h", "-help", "--help") for a in argv):
+        print(usage())
+        sys.exit(0)
+    try:
+        return parse(argv, environ)
+    except SettingError as exc:
+        _fail(str(exc))
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"gogeta: {message}", file=sys.stderr)
+    sys.exit(2)

