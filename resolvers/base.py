@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class Status(enum.Enum):
@@ -81,4 +81,14 @@ class Resolver(Protocol):
 
     def ready(self) -> bool:
         """True once the routing table has been loaded at least once."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """The live table and sync state, JSON-ready, for the admin paths.
+
+        Keys: `resolver` (name), `loaded` (bool), `etcd_index` (int or None),
+        `unreachable_since` (epoch seconds since etcd stopped answering, or None),
+        `last_error` (str or None), `counters` (name → number: `events_applied`,
+        `reloads`, `wakeups`...), `domains` and `services` (the routing table).
+        """
         ...

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import urlsplit
 
 from resolvers.base import Upstream
@@ -42,3 +43,16 @@ class DummyResolver:
 
     def ready(self) -> bool:
         return True
+
+    def describe(self) -> dict[str, Any]:
+        u = self._upstream
+        return {
+            "resolver": "Dummy",
+            "loaded": True,
+            "etcd_index": None,
+            "unreachable_since": None,
+            "last_error": None,
+            "counters": {},
+            "domains": {"*": {"type": "uri", "value": f"{u.scheme}://{u.host}:{u.port}{u.path}"}},
+            "services": {},
+        }
