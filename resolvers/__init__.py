@@ -15,4 +15,6 @@ def make_resolver(config: Any) -> Resolver:
         from resolvers.dummy import DummyResolver
 
         return DummyResolver(config.dummyTarget)
-    raise ValueError(f"resolver {config.resolverType} is not available")
+    from resolvers.etcd import EtcdResolver
+
+    return EtcdResolver(config, env=config.resolverType == "Env")

@@ -1,0 +1,220 @@
+"""The `IoEtcd` and `Env` resolvers (SPEC §5): routes from etcd, kept live by watchers.
+
+A request reads the mirrored table and never waits for etcd. The two writes gogeta makes
+(`lastAccess`, and `status/expected` to wake a passivated instance) are queued to a
+background greenlet, so a slow or dead etcd never slows a request (SPEC §2.7, §7).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import etcd
+import gevent
+import gevent.queue
+
+from resolvers.base import DEFAULT_ROBOTS, RoutingError, Status, Upstream
+from resolvers.model import Instance, Service, next_instance
+from resolvers.tree import DomainTree, ServiceTree
+from resolvers.watcher import ETCD_DOWN, Backoff, Endpoints, Watcher
+
+log = logging.getLogger(__name__)
+
+QUEUE_SIZE = 10_000
+
+
+class Writer:
+    """Writes `lastAccess` and wake-ups from one greenlet, best effort, in order."""
+
+    def __init__(self, endpoints: Endpoints, service_dir: str, interval: float) -> None:
+        self.endpoints = endpoints
+        self.service_dir = service_dir
+        self.interval = interval
+        self.queue: gevent.queue.Queue[tuple[str, Instance, float]] = gevent.queue.Queue(QUEUE_SIZE)
+        self.last_touch: dict[tuple[str, str], float] = {}
+        self.pending: set[tuple[str, str, str]] = set()
+        self.woken: dict[tuple[str, str], Instance] = {}
+        self.wakeups = 0
+        self.last_access_writes = 0
+        self.failing = False
+        self._greenlet: gevent.Greenlet | None = None
+
+    def start(self) -> None:
+        if self._greenlet is None:
+            self._greenlet = gevent.spawn(self.run)
+
+    def stop(self) -> None:
+        if self._greenlet is not None:
+            self._greenlet.kill(block=False)
+            self._greenlet = None
+
+    def touch(self, instance: Instance) -> None:
+        """Note a use of `instance`; its lastAccess is written at most once per interval."""
+        key = (instance.service, instance.index)
+        now = time.monotonic()
+        last = self.last_touch.get(key)
+        if last is not None and now - last < self.interval:
+            return
+        self.last_touch[key] = now
+        self._enqueue("lastAccess", instance)
+
+    def wake(self, instance: Instance) -> None:
+        """Ask for `instance` to be started, once until its state changes (SPEC §3)."""
+        key = (instance.service, instance.index)
+        if self.woken.get(key) is instance:
+            return
+        self.woken[key] = instance
+        self._enqueue("wake", instance)
+
+    def _enqueue(self, kind: str, instance: Instance) -> None:
+        marker = (kind, instance.service, instance.index)
+        if marker in self.pending:
+            return
+        try:
+            self.queue.put_nowait((kind, instance, time.time()))
+        except gevent.queue.Full:
+            return  # etcd is far behind: dropping a lastAccess beats blocking a request
+        self.pending.add(marker)
+
+    def run(self) -> None:
+        backoff = Backoff()
+        while True:
+            kind, instance, when = self.queue.get()
+            self.pending.discard((kind, instance.service, instance.index))
+            base = f"{self.service_dir}/{instance.service}/{instance.index}"
+            try:
+                if kind == "wake":
+                    self._wake(base, instance)
+                else:
+                    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when))
+                    self.endpoints.client().write(f"{base}/lastAccess", stamp)
+                    self.last_access_writes += 1
+            except ETCD_DOWN as exc:
+                if kind == "wake":
+                    self.woken.pop((instance.service, instance.index), None)  # retry later
+                if not self.failing:
+                    log.warning("cannot write to etcd (%s): %s skipped until it answers", exc, kind)
+                    self.failing = True
+                self.endpoints.rotate()
+                gevent.sleep(backoff.next())
+                continue
+            if self.failing:
+                log.info("writing to etcd again")
+                self.failing = False
+            backoff.reset()
+
+    def _wake(self, base: str, instance: Instance) -> None:
+        # Compare-and-swap, so that many gogeta processes wake an instance once.
+        try:
+            self.endpoints.client().write(
+                f"{base}/status/expected", "started", prevValue="passivated"
+            )
+        except (etcd.EtcdCompareFailed, etcd.EtcdKeyNotFound):
+            log.info("%s/%s: already being woken up", instance.service, instance.index)
+            return
+        self.wakeups += 1
+        log.info("%s/%s: passivated, asked to start", instance.service, instance.index)
+
+
+class EtcdResolver:
+    """IoEtcd: `/domains` → service or URL. Env (`env=True`): service = first label."""
+
+    def __init__(self, config: Any, env: bool = False) -> None:
+        self.env = env
+        self.name = "Env" if env else "IoEtcd"
+        urls = config.etcdAddress
+        self.domains = DomainTree(config.domainDir)
+        self.services = ServiceTree(config.serviceDir)
+        self.watchers = [Watcher(Endpoints(urls), self.services)]
+        if not env:
+            self.watchers.append(Watcher(Endpoints(urls), self.domains))
+        self.writer = Writer(Endpoints(urls), config.serviceDir, config.lastAccessInterval)
+        self._positions: dict[str, int] = {}  # round robin: the only per-request state
+
+    def start(self) -> None:
+        for watcher in self.watchers:
+            watcher.start()
+        self.writer.start()
+
+    def stop(self) -> None:
+        for watcher in self.watchers:
+            watcher.stop()
+        self.writer.stop()
+
+    def ready(self) -> bool:
+        return all(w.loaded for w in self.watchers)
+
+    def _service_for(self, hostname: str) -> tuple[Service | None, Upstream | None, bool]:
+        """(service, upstream for a `uri` domain, whether the hostname is a service domain)."""
+        if self.env:
+            name = hostname.partition(".")[0]
+            service = self.services.services.get(name)
+            return service, None, service is not None
+        domain = self.domains.domains.get(hostname)
+        if domain is None:
+            return None, None, False
+        if domain.upstream is not None:
+            return None, domain.upstream, False
+        return self.services.services.get(domain.value), None, True
+
+    def resolve(self, hostname: str) -> Upstream:
+        service, upstream, _ = self._service_for(hostname)
+        if upstream is not None:
+            return upstream
+        if service is None or not service.instances:
+            raise RoutingError(Status.NOTFOUND, hostname)
+        position, chosen = next_instance(service.instances, self._positions.get(service.name, -1))
+        self._positions[service.name] = position
+        if chosen is None:
+            last = service.instances[position]
+            if last.status is Status.PASSIVATED:
+                self.writer.wake(last)
+            raise RoutingError(last.refusal, hostname)
+        self.writer.touch(chosen)
+        assert chosen.upstream is not None
+        return chosen.upstream
+
+    def robots(self, hostname: str) -> str | None:
+        service, _, is_service_domain = self._service_for(hostname)
+        if not is_service_domain:
+            return None
+        robots = service.robots if service is not None else None
+        return robots if robots is not None else DEFAULT_ROBOTS
+
+    def describe(self) -> dict[str, Any]:
+        unreachable = [w.unreachable_since for w in self.watchers if w.unreachable_since]
+        errors = [w.last_error for w in self.watchers if w.last_error]
+        services = {
+            name: [
+                {
+                    "index": i.index,
+                    "status": i.status.value,
+                    "location": None
+                    if i.location is None
+                    else {"host": i.location.host, "port": i.location.port},
+                    "routable": i.upstream is not None,
+                }
+                for i in service.instances
+            ]
+            for name, service in self.services.services.items()
+        }
+        domains = {
+            host: {"type": d.type, "value": d.value} for host, d in self.domains.domains.items()
+        }
+        return {
+            "resolver": self.name,
+            "loaded": self.ready(),
+            "etcd_index": min((w.index or 1) - 1 for w in self.watchers),
+            "unreachable_since": min(unreachable) if unreachable else None,
+            "last_error": errors[-1] if errors else None,
+            "counters": {
+                "events_applied": sum(w.events_applied for w in self.watchers),
+                "reloads": sum(w.reloads for w in self.watchers),
+                "wakeups": self.writer.wakeups,
+                "last_access_writes": self.writer.last_access_writes,
+            },
+            "domains": domains,
+            "services": services,
+        }

@@ -1,0 +1,305 @@
+"""Mirrors of the etcd trees under `domainDir` and `serviceDir`, kept as routing values.
+
+Pure: fed with `Node`s (key, value, dir) by the watcher, no I/O. `load` builds a whole new
+table and swaps it in with one assignment; `apply` changes only the domain or the
+instance an event names (O(instances of that service), never O(table)).
+
+Requests read `domains` / `services` without locks. That is safe because greenlets only
+switch at blocking calls and nothing here blocks: each update is a single assignment of
+an immutable value (a `Domain`, a `Service`) or of a whole new dict.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from resolvers.model import (
+    Domain,
+    Instance,
+    Location,
+    Service,
+    make_domain,
+    make_instance,
+    make_service,
+    parse_location,
+    parse_robots,
+)
+
+log = logging.getLogger(__name__)
+
+DELETE_ACTIONS = frozenset({"delete", "expire", "compareAndDelete"})
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """A node of an etcd answer or event, reduced to what the mirrors need."""
+
+    key: str
+    value: str | None = None
+    dir: bool = False
+
+
+class _Reporter:
+    """Logs an invalid value once per (key, value), not at every reload or request."""
+
+    def __init__(self) -> None:
+        self._seen: set[tuple[str, str | None]] = set()
+
+    def invalid(self, key: str, value: str | None, reason: str) -> None:
+        marker = (key, value)
+        if marker in self._seen:
+            return
+        if len(self._seen) > 10_000:
+            self._seen.clear()
+        self._seen.add(marker)
+        shown = value if value is None or len(value) <= 200 else value[:200] + "..."
+        log.warning("ignoring %s = %r: %s", key, shown, reason)
+
+
+def _parts(prefix: str, key: str) -> list[str] | None:
+    """Path of `key` under `prefix` as a list (`[]` for the prefix itself), else None."""
+    if key == prefix or key == prefix + "/":
+        return []
+    if not key.startswith(prefix + "/"):
+        return None
+    return key[len(prefix) + 1 :].rstrip("/").split("/")
+
+
+class DomainTree:
+    """`/domains/{host}/type|value` → `domains[host]`."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.domains: dict[str, Domain] = {}
+        self._raw: dict[str, dict[str, str]] = {}
+        self._report = _Reporter()
+
+    def load(self, nodes: Iterable[Node]) -> None:
+        raw: dict[str, dict[str, str]] = {}
+        for node in nodes:
+            parts = _parts(self.prefix, node.key)
+            if not parts:
+                continue
+            host = parts[0].lower()
+            if not host:
+                continue
+            fields = raw.setdefault(host, {})
+            if len(parts) == 2 and not node.dir and node.value is not None:
+                fields[parts[1]] = node.value
+        domains = {}
+        for host, fields in raw.items():
+            domain = self._domain_of(host, fields)
+            if domain is not None:
+                domains[host] = domain
+        self._raw, self.domains = raw, domains
+
+    def apply(self, node: Node, action: str) -> bool:
+        """Apply one event; True when it changed routing."""
+        parts = _parts(self.prefix, node.key)
+        if parts is None:
+            return False
+        deleted = action in DELETE_ACTIONS
+        if not parts:
+            if deleted:
+                self._raw, self.domains = {}, {}
+                return True
+            return False
+        host = parts[0].lower()
+        if not host:
+            return False
+        if len(parts) == 1:
+            if deleted:
+                self._raw.pop(host, None)
+                return self.domains.pop(host, None) is not None
+            if not node.dir:
+                self._report.invalid(node.key, node.value, "a domain must be a directory")
+            self._raw.setdefault(host, {})
+            return False
+        if len(parts) != 2:
+            return False
+        fields = self._raw.setdefault(host, {})
+        if deleted:
+            fields.pop(parts[1], None)
+        elif node.value is not None:
+            fields[parts[1]] = node.value
+        if parts[1] not in ("type", "value"):
+            return False
+        domain = self._domain_of(host, fields)
+        if domain is None:
+            return self.domains.pop(host, None) is not None
+        self.domains[host] = domain
+        return True
+
+    def _domain_of(self, host: str, fields: dict[str, str]) -> Domain | None:
+        type_, value = fields.get("type"), fields.get("value")
+        if type_ is None or value is None:
+            return None  # SPEC §1: routable once both exist
+        try:
+            return make_domain(type_, value)
+        except ValueError as exc:
+            self._report.invalid(f"{self.prefix}/{host}", f"{type_} {value}", str(exc))
+            return None
+
+
+@dataclass(slots=True)
+class _RawInstance:
+    location: Location | None = None
+    status_dir: bool = False
+    current: str | None = None
+    expected: str | None = None
+    alive: str | None = None
+    robots: str | None = None
+
+
+@dataclass(slots=True)
+class _RawService:
+    raw: dict[str, _RawInstance] = field(default_factory=dict)
+    built: dict[str, Instance] = field(default_factory=dict)
+
+
+STATUS_FIELDS = ("current", "expected", "alive")
+
+
+class ServiceTree:
+    """`/services/{name}/{index}/...` → `services[name]` (SPEC §1, §3)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.services: dict[str, Service] = {}
+        self._raw: dict[str, _RawService] = {}
+        self._report = _Reporter()
+
+    def load(self, nodes: Iterable[Node]) -> None:
+        raw: dict[str, _RawService] = {}
+        for node in nodes:
+            parts = _parts(self.prefix, node.key)
+            if not parts or not parts[0]:
+                continue
+            service = raw.setdefault(parts[0], _RawService())
+            if len(parts) >= 2:
+                self._set(service, parts, node, deleted=False)
+        services = {}
+        for name, service in raw.items():
+            service.built = {
+                index: self._build(name, index, inst) for index, inst in service.raw.items()
+            }
+            services[name] = make_service(name, list(service.built.values()))
+        self._raw, self.services = raw, services
+
+    def apply(self, node: Node, action: str) -> bool:
+        """Apply one event; True when it changed routing."""
+        parts = _parts(self.prefix, node.key)
+        if parts is None:
+            return False
+        deleted = action in DELETE_ACTIONS
+        if not parts:
+            if deleted:
+                self._raw, self.services = {}, {}
+                return True
+            return False
+        name = parts[0]
+        if not name:
+            return False
+        if len(parts) == 1:
+            if deleted:
+                self._raw.pop(name, None)
+                return self.services.pop(name, None) is not None
+            if not node.dir:
+                self._report.invalid(node.key, node.value, "a service must be a directory")
+                return False
+            if name not in self._raw:
+                self._raw[name] = _RawService()
+                self.services[name] = make_service(name, [])
+            return False
+        service = self._raw.get(name)
+        if service is None:
+            if deleted:
+                return False
+            service = self._raw[name] = _RawService()
+        index = parts[1]
+        if len(parts) == 3 and parts[2] == "lastAccess" and index in service.raw:
+            return False  # our own write: nothing to recompute
+        if not self._set(service, parts, node, deleted):
+            return False
+        instance = service.raw.get(index)
+        if instance is None:
+            service.built.pop(index, None)
+        else:
+            service.built[index] = self._build(name, index, instance)
+        self.services[name] = make_service(name, list(service.built.values()))
+        return True
+
+    def _set(self, service: _RawService, parts: list[str], node: Node, deleted: bool) -> bool:
+        """Record one key of an instance; True when the instance may have changed."""
+        index = parts[1]
+        if not index:
+            return False
+        if len(parts) == 2:
+            if deleted:
+                return service.raw.pop(index, None) is not None
+            if not node.dir:
+                self._report.invalid(node.key, node.value, "an instance must be a directory")
+                return False
+            if index in service.raw:
+                return False
+            service.raw[index] = _RawInstance()
+            return True
+        instance = service.raw.get(index)
+        if instance is None:
+            if deleted:
+                return False
+            instance = service.raw[index] = _RawInstance()
+        what = parts[2]
+        value = None if deleted or node.dir else node.value
+        if what == "location" and len(parts) == 3:
+            instance.location = self._location(node.key, value)
+        elif what == "status" and len(parts) == 3:
+            if deleted:
+                instance.status_dir = False
+                instance.current = instance.expected = instance.alive = None
+            else:
+                instance.status_dir = True
+        elif what == "status" and len(parts) == 4 and parts[3] in STATUS_FIELDS:
+            instance.status_dir = True
+            setattr(instance, parts[3], value)
+        elif what == "config" and len(parts) == 3:
+            if deleted:
+                instance.robots = None
+        elif what == "config" and len(parts) == 4 and parts[3] == "gogeta":
+            instance.robots = self._robots(node.key, value)
+        else:
+            return True  # other keys (domain, lastAccess...) only make the instance exist
+        return True
+
+    def _location(self, key: str, value: str | None) -> Location | None:
+        if value is None:
+            return None
+        try:
+            return parse_location(value)
+        except ValueError as exc:
+            self._report.invalid(key, value, str(exc))
+            return None
+
+    def _robots(self, key: str, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return parse_robots(value)
+        except ValueError as exc:
+            self._report.invalid(key, value, str(exc))
+            return None
+
+    @staticmethod
+    def _build(name: str, index: str, raw: _RawInstance) -> Instance:
+        return make_instance(
+            name,
+            index,
+            raw.location,
+            raw.status_dir,
+            raw.current,
+            raw.expected,
+            raw.alive,
+            raw.robots,
+        )

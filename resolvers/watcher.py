@@ -1,0 +1,232 @@
+"""Keeping one etcd directory mirrored: load, then long-poll from the load's index.
+
+This is the only module that reads etcd. Rules (SPEC §7, NOTES.md):
+- load recursively, then watch from the answer's `X-Etcd-Index` + 1 and after each event
+  from its `modifiedIndex` + 1, so nothing written between or during the two is lost;
+- a watch that times out keeps its index; etcd's 401 "event index cleared" reloads;
+- when etcd fails, the last table keeps serving; reconnect with capped exponential
+  backoff, trying each endpoint in turn; log each state change once, not each retry.
+python-etcd is untyped: its values stay inside this module.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import etcd
+import gevent
+import urllib3
+
+from resolvers.tree import Node
+
+log = logging.getLogger(__name__)
+
+# python-etcd logs every failed request at ERROR; we log state changes ourselves.
+logging.getLogger("etcd.client").setLevel(logging.CRITICAL)
+
+WATCH_TIMEOUT = 55.0  # seconds a long poll may stay silent before we re-open it
+REQUEST_TIMEOUT = 10.0
+BACKOFF_FIRST = 0.05
+BACKOFF_CAP = 5.0
+PROBE_KEY = "/.gogeta-index-probe"  # never written: reading it returns etcd's current index
+
+ETCD_DOWN = (
+    etcd.EtcdConnectionFailed,
+    etcd.EtcdClusterIdChanged,
+    etcd.EtcdException,
+    urllib3.exceptions.HTTPError,
+    OSError,
+)
+
+
+class Mirror(Protocol):
+    prefix: str
+
+    def load(self, nodes: Sequence[Node]) -> None: ...
+
+    def apply(self, node: Node, action: str) -> bool: ...
+
+
+class Endpoints:
+    """The etcd endpoints of `-etcdAddress`, used one at a time, in turn on failure."""
+
+    def __init__(self, urls: Sequence[str], read_timeout: float = REQUEST_TIMEOUT) -> None:
+        self.urls = list(urls)
+        self.read_timeout = read_timeout
+        self._position = 0
+        self._client: Any = None
+
+    @property
+    def current(self) -> str:
+        return self.urls[self._position]
+
+    def client(self) -> Any:
+        if self._client is None:
+            parts = urlsplit(self.current)
+            scheme = parts.scheme or "http"
+            port = parts.port or (443 if scheme == "https" else 80)
+            self._client = etcd.Client(
+                host=parts.hostname,
+                port=port,
+                protocol=scheme,
+                read_timeout=self.read_timeout,
+                allow_reconnect=False,
+            )
+        return self._client
+
+    def rotate(self) -> None:
+        """Give up on the current endpoint; the next call to `client` uses the next one."""
+        self._client = None
+        self._position = (self._position + 1) % len(self.urls)
+
+
+def nodes_of(result: Any) -> Iterator[Node]:
+    for item in result.get_subtree(leaves_only=False):
+        yield Node(item.key, item.value, bool(item.dir))
+
+
+class Backoff:
+    """Capped exponential backoff with jitter: 50 ms, 100 ms, ... up to 5 s."""
+
+    def __init__(self, first: float = BACKOFF_FIRST, cap: float = BACKOFF_CAP) -> None:
+        self.first, self.cap = first, cap
+        self.delay = first
+
+    def next(self) -> float:
+        delay = self.delay
+        self.delay = min(self.cap, self.delay * 2)
+        return delay * random.uniform(0.8, 1.2)
+
+    def reset(self) -> None:
+        self.delay = self.first
+
+
+class Watcher:
+    """Mirrors one directory (`mirror.prefix`) of etcd into `mirror`, forever."""
+
+    def __init__(
+        self,
+        endpoints: Endpoints,
+        mirror: Mirror,
+        on_change: Callable[[str, Any], None] = lambda event, detail: None,
+        watch_timeout: float = WATCH_TIMEOUT,
+    ) -> None:
+        self.endpoints = endpoints
+        self.mirror = mirror
+        self.prefix = mirror.prefix
+        self.on_change = on_change
+        self.watch_timeout = watch_timeout
+        self.index: int | None = None  # next waitIndex; None: (re)load first
+        self.loaded = False
+        self.reachable: bool | None = None
+        self.unreachable_since: float | None = None
+        self.last_error: str | None = None
+        self.events_applied = 0
+        self.reloads = 0
+        self._greenlet: gevent.Greenlet | None = None
+
+    def start(self) -> None:
+        if self._greenlet is None:
+            self._greenlet = gevent.spawn(self.run)
+
+    def stop(self) -> None:
+        if self._greenlet is not None:
+            self._greenlet.kill(block=False)
+            self._greenlet = None
+
+    def run(self) -> None:
+        backoff = Backoff()
+        while True:
+            try:
+                if self.index is None:
+                    self.index = self._load()
+                elif self.reachable is False:
+                    self._check_index()
+                self._set_reachable(True)
+                backoff.reset()
+                self._watch_forever()
+            except etcd.EtcdEventIndexCleared:
+                log.info(
+                    "%s: etcd no longer has events from index %s: reloading",
+                    self.prefix,
+                    self.index,
+                )
+                self.index = None
+            except ETCD_DOWN as exc:
+                self._set_reachable(False, exc)
+                if len(self.endpoints.urls) > 1:
+                    self.endpoints.rotate()
+                gevent.sleep(backoff.next())
+
+    def _watch_forever(self) -> None:
+        client = self.endpoints.client()
+        while True:
+            try:
+                result = client.read(
+                    self.prefix,
+                    recursive=True,
+                    wait=True,
+                    waitIndex=self.index,
+                    timeout=self.watch_timeout,
+                )
+            except etcd.EtcdWatchTimedOut:
+                continue  # nothing happened: same index (a timeout must not advance it)
+            self.index = int(result.modifiedIndex) + 1
+            self.events_applied += 1
+            changed = self.mirror.apply(
+                Node(result.key, result.value, bool(result.dir)), result.action
+            )
+            if changed:
+                self.on_change("event", result.key)
+
+    def _load(self) -> int:
+        client = self.endpoints.client()
+        try:
+            result = client.read(self.prefix, recursive=True)
+        except etcd.EtcdKeyNotFound as exc:
+            self.mirror.load([])
+            index = int(exc.payload["index"])
+        else:
+            self.mirror.load(list(nodes_of(result)))
+            index = int(result.etcd_index)
+        self.reloads += 1
+        self.loaded = True
+        log.info("%s: loaded at etcd index %s", self.prefix, index)
+        self.on_change("load", index)
+        return index + 1
+
+    def _check_index(self) -> None:
+        """After an outage: if etcd's index went backwards (data lost), reload."""
+        try:
+            self.endpoints.client().read(PROBE_KEY)
+            return  # someone wrote the probe key: cannot tell, keep watching
+        except etcd.EtcdKeyNotFound as exc:
+            current = int(exc.payload["index"])
+        if self.index is not None and current + 1 < self.index:
+            log.warning("%s: etcd index went back to %s: reloading", self.prefix, current)
+            self.index = self._load()
+
+    def _set_reachable(self, reachable: bool, exc: BaseException | None = None) -> None:
+        if reachable:
+            if self.reachable is False:
+                log.warning(
+                    "%s: etcd reachable again at %s, resuming from index %s",
+                    self.prefix,
+                    self.endpoints.current,
+                    self.index,
+                )
+            self.reachable = True
+            self.unreachable_since = None
+            return
+        self.last_error = f"{self.endpoints.current}: {exc}"
+        if self.reachable is not False:
+            log.warning(
+                "%s: etcd unreachable (%s); serving the last table, retrying", self.prefix, exc
+            )
+            self.unreachable_since = time.time()
+        self.reachable = False
