@@ -1,0 +1,183 @@
+"""The etcd mirrors without etcd: loads and events as etcd sends them, applied one by one."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from resolvers.base import Status
+from resolvers.tree import DomainTree, Node, ServiceTree
+
+LOC1 = '{"host": "10.0.0.1", "port": 8001}'
+LOC2 = '{"host": "10.0.0.2", "port": 8002}'
+
+
+def key(path: str, value: str | None = None) -> Node:
+    return Node(path, value, dir=False)
+
+
+def folder(path: str) -> Node:
+    return Node(path, None, dir=True)
+
+
+def service_tree(*nodes: Node) -> ServiceTree:
+    tree = ServiceTree("/services")
+    tree.load(list(nodes))
+    return tree
+
+
+def statuses(tree: ServiceTree, name: str) -> dict[str, Status]:
+    return {i.index: i.status for i in tree.services[name].instances}
+
+
+def test_domain_routable_once_type_and_value_exist() -> None:
+    tree = DomainTree("/domains")
+    tree.load([])
+    assert tree.apply(key("/domains/Shop.COM/type", "service"), "set") is False
+    assert "shop.com" not in tree.domains
+    assert tree.apply(key("/domains/Shop.COM/value", "shop"), "set") is True
+    assert tree.domains["shop.com"].value == "shop"
+    tree.apply(key("/domains/shop.com/value", "other"), "set")
+    assert tree.domains["shop.com"].value == "other"
+    tree.apply(key("/domains/shop.com/value"), "delete")
+    assert "shop.com" not in tree.domains
+
+
+def test_domain_directory_deleted_or_expired() -> None:
+    tree = DomainTree("/domains")
+    tree.load(
+        [
+            folder("/domains"),
+            folder("/domains/a.com"),
+            key("/domains/a.com/type", "uri"),
+            key("/domains/a.com/value", "http://10.0.0.9:81/x"),
+            key("/domains/b.com/type", "service"),
+            key("/domains/b.com/value", "b"),
+        ]
+    )
+    assert set(tree.domains) == {"a.com", "b.com"}
+    assert tree.domains["a.com"].upstream is not None
+    tree.apply(folder("/domains/a.com"), "expire")
+    assert set(tree.domains) == {"b.com"}
+    tree.apply(folder("/domains"), "delete")
+    assert tree.domains == {}
+
+
+def test_events_outside_the_prefix_are_ignored() -> None:
+    tree = DomainTree("/domains")
+    tree.load([])
+    assert tree.apply(key("/domainsX/a.com/type", "service"), "set") is False
+    assert tree.apply(key("/other/a.com/type", "service"), "set") is False
+    assert tree.domains == {}
+
+
+def test_bad_domain_values_are_logged_once_and_skipped(caplog: pytest.LogCaptureFixture) -> None:
+    tree = DomainTree("/domains")
+    tree.load([key("/domains/ok.com/type", "service"), key("/domains/ok.com/value", "ok")])
+    with caplog.at_level(logging.WARNING):
+        tree.apply(key("/domains/bad.com/type", "teleport"), "set")
+        tree.apply(key("/domains/bad.com/value", "x"), "set")
+        tree.load(
+            [
+                key("/domains/ok.com/type", "service"),
+                key("/domains/ok.com/value", "ok"),
+                key("/domains/bad.com/type", "teleport"),
+                key("/domains/bad.com/value", "x"),
+            ]
+        )
+    lines = [r.getMessage() for r in caplog.records if "bad.com" in r.getMessage()]
+    assert len(lines) == 1 and "teleport" in lines[0]
+    assert set(tree.domains) == {"ok.com"}
+
+
+def test_load_builds_services_and_instances() -> None:
+    tree = service_tree(
+        folder("/services/a"),
+        folder("/services/a/1"),
+        key("/services/a/1/location", LOC1),
+        folder("/services/a/2"),
+        key("/services/a/2/location", LOC2),
+        folder("/services/a/2/status"),
+        key("/services/a/2/status/current", "stopped"),
+        key("/services/a/2/status/expected", "passivated"),
+        folder("/services/empty"),
+    )
+    assert statuses(tree, "a") == {"1": Status.STARTED, "2": Status.PASSIVATED}
+    assert tree.services["empty"].instances == ()
+
+
+def test_status_keys_update_one_instance() -> None:
+    tree = service_tree(key("/services/a/1/location", LOC1), key("/services/a/2/location", LOC2))
+    before = tree.services["a"].instances[1]
+    tree.apply(key("/services/a/1/status/current", "started"), "set")
+    assert statuses(tree, "a")["1"] is Status.ERROR  # a status dir now exists, no alive
+    tree.apply(key("/services/a/1/status/expected", "started"), "set")
+    tree.apply(key("/services/a/1/status/alive", "1"), "set")
+    assert statuses(tree, "a")["1"] is Status.STARTED
+    tree.apply(key("/services/a/1/status/alive"), "expire")  # TTL heartbeat ran out
+    assert statuses(tree, "a")["1"] is Status.ERROR
+    tree.apply(folder("/services/a/1/status"), "delete")
+    assert statuses(tree, "a")["1"] is Status.STARTED
+    # the other instance was not rebuilt
+    assert tree.services["a"].instances[1] is before
+
+
+def test_location_change_and_removal() -> None:
+    tree = service_tree(key("/services/a/1/location", LOC1))
+    upstream = tree.services["a"].instances[0].upstream
+    assert upstream is not None and upstream.port == 8001
+    tree.apply(key("/services/a/1/location", LOC2), "set")
+    upstream = tree.services["a"].instances[0].upstream
+    assert upstream is not None and upstream.port == 8002
+    tree.apply(key("/services/a/1/location"), "delete")
+    assert tree.services["a"].instances[0].upstream is None
+
+
+def test_deleting_an_instance_or_a_service() -> None:
+    tree = service_tree(key("/services/a/1/location", LOC1), key("/services/a/2/location", LOC2))
+    tree.apply(folder("/services/a/1"), "delete")
+    assert [i.index for i in tree.services["a"].instances] == ["2"]
+    tree.apply(key("/services/a/3/location", LOC1), "create")
+    assert [i.index for i in tree.services["a"].instances] == ["2", "3"]
+    tree.apply(folder("/services/a"), "delete")
+    assert "a" not in tree.services
+    tree.apply(key("/services/b/1/location", LOC1), "set")
+    tree.apply(folder("/services"), "delete")
+    assert tree.services == {}
+
+
+def test_last_access_writes_cause_no_rebuild() -> None:
+    tree = service_tree(key("/services/a/1/location", LOC1))
+    service = tree.services["a"]
+    assert tree.apply(key("/services/a/1/lastAccess", "2026-01-01 00:00:00"), "set") is False
+    assert tree.services["a"] is service
+
+
+def test_robots_from_config() -> None:
+    tree = service_tree(key("/services/a/1/location", LOC1))
+    assert tree.services["a"].robots is None
+    tree.apply(key("/services/a/1/config/gogeta", '{"robots": "User-agent: *"}'), "set")
+    assert tree.services["a"].robots == "User-agent: *"
+    tree.apply(folder("/services/a/1/config"), "delete")
+    assert tree.services["a"].robots is None
+
+
+def test_bad_instance_values_are_skipped(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        tree = service_tree(
+            key("/services/a/1/location", "{not json"),
+            key("/services/a/2/location", LOC2),
+            key("/services/a/3/location", '{"host": "h", "port": "80"}'),
+            key("/services/a/location", LOC1),  # an instance level key: wrong shape
+            key("/services/a/2/config/gogeta", "[]"),
+        )
+    assert [i.index for i in tree.services["a"].instances if i.upstream] == ["2"]
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    for path in (
+        "/services/a/1/location",
+        "/services/a/3/location",
+        "/services/a/location",
+        "/services/a/2/config/gogeta",
+    ):
+        assert path in logged
