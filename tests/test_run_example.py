@@ -12,12 +12,10 @@ import sys
 from pathlib import Path
 
 import psutil
-import pytest
 
 from tests.support import ROOT, free_port, request, wait_until
 
 
-@pytest.mark.xfail(strict=False, reason="the IoEtcd resolver is not written yet")
 def test_make_run_routes_the_example_and_stops_cleanly(tmp_path: Path) -> None:
     port = free_port()
     etcd_address = f"http://127.0.0.1:{free_port()}"
