@@ -19,9 +19,11 @@ import sys  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 
 import gevent  # noqa: E402
+import gevent.event  # noqa: E402
 
 import settings  # noqa: E402
 from proxy.app import Gogeta  # noqa: E402
+from proxy.diagnostics import CpuProfiler, stacks  # noqa: E402
 from proxy.forward import Forwarder  # noqa: E402
 from proxy.pages import StatusPages, TemplateError  # noqa: E402
 from proxy.server import ProxyServer  # noqa: E402
@@ -74,20 +76,38 @@ def create_app(*argv: str) -> Gogeta:
 
 
 def serve(config: settings.Config, app: Gogeta) -> None:
-    """Run the standalone server until SIGTERM or SIGINT."""
+    """Run the standalone server until SIGTERM or SIGINT, then drain (SPEC §6)."""
     server = ProxyServer(
         (config.listenAddress, config.port),
         app,
-        log=logging.getLogger("gogeta.access"),
+        log=None,  # pywsgi's own access lines: off, gogeta writes its own
         error_log=logging.getLogger("gogeta.server"),
     )
+    stopped = gevent.event.Event()
+    profiler = CpuProfiler(config.cpuProfile)
+
+    def drain(timeout: float) -> None:
+        left = server.drain(timeout)
+        if left:
+            log.warning("drain timeout: %d connection(s) cut after %ss", left, timeout)
+        stopped.set()
 
     def shutdown(signum: int) -> None:
-        log.info("signal %s: shutting down", signal.Signals(signum).name)
-        gevent.spawn(server.stop, timeout=10)
+        name = signal.Signals(signum).name
+        if server.draining:
+            log.warning("%s again: stopping without waiting", name)
+            gevent.spawn(drain, 0.001)
+            return
+        log.info("%s: stopped accepting, draining for up to %ss", name, config.drainTimeout)
+        gevent.spawn(drain, config.drainTimeout)
+
+    def dump_stacks() -> None:
+        log.warning("SIGUSR1: stacks of every thread and greenlet\n%s", stacks())
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(signum, shutdown, signum)
+    gevent.signal_handler(signal.SIGUSR1, dump_stacks)
+    gevent.signal_handler(signal.SIGUSR2, profiler.toggle)
 
     try:
         server.start()
@@ -102,8 +122,9 @@ def serve(config: settings.Config, app: Gogeta) -> None:
         config.resolverType,
     )
     try:
-        server.serve_forever()
+        stopped.wait()
     finally:
+        profiler.stop()
         app.resolver.stop()
         app.forwarder.close()
         log.info("gogeta stopped")

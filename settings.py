@@ -201,6 +201,12 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("cpuProfile", "/tmp/gogeta.prof", _text, "file written by SIGUSR2 CPU profiling"),
     Setting(
+        "drainTimeout",
+        "10",
+        _seconds,
+        "seconds SIGTERM/SIGINT lets requests in flight finish before exiting",
+    ),
+    Setting(
         "dummyTarget",
         "http://localhost:8080/",
         _url,

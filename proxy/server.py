@@ -1,17 +1,23 @@
-"""gevent.pywsgi tuned for a proxy: TCP_NODELAY and the raw request target.
+"""gevent.pywsgi tuned for a proxy: TCP_NODELAY, the raw request target, graceful drain.
 
 pywsgi leaves Nagle's algorithm on for accepted sockets; with keep-alive clients a small
 response then waits for the peer's delayed ACK (about 40 ms a request). It also only
 offers the percent-decoded PATH_INFO, and a proxy must forward the path as the client sent
 it, so the raw target goes into `RAW_URI` (the name gunicorn uses).
+
+Draining (SIGTERM, SPEC §6): the listener closes, connections idle between two requests
+are closed, a connection busy with a request finishes that request and then closes; after
+the drain timeout whatever is still running is cut.
 """
 
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from gevent import pywsgi
+from gevent.pool import Pool
 
 
 def set_nodelay(sock: Any) -> None:
@@ -22,9 +28,38 @@ def set_nodelay(sock: Any) -> None:
 
 
 class ProxyHandler(pywsgi.WSGIHandler):  # type: ignore[misc]  # gevent is untyped
+    idle = False  # True while waiting for the next request line of a keep-alive connection
+
     def __init__(self, sock: Any, address: Any, server: Any, rfile: Any = None) -> None:
         set_nodelay(sock)
         super().__init__(sock, address, server, rfile)
+
+    def handle(self) -> None:
+        server: ProxyServer = self.server
+        server.connections.add(self)
+        server.count_connection(1)
+        try:
+            super().handle()
+        finally:
+            server.connections.discard(self)
+            server.count_connection(-1)
+
+    def read_requestline(self) -> str:
+        if self.server.draining:
+            return ""  # no further request on this connection: pywsgi closes it
+        self.idle = True
+        try:
+            line: str = super().read_requestline()
+            return line
+        finally:
+            self.idle = False
+
+    def close_idle(self) -> None:
+        """Wake a handler blocked reading the next request: it sees end of file and closes."""
+        try:
+            self.socket.shutdown(socket.SHUT_RDWR)
+        except (OSError, AttributeError):
+            pass
 
     def get_environ(self) -> dict[str, Any]:
         env: dict[str, Any] = super().get_environ()
@@ -34,3 +69,29 @@ class ProxyHandler(pywsgi.WSGIHandler):  # type: ignore[misc]  # gevent is untyp
 
 class ProxyServer(pywsgi.WSGIServer):  # type: ignore[misc]
     handler_class = ProxyHandler
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # A pool (unbounded) so that `drain` can wait for the handlers; without one gevent
+        # forgets them and stopping cuts every request in flight.
+        kwargs.setdefault("spawn", Pool())
+        super().__init__(*args, **kwargs)
+        self.connections: set[ProxyHandler] = set()
+        self.draining = False
+        # Called with +1 / -1 as connections open and close (the open-connections gauge).
+        self.count_connection: Callable[[int], None] = lambda delta: None
+
+    def drain(self, timeout: float) -> int:
+        """Stop accepting and let requests in flight finish for up to `timeout` seconds.
+
+        Returns how many connections were still busy at the deadline (and were cut).
+        """
+        self.draining = True
+        self.close()
+        for handler in list(self.connections):
+            if handler.idle:
+                handler.close_idle()
+        self.pool.join(timeout=timeout)
+        left = len(self.pool)
+        if left:
+            self.pool.kill(block=True, timeout=1)
+        return left

@@ -41,6 +41,7 @@ DEFAULTS: list[tuple[str, Any]] = [
     ("connectTimeout", 5.0),
     ("readTimeout", 60.0),
     ("logLevel", "INFO"),
+    ("drainTimeout", 10.0),
 ]
 
 
