@@ -31,3 +31,7 @@ test: lint typecheck pytest
 
 clean:
 	rm -rf $(VENV) .run .mypy_cache .ruff_cache .pytest_cache
+
+# Benchmarks (minutes; not part of `make test`): see bench/README.md for BENCH_* variables.
+bench: $(STAMP)
+	$(BIN)/python bench/run.py

@@ -1,0 +1,16 @@
+-- wrk script: each request carries the Host of a domain drawn at random.
+-- BENCH_HOSTS domains named d0.scale .. d{N-1}.scale (N = 1: always d0.scale).
+local count = tonumber(os.getenv("BENCH_HOSTS") or "1")
+
+function setup(thread)
+  thread:set("seed", math.random(1, 2 ^ 30))
+end
+
+function init(args)
+  math.randomseed(seed or os.time())
+end
+
+function request()
+  local i = math.random(0, count - 1)
+  return wrk.format(nil, nil, { ["Host"] = "d" .. i .. ".scale" })
+end
