@@ -1,11 +1,15 @@
 """gogeta: a dynamic reverse proxy routed by etcd.
 
 Standalone: `python gogeta.py -etcdAddress http://127.0.0.1:2379 -port 7777`.
-Under gunicorn: `gunicorn -k gevent 'gogeta:create_app()'`, configured by `GOGETA_*`.
+Under gunicorn: `gunicorn -k gevent 'gogeta:create_app()'`, configured by `GOGETA_*`
+(`gunicorn.conf.py` beside this file adds the worker hooks and the shared metrics).
 
-Standalone, gevent must patch the standard library before urllib3, ssl or etcd are
-imported, hence the first lines. gunicorn's gevent worker patches after fork and only then
-imports this module, so nothing here starts a greenlet at import time: `create_app` does.
+gevent must patch the standard library before urllib3, ssl or etcd are imported.
+Standalone, the first lines do it. gunicorn's gevent worker patches after the fork and
+then loads the app; with `--preload` it loads it in the arbiter, which is never patched.
+So this module imports the request path only inside functions, and `create_app` builds
+the app (and starts its resolver) only in a patched process: in the arbiter it returns a
+`DeferredApp` that each worker builds for itself after the fork. Nothing starts at import.
 """
 
 if __name__ == "__main__":
@@ -16,39 +20,65 @@ if __name__ == "__main__":
 import logging  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
-from collections.abc import Sequence  # noqa: E402
-
-import gevent  # noqa: E402
-import gevent.event  # noqa: E402
+from collections.abc import Iterable, Sequence  # noqa: E402
+from typing import TYPE_CHECKING, Any  # noqa: E402
 
 import settings  # noqa: E402
-from proxy.app import Gogeta  # noqa: E402
-from proxy.diagnostics import CpuProfiler, stacks  # noqa: E402
-from proxy.forward import Forwarder  # noqa: E402
-from proxy.pages import StatusPages, TemplateError  # noqa: E402
-from proxy.server import ProxyServer  # noqa: E402
-from proxy.static import StaticFiles  # noqa: E402
-from resolvers import make_resolver  # noqa: E402
+
+if TYPE_CHECKING:
+    from proxy.front import Front
 
 log = logging.getLogger("gogeta")
 
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger().setLevel(level)
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def build_app(config: settings.Config) -> Gogeta:
+def configure_logging(level: str, access_log: str = "combined") -> None:
+    """Application logs at `level` on stderr; access lines (`gogeta.access`) on stdout.
+
+    The access log has its own switch (`-accessLog`), so it is INFO whatever `level` is,
+    and its lines are bare, for log tools to parse.
+    """
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        root.addHandler(handler)
+    root.setLevel(level)
+
+    access = logging.getLogger("gogeta.access")
+    access.propagate = False
+    access.setLevel(logging.CRITICAL + 1 if access_log == "off" else logging.INFO)
+    if not access.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        access.addHandler(handler)
+
+
+def check_templates(config: settings.Config) -> None:
+    from proxy.pages import StatusPages, TemplateError
+
+    try:
+        StatusPages(config.templateDir)
+    except TemplateError as exc:
+        raise settings.SettingError(f"-templateDir: {exc}") from exc
+
+
+def build_app(config: settings.Config) -> "Front":
     """The WSGI app for this config; its resolver is not started yet."""
+    from proxy.access_log import formatter
+    from proxy.app import Gogeta
+    from proxy.forward import Forwarder
+    from proxy.front import Front
+    from proxy.pages import StatusPages, TemplateError
+    from proxy.static import StaticFiles
+    from resolvers import make_resolver
+
     try:
         pages = StatusPages(config.templateDir)
     except TemplateError as exc:
         raise settings.SettingError(f"-templateDir: {exc}") from exc
-    return Gogeta(
+    app = Gogeta(
         resolver=make_resolver(config),
         pages=pages,
         forwarder=Forwarder(config.connectTimeout, config.readTimeout),
@@ -56,31 +86,72 @@ def build_app(config: settings.Config) -> Gogeta:
         force_ssl=config.forceFwSsl,
         url_header=config.UrlHeaderParam,
     )
+    return Front(app, formatter(config.accessLog))
 
 
-def create_app(*argv: str) -> Gogeta:
-    """The app factory gunicorn calls in each worker, after its gevent patching.
+class DeferredApp:
+    """The app as `gunicorn --preload` loads it in the arbiter: built in each worker.
+
+    The arbiter checks the settings and templates and forks; each worker builds the real
+    app after its gevent patching, from `gunicorn.conf.py`'s `post_worker_init` hook or,
+    without that file, at its first request.
+    """
+
+    def __init__(self, config: settings.Config) -> None:
+        self.config = config
+        self._app: Front | None = None
+
+    def start(self) -> None:
+        if self._app is None:
+            self._app = build_app(self.config)
+        self._app.start()
+
+    def stop(self) -> None:
+        if self._app is not None:
+            self._app.stop()
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        if self._app is None:
+            self.start()
+        assert self._app is not None
+        return self._app(environ, start_response)
+
+
+def create_app(*argv: str) -> "Front | DeferredApp":
+    """The app factory gunicorn calls (`'gogeta:create_app()'`).
 
     Settings come from `GOGETA_*` variables (and from `argv`, flags as on the command
-    line). The resolver's background work starts here, never at import.
+    line). In a gevent-patched process (a worker) the app is built and its resolver
+    started here; in the arbiter (`--preload`) both wait for the fork.
     """
+    from gevent import monkey
+
     try:
         config = settings.parse(list(argv))
-        configure_logging(config.logLevel)
+        configure_logging(config.logLevel, config.accessLog)
+        if not monkey.is_module_patched("socket"):
+            check_templates(config)
+            return DeferredApp(config)
         app = build_app(config)
     except settings.SettingError as exc:
         print(f"gogeta: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    app.resolver.start()
+    app.start()
     return app
 
 
-def serve(config: settings.Config, app: Gogeta) -> None:
+def serve(config: settings.Config, app: "Front") -> None:
     """Run the standalone server until SIGTERM or SIGINT, then drain (SPEC §6)."""
+    import gevent
+    import gevent.event
+
+    from proxy.diagnostics import CpuProfiler, stacks
+    from proxy.server import ProxyServer
+
     server = ProxyServer(
         (config.listenAddress, config.port),
         app,
-        log=None,  # pywsgi's own access lines: off, gogeta writes its own
+        log=None,  # pywsgi's own access lines: off, `proxy.front` writes gogeta's
         error_log=logging.getLogger("gogeta.server"),
     )
     stopped = gevent.event.Event()
@@ -114,7 +185,7 @@ def serve(config: settings.Config, app: Gogeta) -> None:
     except OSError as exc:
         log.error("cannot listen on %s:%s: %s", config.listenAddress, config.port, exc)
         raise SystemExit(1) from None
-    app.resolver.start()
+    app.start()
     log.info(
         "gogeta listening on http://%s:%s/ (resolver %s)",
         config.listenAddress,
@@ -125,14 +196,13 @@ def serve(config: settings.Config, app: Gogeta) -> None:
         stopped.wait()
     finally:
         profiler.stop()
-        app.resolver.stop()
-        app.forwarder.close()
+        app.stop()
         log.info("gogeta stopped")
 
 
 def main(argv: Sequence[str]) -> int:
     config = settings.parse_or_exit(argv)
-    configure_logging(config.logLevel)
+    configure_logging(config.logLevel, config.accessLog)
     try:
         app = build_app(config)
     except settings.SettingError as exc:

@@ -56,6 +56,16 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _non_negative_seconds(text: str) -> float:
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise ValueError("must be a number of seconds") from None
+    if not 0 <= value < float("inf"):
+        raise ValueError("must be zero or a positive number of seconds")
+    return value
+
+
 def _bool(text: str) -> bool:
     # The values Go's strconv.ParseBool accepts, so old command lines keep working.
     lowered = text.strip().lower()
@@ -138,6 +148,17 @@ def _listen_address(text: str) -> str:
     return value
 
 
+def _networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    networks = []
+    for part in text.split(","):
+        if part.strip():
+            try:
+                networks.append(ipaddress.ip_network(part.strip(), strict=False))
+            except ValueError:
+                raise ValueError(f"{part.strip()!r} is not a network such as 10.0.0.0/8") from None
+    return tuple(networks)
+
+
 @dataclass(frozen=True)
 class Setting:
     """One flag: its name as the original spelt it, default, parser and help line."""
@@ -207,6 +228,24 @@ SETTINGS: tuple[Setting, ...] = (
         "seconds SIGTERM/SIGINT lets requests in flight finish before exiting",
     ),
     Setting(
+        "accessLog",
+        "combined",
+        _choice("combined", "json", "off"),
+        "access log lines on stdout: combined (+ host, upstream, times), json or off",
+    ),
+    Setting(
+        "healthGraceSeconds",
+        "30",
+        _seconds,
+        "/__gogeta/health turns 503 once etcd has been unreachable this long",
+    ),
+    Setting(
+        "trustedNetworks",
+        "127.0.0.0/8,::1/128",
+        _networks,
+        "clients allowed /__gogeta/routes and /__gogeta/metrics (comma-separated CIDRs)",
+    ),
+    Setting(
         "dummyTarget",
         "http://localhost:8080/",
         _url,
@@ -214,6 +253,12 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("connectTimeout", "5", _seconds, "seconds to connect to a backend (then 502)"),
     Setting("readTimeout", "60", _seconds, "seconds to wait for backend data (then 504)"),
+    Setting(
+        "ejectSeconds",
+        "5",
+        _non_negative_seconds,
+        "seconds an instance that refused a connection is skipped (0: never)",
+    ),
     Setting(
         "logLevel",
         "INFO",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -116,7 +117,11 @@ class Gogeta:
                 return [data]
 
         upstream = self.resolver.resolve(hostname)
+        # For the access log and the metrics (proxy.front): where it went, how long it took.
+        environ["gogeta.upstream"] = upstream
+        sent = time.perf_counter()
         response = self.forwarder.send(environ, upstream, self.url_header)
+        environ["gogeta.upstream_seconds"] = time.perf_counter() - sent
         try:
             start_response(
                 f"{response.status} {response.reason or ''}".rstrip(),

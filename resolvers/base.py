@@ -8,6 +8,7 @@ and an HTTP code; resolvers never see a request.
 from __future__ import annotations
 
 import enum
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -68,9 +69,15 @@ class Resolver(Protocol):
     def stop(self) -> None:
         """End background work."""
 
-    def resolve(self, hostname: str) -> Upstream:
-        """The upstream for this hostname, or raise RoutingError."""
+    def resolve(self, hostname: str, avoid: Collection[Upstream] = ()) -> Upstream:
+        """The upstream for this hostname, or raise RoutingError.
+
+        `avoid`: upstreams this request already tried; another is chosen when one can serve.
+        """
         ...
+
+    def failed(self, upstream: Upstream) -> None:
+        """A connection to `upstream` failed: prefer the others for a short while."""
 
     def robots(self, hostname: str) -> str | None:
         """The robots.txt text when hostname is a service domain, else None (SPEC §2.4).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -35,8 +36,11 @@ class DummyResolver:
     def stop(self) -> None:
         pass
 
-    def resolve(self, hostname: str) -> Upstream:
+    def resolve(self, hostname: str, avoid: Collection[Upstream] = ()) -> Upstream:
         return self._upstream
+
+    def failed(self, upstream: Upstream) -> None:
+        pass  # one target: nothing else to prefer
 
     def robots(self, hostname: str) -> str | None:
         return None

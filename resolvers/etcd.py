@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Collection
 from typing import Any
 
 import etcd
@@ -118,6 +119,38 @@ class Writer:
         log.info("%s/%s: passivated, asked to start", instance.service, instance.index)
 
 
+class Ejections:
+    """Instances whose connection just failed, skipped until a deadline (passive checks).
+
+    Empty (and falsy) in the normal case, so the request path pays nothing for it.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._until: dict[Upstream, float] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._until)
+
+    def eject(self, upstream: Upstream) -> None:
+        if self.seconds <= 0:
+            return
+        if upstream not in self._until:
+            log.warning(
+                "%s failed: preferring other instances for %gs", upstream.label, self.seconds
+            )
+        self._until[upstream] = time.monotonic() + self.seconds
+
+    def ejected(self, upstream: Upstream) -> bool:
+        until = self._until.get(upstream)
+        if until is None:
+            return False
+        if time.monotonic() >= until:
+            del self._until[upstream]
+            return False
+        return True
+
+
 class EtcdResolver:
     """IoEtcd: `/domains` → service or URL. Env (`env=True`): service = first label."""
 
@@ -132,6 +165,7 @@ class EtcdResolver:
             self.watchers.append(Watcher(Endpoints(urls), self.domains))
         self.writer = Writer(Endpoints(urls), config.serviceDir, config.lastAccessInterval)
         self._positions: dict[str, int] = {}  # round robin: the only per-request state
+        self.ejections = Ejections(config.ejectSeconds)
 
     def start(self) -> None:
         for watcher in self.watchers:
@@ -159,13 +193,18 @@ class EtcdResolver:
             return None, domain.upstream, False
         return self.services.services.get(domain.value), None, True
 
-    def resolve(self, hostname: str) -> Upstream:
+    def resolve(self, hostname: str, avoid: Collection[Upstream] = ()) -> Upstream:
         service, upstream, _ = self._service_for(hostname)
         if upstream is not None:
             return upstream
         if service is None or not service.instances:
             raise RoutingError(Status.NOTFOUND, hostname)
-        position, chosen = next_instance(service.instances, self._positions.get(service.name, -1))
+        position, chosen = next_instance(
+            service.instances,
+            self._positions.get(service.name, -1),
+            avoid.__contains__ if avoid else None,
+            self.ejections.ejected if self.ejections else None,
+        )
         self._positions[service.name] = position
         if chosen is None:
             last = service.instances[position]
@@ -175,6 +214,9 @@ class EtcdResolver:
         self.writer.touch(chosen)
         assert chosen.upstream is not None
         return chosen.upstream
+
+    def failed(self, upstream: Upstream) -> None:
+        self.ejections.eject(upstream)
 
     def robots(self, hostname: str) -> str | None:
         service, _, is_service_domain = self._service_for(hostname)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from resolvers.base import Status, Upstream
@@ -142,18 +142,35 @@ def make_service(name: str, instances: Sequence[Instance]) -> Service:
     return Service(name, tuple(sorted(instances, key=lambda i: index_order(i.index))))
 
 
-def next_instance(instances: Sequence[Instance], previous: int) -> tuple[int, Instance | None]:
+def next_instance(
+    instances: Sequence[Instance],
+    previous: int,
+    avoid: Callable[[Upstream], bool] | None = None,
+    spare: Callable[[Upstream], bool] | None = None,
+) -> tuple[int, Instance | None]:
     """SPEC §4: start one past `previous`, take the first that can serve, each at most once.
 
     Returns (position looked at last, chosen instance or None). When none can serve, the
     instance at that position is the "last instance looked at" whose status answers.
+    `avoid(upstream)` excludes an instance outright (already tried for this request);
+    `spare(upstream)` only defers it (recently failed): a spared instance is chosen only
+    when no other can serve, rather than failing at once.
     """
     count = len(instances)
     position = previous
+    fallback: tuple[int, Instance] | None = None
     for _ in range(count):
         position = (position + 1) % count
-        if instances[position].upstream is not None:
-            return position, instances[position]
+        upstream = instances[position].upstream
+        if upstream is None or (avoid is not None and avoid(upstream)):
+            continue
+        if spare is not None and spare(upstream):
+            if fallback is None:
+                fallback = (position, instances[position])
+            continue
+        return position, instances[position]
+    if fallback is not None:
+        return fallback
     return position, None
 
 

@@ -126,6 +126,8 @@ class EtcdServer:
             self.proc.send_signal(sig)
             self.proc.wait(timeout=10)
         self.proc = None
+        if getattr(self, "_log", None) is not None:
+            self._log.close()
 
     def stop(self) -> None:
         self.kill(signal.SIGTERM)

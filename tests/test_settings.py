@@ -6,6 +6,7 @@ environment; the last tests run the real command line to check `-h` and exit cod
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import subprocess
 import sys
@@ -40,8 +41,12 @@ DEFAULTS: list[tuple[str, Any]] = [
     ("dummyTarget", "http://localhost:8080/"),
     ("connectTimeout", 5.0),
     ("readTimeout", 60.0),
+    ("ejectSeconds", 5.0),
     ("logLevel", "INFO"),
     ("drainTimeout", 10.0),
+    ("accessLog", "combined"),
+    ("healthGraceSeconds", 30.0),
+    ("trustedNetworks", (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))),
 ]
 
 

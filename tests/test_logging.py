@@ -1,0 +1,137 @@
+"""Logs: one access line per request (combined + fields, or JSON), application logs at
+-logLevel, and no WARNING for normal traffic. The lines are parsed as a log tool would."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from tests.support import Backend, GogetaProcess, refused_port, wait_until
+
+COMBINED = re.compile(
+    r'(?P<client>\S+) - - \[(?P<time>[^\]]+)\] "(?P<method>\S+) (?P<target>\S+) (?P<proto>[^"]+)" '
+    r'(?P<status>\d{3}) (?P<bytes>\d+) "(?P<referer>[^"]*)" "(?P<agent>[^"]*)" '
+    r'host="(?P<host>[^"]*)" upstream="(?P<upstream>[^"]*)" '
+    r"time=(?P<seconds>[\d.]+) upstream_time=(?P<upstream_seconds>[\d.]+|-)$"
+)
+
+
+def access_lines(proxy: GogetaProcess, count: int, parse: Any) -> list[Any]:
+    """The first `count` access lines of the proxy's output, parsed; waits for them."""
+
+    def parsed() -> list[Any]:
+        found = [m for line in proxy.log().splitlines() if (m := parse(line))]
+        return found if len(found) >= count else []
+
+    return wait_until(parsed, what=f"{count} access lines")
+
+
+def as_json(line: str) -> dict[str, Any] | None:
+    return json.loads(line) if line.startswith("{") else None
+
+
+def route(etcd: Any, host: str, service: str, port: int) -> None:
+    client = etcd.client()
+    client.write(f"/domains/{host}/type", "service")
+    client.write(f"/domains/{host}/value", service)
+    client.write(f"/services/{service}/1/location", json.dumps({"host": "127.0.0.1", "port": port}))
+
+
+def test_combined_line_per_request_with_host_upstream_and_times(gogeta, etcd) -> None:
+    with Backend() as backend:
+        route(etcd, "shop.example.com", "shop", backend.port)
+        proxy = gogeta("-etcdAddress", etcd.url)
+        wait_until(lambda: proxy.get("/", host="shop.example.com").status == 200)
+        resp = proxy.get(
+            "/cart?id=7",
+            host="www.Shop.example.com:8080",
+            headers={"User-Agent": 'agent "quoted"', "Referer": "http://ref.example/"},
+        )
+        assert resp.status == 200
+        proxy.get("/", host="nowhere.example.com")
+
+        lines = access_lines(proxy, 3, COMBINED.match)
+    served, unknown = lines[-2], lines[-1]
+    assert served["client"] == "127.0.0.1"
+    assert (served["method"], served["target"], served["proto"]) == (
+        "GET",
+        "/cart?id=7",
+        "HTTP/1.1",
+    )
+    assert (served["status"], int(served["bytes"])) == ("200", len(resp.body))
+    assert served["referer"] == "http://ref.example/"
+    assert served["agent"] == r"agent \x22quoted\x22"
+    assert served["host"] == "www.Shop.example.com:8080"
+    assert served["upstream"] == "shop/1"
+    assert 0 < float(served["upstream_seconds"]) <= float(served["seconds"]) < 5
+
+    assert (unknown["status"], unknown["host"]) == ("404", "nowhere.example.com")
+    assert (unknown["upstream"], unknown["upstream_seconds"]) == ("-", "-")
+
+
+def test_json_lines(gogeta) -> None:
+    with Backend() as backend:
+        proxy = gogeta(
+            "-resolverType", "Dummy", "-dummyTarget", backend.url + "/", "-accessLog=json"
+        )
+        assert proxy.get("/j?q=1", host="api.example.com").status == 200
+        line = access_lines(proxy, 1, as_json)[0]
+    assert line["method"] == "GET"
+    assert line["target"] == "/j?q=1"
+    assert line["status"] == 200
+    assert line["bytes"] == len(b"GET /j?q=1")
+    assert line["host"] == "api.example.com"
+    assert line["upstream"] == f"127.0.0.1:{backend.port}"
+    assert 0 < line["upstream_seconds"] <= line["seconds"]
+    assert line["client"] == "127.0.0.1"
+
+
+def test_a_failed_upstream_is_logged_with_its_status(gogeta) -> None:
+    proxy = gogeta("-resolverType", "Dummy", "-dummyTarget", f"http://127.0.0.1:{refused_port()}/")
+    assert proxy.get("/").status == 502
+    line = access_lines(proxy, 1, COMBINED.match)[0]
+    assert line["status"] == "502"
+    assert line["upstream"].startswith("127.0.0.1:")  # the one that failed
+    assert line["upstream_seconds"] == "-"  # it never answered
+
+
+def test_access_log_off(gogeta) -> None:
+    with Backend() as backend:
+        proxy = gogeta(
+            "-resolverType", "Dummy", "-dummyTarget", backend.url + "/", "-accessLog", "off"
+        )
+        for _ in range(3):
+            assert proxy.get("/").status == 200
+        proxy.stop()
+    assert not [line for line in proxy.log().splitlines() if COMBINED.match(line)]
+    assert "gogeta stopped" in proxy.log()
+
+
+def test_log_level_hides_application_info_but_not_access_lines(gogeta) -> None:
+    with Backend() as backend:
+        proxy = gogeta(
+            "-resolverType", "Dummy", "-dummyTarget", backend.url + "/", "-logLevel=WARNING"
+        )
+        assert proxy.get("/").status == 200
+        access_lines(proxy, 1, COMBINED.match)
+        proxy.stop()
+    assert "gogeta listening" not in proxy.log()
+    assert " INFO " not in proxy.log()
+
+
+def test_normal_traffic_logs_nothing_at_warning(gogeta, etcd) -> None:
+    with Backend() as backend:
+        route(etcd, "shop.example.com", "shop", backend.port)
+        proxy = gogeta("-etcdAddress", etcd.url, "-logLevel", "DEBUG")
+        wait_until(lambda: proxy.get("/", host="shop.example.com").status == 200)
+        for i in range(10):
+            assert proxy.get(f"/page{i}", host="shop.example.com").status == 200
+            assert proxy.get("/", host="unknown.example.com").status == 404
+            assert proxy.get("/robots.txt", host="shop.example.com").status == 200
+            assert proxy.get("/__static__/gogeta.css").status == 200
+        access_lines(proxy, 41, COMBINED.match)
+        proxy.stop()
+    levels = re.findall(r"^\S+ \S+ (DEBUG|INFO|WARNING|ERROR|CRITICAL) ", proxy.log(), re.M)
+    assert "INFO" in levels and "DEBUG" in levels  # the pattern does match the log format
+    assert not {"WARNING", "ERROR", "CRITICAL"} & set(levels), proxy.log()
