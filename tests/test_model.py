@@ -191,3 +191,29 @@ def test_domains() -> None:
     ]:
         with pytest.raises(ValueError):
             make_domain(type_, value)
+
+
+def test_avoided_instances_are_never_chosen() -> None:
+    instances = make_service("svc", [instance("1"), instance("2"), instance("3")]).instances
+    tried = {instances[0].upstream, instances[1].upstream}
+    position, chosen = next_instance(instances, -1, tried.__contains__)
+    assert chosen is not None and chosen.index == "3"
+    tried.add(instances[2].upstream)
+    position, chosen = next_instance(instances, -1, tried.__contains__)
+    assert chosen is None
+
+
+def test_spared_instances_are_chosen_only_when_nothing_else_can_serve() -> None:
+    instances = make_service("svc", [instance("1"), instance("2")]).instances
+    failing = {instances[0].upstream}
+    assert picks_with(instances, failing, 3) == ["2", "2", "2"]
+    failing.add(instances[1].upstream)  # all failing: try them anyway, in turn
+    assert picks_with(instances, failing, 2) == ["1", "2"]
+
+
+def picks_with(instances, failing: set, count: int) -> list[str | None]:
+    position, chosen = -1, []
+    for _ in range(count):
+        position, inst = next_instance(instances, position, None, failing.__contains__)
+        chosen.append(inst.index if inst else None)
+    return chosen
