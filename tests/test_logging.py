@@ -51,8 +51,11 @@ def test_combined_line_per_request_with_host_upstream_and_times(gogeta, etcd) ->
         assert resp.status == 200
         proxy.get("/", host="nowhere.example.com")
 
-        lines = access_lines(proxy, 3, COMBINED.match)
-    served, unknown = lines[-2], lines[-1]
+        def logged(field: str, value: str) -> Any:
+            return next((m for m in access_lines(proxy, 1, COMBINED.match) if m[field] == value), 0)
+
+        served = wait_until(lambda: logged("target", "/cart?id=7"), what="the /cart line")
+        unknown = wait_until(lambda: logged("host", "nowhere.example.com"), what="the 404 line")
     assert served["client"] == "127.0.0.1"
     assert (served["method"], served["target"], served["proto"]) == (
         "GET",
