@@ -29,6 +29,10 @@ pytest: $(STAMP)
 
 test: lint typecheck pytest
 
+# Every status page as PNG (phone and desktop) into pages/, with headless Chromium.
+pages: $(STAMP)
+	$(BIN)/python devtools/render_pages.py
+
 clean:
 	rm -rf $(VENV) .run .mypy_cache .ruff_cache .pytest_cache
 
