@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from proxy.errors import BadRequest, ProxyError, UpstreamError, code_of
-from proxy.forward import Forwarder, response_headers, stream_body
+from proxy.forward import Forwarder, response_headers, status_line, stream_body
 from proxy.pages import Page, StatusPages
 from proxy.static import PREFIX as STATIC_PREFIX
 from proxy.static import StaticFiles
@@ -124,8 +124,8 @@ class Gogeta:
         environ["gogeta.upstream_seconds"] = time.perf_counter() - sent
         try:
             start_response(
-                f"{response.status} {response.reason or ''}".rstrip(),
-                response_headers(response.headers),
+                status_line(response.status, response.reason),
+                response_headers(response.headers, response.status),
             )
         except BaseException:
             response.close()

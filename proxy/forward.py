@@ -10,6 +10,7 @@ nothing about routing; it is given an `Upstream`.
 from __future__ import annotations
 
 import errno
+import http
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -103,8 +104,12 @@ def request_headers(environ: dict[str, Any], url_header: str = "") -> dict[str, 
     port = headers.setdefault("X-Forwarded-Port", str(environ.get("SERVER_PORT", "")))
     if url_header:
         headers[url_header] = public_base_url(proto, host, port)
+    # Without these, urllib3 and http.client would add their own (`User-Agent:
+    # python-urllib3/…`, `Accept-Encoding: identity`): the backend must see the client's.
     if "User-Agent" not in headers:
-        headers["User-Agent"] = SKIP_HEADER  # urllib3 would add its own
+        headers["User-Agent"] = SKIP_HEADER
+    if "Accept-Encoding" not in headers:
+        headers["Accept-Encoding"] = SKIP_HEADER
     return headers
 
 
@@ -147,9 +152,27 @@ def target_of(environ: dict[str, Any], upstream: Upstream) -> str:
     return f"{path}?{query}" if query else path
 
 
-def response_headers(headers: Any) -> list[tuple[str, str]]:
+def status_line(code: int, reason: str | None) -> str:
+    """`200 OK`: the backend's reason phrase, or the standard one when it sent none."""
+    if not reason:
+        try:
+            reason = http.HTTPStatus(code).phrase
+        except ValueError:
+            reason = "Unknown"
+    return f"{code} {reason}"
+
+
+# Answers that never have a body (RFC 9110 §6.4.1).
+_BODILESS = frozenset({204, 304})
+
+
+def response_headers(headers: Any, code: int = 200) -> list[tuple[str, str]]:
     """The backend's headers minus hop-by-hop ones; repeated headers stay separate."""
     dropped = _connection_tokens(headers.get("Connection", ""))
+    if code in _BODILESS:
+        # A 304 may carry the Content-Length a 200 would have (RFC 9110 §8.6), but
+        # pywsgi refuses any non-zero one there; without a body it tells the client nothing.
+        dropped |= {"content-length"}
     return [
         (name, value)
         for name, value in headers.items()

@@ -3,7 +3,8 @@
 pywsgi leaves Nagle's algorithm on for accepted sockets; with keep-alive clients a small
 response then waits for the peer's delayed ACK (about 40 ms a request). It also only
 offers the percent-decoded PATH_INFO, and a proxy must forward the path as the client sent
-it, so the raw target goes into `RAW_URI` (the name gunicorn uses).
+it, so the raw target goes into `RAW_URI` (the name gunicorn uses). And it would end a
+HEAD answer without Content-Length with a chunked body.
 
 Draining (SIGTERM, SPEC §6): the listener closes, connections idle between two requests
 are closed, a connection busy with a request finishes that request and then closes; after
@@ -60,6 +61,16 @@ class ProxyHandler(pywsgi.WSGIHandler):  # type: ignore[misc]  # gevent is untyp
             self.socket.shutdown(socket.SHUT_RDWR)
         except (OSError, AttributeError):
             pass
+
+    response_use_chunked: bool  # set by pywsgi for every response
+
+    def finalize_headers(self) -> None:
+        super().finalize_headers()
+        if self.response_use_chunked and self.command == "HEAD":
+            # pywsgi frames a length-less answer as chunked even for HEAD and then sends
+            # the closing `0` chunk, a body a HEAD answer must not have: the client would
+            # read it as the start of its next response.
+            self.response_use_chunked = False
 
     def get_environ(self) -> dict[str, Any]:
         env: dict[str, Any] = super().get_environ()

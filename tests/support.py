@@ -243,14 +243,15 @@ class GogetaProcess:
                 env=env,
             )
         if wait:
-            wait_until(self._listening, timeout=20, what="gogeta to listen")
+            wait_until(self._listening_or_exited, timeout=20, what="gogeta to listen")
+            assert self.proc is not None
+            if self.proc.poll() is not None:  # fail now, not after the whole timeout
+                raise AssertionError(f"gogeta exited {self.proc.returncode}:\n{self.log()}")
         return self
 
-    def _listening(self) -> bool:
+    def _listening_or_exited(self) -> bool:
         assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise AssertionError(f"gogeta exited {self.proc.returncode}:\n{self.log()}")
-        return port_open(self.port)
+        return self.proc.poll() is not None or port_open(self.port)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path else ""
@@ -354,7 +355,10 @@ class Backend:
         self.server.daemon_threads = True
         self.port = int(self.server.server_address[1])
         self.url = f"http://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        # A short poll interval: `shutdown` waits for it, and tests stop many backends.
+        self._thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
 
     def __enter__(self) -> Backend:
         self._thread.start()
