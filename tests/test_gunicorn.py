@@ -1,0 +1,161 @@
+"""gogeta under gunicorn: `gunicorn -k gevent -w 2 'gogeta:create_app()'`, set by GOGETA_*.
+
+Real gunicorn processes (with `gunicorn.conf.py` from the repository, as an operator
+runs it): two workers serve, each with its own resolver started after the fork (also with
+--preload), and SIGTERM to the arbiter lets a request in flight finish.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.support import (
+    ROOT,
+    Backend,
+    RawServer,
+    free_port,
+    port_open,
+    read_request_head,
+    request,
+    wait_until,
+)
+
+
+@dataclass
+class Gunicorn:
+    env: dict[str, str]
+    options: list[str] = field(default_factory=list)
+    workers: int = 2
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    def start(self) -> Gunicorn:
+        self.port = free_port()
+        fd, name = tempfile.mkstemp(prefix="gunicorn-", suffix=".log")
+        os.close(fd)
+        self.log_path = Path(name)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GOGETA_")}
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        env.update(self.env, PYTHONUNBUFFERED="1")
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "gunicorn",
+                    "-k",
+                    "gevent",
+                    "-w",
+                    str(self.workers),
+                    "-b",
+                    f"127.0.0.1:{self.port}",
+                    "--no-control-socket",
+                    *self.options,
+                    "gogeta:create_app()",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                env=env,
+            )
+        wait_until(self._ready, timeout=30, what="gunicorn and its workers")
+        return self
+
+    def _ready(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"gunicorn exited {self.proc.returncode}:\n{self.log()}")
+        return port_open(self.port) and len(self.worker_pids()) == self.workers
+
+    def worker_pids(self) -> set[int]:
+        assert self.proc is not None
+        return {p.pid for p in psutil.Process(self.proc.pid).children()}
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path else ""
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        code = self.proc.returncode
+        self.proc = None
+        return code
+
+
+@pytest.fixture
+def gunicorn() -> Iterator[Callable[..., Gunicorn]]:
+    started: list[Gunicorn] = []
+
+    def start(env: dict[str, str], *options: str) -> Gunicorn:
+        server = Gunicorn(env, list(options)).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def dummy(url: str) -> dict[str, str]:
+    return {"GOGETA_RESOLVER_TYPE": "Dummy", "GOGETA_DUMMY_TARGET": url + "/"}
+
+
+@pytest.mark.parametrize("preload", [False, True], ids=["fork-then-load", "preload"])
+def test_two_workers_serve_configured_by_the_environment(gunicorn, preload: bool) -> None:
+    with Backend() as backend:
+        server = gunicorn(dummy(backend.url), *(["--preload"] if preload else []))
+        for i in range(10):
+            resp = request(server.port, f"/w{i}?x=1", host="shop.example.com")
+            assert (resp.status, resp.body) == (200, f"GET /w{i}?x=1".encode())
+    assert backend.seen[0].header("Host") == "shop.example.com"
+    assert "MonkeyPatchWarning" not in server.log()  # --preload: nothing imported too early
+    assert "Traceback" not in server.log()
+    # gogeta's access lines, one per request.
+    assert server.log().count('"GET /w') == 10
+
+
+def test_sigterm_to_the_arbiter_finishes_the_request_in_flight(gunicorn) -> None:
+    received, release = threading.Event(), threading.Event()
+
+    def held(conn: socket.socket) -> None:
+        read_request_head(conn)
+        received.set()
+        if release.wait(30):
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ndone")
+
+    with RawServer(held) as backend:
+        server = gunicorn(dummy(backend.url))
+        result: list[object] = []
+        thread = threading.Thread(
+            target=lambda: result.append(request(server.port, "/slow", timeout=30)), daemon=True
+        )
+        thread.start()
+        assert received.wait(10)
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: not port_open(server.port), what="the listener to close")
+        release.set()
+        thread.join(30)
+        assert server.proc.wait(timeout=30) == 0
+    resp = result[0]
+    assert (resp.status, resp.body) == (200, b"done")  # type: ignore[attr-defined]
