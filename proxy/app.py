@@ -13,12 +13,14 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from proxy.errors import BadRequest, ProxyError, UpstreamError, code_of
+import urllib3
+
+from proxy.errors import BadGateway, BadRequest, ProxyError, UpstreamError, code_of
 from proxy.forward import Forwarder, response_headers, status_line, stream_body
-from proxy.pages import Page, StatusPages
+from proxy.pages import FALLBACK_PAGE, Page, StatusPages
 from proxy.static import PREFIX as STATIC_PREFIX
 from proxy.static import StaticFiles
-from resolvers.base import Resolver, RoutingError
+from resolvers.base import Resolver, RoutingError, Upstream
 
 log = logging.getLogger(__name__)
 
@@ -67,24 +69,37 @@ class Gogeta:
         try:
             hostname = hostname_of(environ.get("HTTP_HOST"))
             return self._serve(environ, start_response, hostname)
-        except RoutingError as exc:
-            return self._send(
-                start_response, self.pages.render(exc.status.value, code_of(exc.status), hostname)
-            )
-        except ProxyError as exc:
+        except Exception as exc:
+            return self._send(start_response, self._error_page(environ, hostname, exc))
+
+    def _error_page(self, environ: dict[str, Any], hostname: str, exc: Exception) -> Page:
+        """The page that answers `exc`: the one place an error becomes a page (SPEC §2.8)."""
+        try:
+            if isinstance(exc, RoutingError):
+                return self.pages.render(exc.status.value, code_of(exc.status), hostname)
             if isinstance(exc, UpstreamError):
                 log.warning("%s %s: upstream %s %s", hostname, exc.code, exc.upstream, exc.detail)
-            else:
+                return self.pages.render(exc.page, exc.code, hostname)
+            if isinstance(exc, ProxyError):
                 log.info("%s %s: %s", hostname, exc.code, exc.detail)
-            return self._send(start_response, self.pages.render(exc.page, exc.code, hostname))
-        except Exception:
-            log.exception(
+                return self.pages.render(exc.page, exc.code, hostname)
+            log.error(
                 "An error occurred serving %s %s for %s",
                 environ.get("REQUEST_METHOD"),
                 environ.get("PATH_INFO"),
                 hostname or environ.get("HTTP_HOST"),
+                exc_info=exc,
             )
-            return self._send(start_response, self.pages.render("internal_error", 500, hostname))
+            return self.pages.render("internal_error", 500, hostname)
+        except Exception:
+            # A page that fails to render (an operator's template tripping over some value)
+            # is itself an unexpected error: a 500, never a traceback sent to the client.
+            log.exception("The page answering %s failed to render", type(exc).__name__)
+            try:
+                return self.pages.render("internal_error", 500, hostname)
+            except Exception:
+                log.exception("The internal_error page failed to render")
+                return FALLBACK_PAGE
 
     def _serve(
         self, environ: dict[str, Any], start_response: StartResponse, hostname: str
@@ -116,11 +131,8 @@ class Gogeta:
                 )
                 return [data]
 
-        upstream = self.resolver.resolve(hostname)
-        # For the access log and the metrics (proxy.front): where it went, how long it took.
-        environ["gogeta.upstream"] = upstream
         sent = time.perf_counter()
-        response = self.forwarder.send(environ, upstream, self.url_header)
+        upstream, response = self._send_upstream(environ, hostname)
         environ["gogeta.upstream_seconds"] = time.perf_counter() - sent
         try:
             start_response(
@@ -132,6 +144,39 @@ class Gogeta:
             response.release_conn()
             raise
         return stream_body(response, upstream.label)
+
+    def _send_upstream(
+        self, environ: dict[str, Any], hostname: str
+    ) -> tuple[Upstream, urllib3.BaseHTTPResponse]:
+        """Send to an instance; when it fails in a way that is safe to replay, try the next.
+
+        Each instance is tried at most once per request, so never more attempts than
+        instances. A refused or broken connection also makes the resolver prefer the others
+        for a while (passive ejection).
+        """
+        tried: list[Upstream] = []
+        failure: UpstreamError | None = None
+        while True:
+            try:
+                upstream = self.resolver.resolve(hostname, tried)
+            except RoutingError:
+                if failure is not None:
+                    raise failure from None  # every instance failed: say how the last did
+                raise
+            if failure is not None and upstream in tried:
+                raise failure  # a single upstream (a URL): nothing else to try
+            # For the access log and the metrics (proxy.front): where it went.
+            environ["gogeta.upstream"] = upstream
+            try:
+                return upstream, self.forwarder.send(environ, upstream, self.url_header)
+            except UpstreamError as exc:
+                if exc.connect_failed or isinstance(exc, BadGateway):
+                    self.resolver.failed(upstream)  # not for a slow answer: maybe one slow URL
+                if not exc.replayable:
+                    raise
+                log.info("%s: %s failed (%s), trying another", hostname, upstream.label, exc)
+                tried.append(upstream)
+                failure = exc
 
     def _static(
         self, environ: dict[str, Any], start_response: StartResponse, hostname: str, path: str

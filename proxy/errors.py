@@ -26,11 +26,24 @@ class BadRequest(ProxyError):
 
 
 class UpstreamError(ProxyError):
-    """The backend failed; `upstream` says which one, for the logs."""
+    """The backend failed; `upstream` says which one, for the logs.
 
-    def __init__(self, detail: str, upstream: str = "") -> None:
+    `connect_failed`: no connection was made, so nothing of the request was sent.
+    `replayable`: the request can go to another instance (nothing sent, or an idempotent
+    request without a body).
+    """
+
+    def __init__(
+        self,
+        detail: str,
+        upstream: str = "",
+        connect_failed: bool = False,
+        replayable: bool = False,
+    ) -> None:
         super().__init__(detail)
         self.upstream = upstream
+        self.connect_failed = connect_failed
+        self.replayable = replayable or connect_failed
 
 
 class BadGateway(UpstreamError):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import http
+import http.client
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -20,6 +21,7 @@ from urllib3.exceptions import (
     ConnectTimeoutError,
     HTTPError,
     NewConnectionError,
+    ProtocolError,
     ReadTimeoutError,
 )
 from urllib3.util import SKIP_HEADER
@@ -203,25 +205,53 @@ class Forwarder:
         Raises BadGateway or GatewayTimeout; the caller must finish with `stream_body`.
         """
         pool = self.pools.connection_from_host(upstream.host, upstream.port, upstream.scheme)
-        try:
-            return pool.urlopen(
-                environ["REQUEST_METHOD"],
-                target_of(environ, upstream),
-                body=request_body(environ),
-                headers=request_headers(environ, url_header),
-                retries=False,
-                redirect=False,
-                assert_same_host=False,
-                preload_content=False,
-                decode_content=False,
-                timeout=self.timeout,
-            )
-        except NewConnectionError as exc:  # before ConnectTimeoutError: it subclasses it
-            raise BadGateway(f"cannot connect: {exc}", upstream.label) from exc
-        except (ConnectTimeoutError, ReadTimeoutError) as exc:
-            raise GatewayTimeout(f"timed out: {exc}", upstream.label) from exc
-        except (HTTPError, OSError) as exc:
-            raise BadGateway(f"failed: {exc}", upstream.label) from exc
+        method = environ["REQUEST_METHOD"]
+        body = request_body(environ)
+        headers = request_headers(environ, url_header)
+        target = target_of(environ, upstream)
+        # Without a body and with an idempotent method, sending twice is harmless: a pooled
+        # keep-alive connection the backend closed while idle is retried once on a fresh
+        # one (instead of a 502), and a failure may be replayed on another instance.
+        replayable = body is None and method in IDEMPOTENT
+        attempts = 2 if replayable else 1
+        for attempt in range(1, attempts + 1):
+            try:
+                return pool.urlopen(
+                    method,
+                    target,
+                    body=body,
+                    headers=headers,
+                    retries=False,
+                    redirect=False,
+                    assert_same_host=False,
+                    preload_content=False,
+                    decode_content=False,
+                    timeout=self.timeout,
+                )
+            except NewConnectionError as exc:  # before ConnectTimeoutError: it subclasses it
+                raise BadGateway(f"cannot connect: {exc}", upstream.label, True) from exc
+            except ConnectTimeoutError as exc:
+                raise GatewayTimeout(f"connect timed out: {exc}", upstream.label, True) from exc
+            except ReadTimeoutError as exc:
+                raise GatewayTimeout(f"timed out: {exc}", upstream.label) from exc
+            except ProtocolError as exc:
+                if attempt < attempts and _is_disconnect(exc):
+                    continue
+                raise BadGateway(f"failed: {exc}", upstream.label, replayable=replayable) from exc
+            except (HTTPError, OSError) as exc:
+                raise BadGateway(f"failed: {exc}", upstream.label, replayable=replayable) from exc
+        raise AssertionError("not reached: the last attempt returns or raises")
+
+
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+
+
+def _is_disconnect(exc: ProtocolError) -> bool:
+    """The peer closed or reset the connection before answering (a stale keep-alive)."""
+    return any(
+        isinstance(arg, (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected))
+        for arg in exc.args
+    )
 
 
 def stream_body(response: urllib3.BaseHTTPResponse, label: str) -> Iterator[bytes]:
