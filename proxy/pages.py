@@ -42,6 +42,22 @@ class Page:
     body: bytes
 
 
+# The answer when even the internal_error template fails to render: plain, but still a page.
+_FALLBACK_BODY = (
+    b"<!doctype html><title>500 Internal Server Error</title>"
+    b"<h1>An error occurred serving your request</h1>\n"
+)
+FALLBACK_PAGE = Page(
+    "500 Internal Server Error",
+    [
+        ("Content-Type", "text/html; charset=utf-8"),
+        ("Content-Length", str(len(_FALLBACK_BODY))),
+        ("Cache-Control", "no-store"),
+    ],
+    _FALLBACK_BODY,
+)
+
+
 class StatusPages:
     def __init__(self, template_dir: Path) -> None:
         env = jinja2.Environment(
