@@ -154,6 +154,7 @@ def serve(config: settings.Config, app: "Front") -> None:
         log=None,  # pywsgi's own access lines: off, `proxy.front` writes gogeta's
         error_log=logging.getLogger("gogeta.server"),
     )
+    server.client_timeout = config.clientTimeout
     stopped = gevent.event.Event()
     profiler = CpuProfiler(config.cpuProfile)
 

@@ -254,6 +254,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("connectTimeout", "5", _seconds, "seconds to connect to a backend (then 502)"),
     Setting("readTimeout", "60", _seconds, "seconds to wait for backend data (then 504)"),
     Setting(
+        "clientTimeout",
+        "60",
+        _non_negative_seconds,
+        "seconds a client may take to send a request head, or stay silent (0: no limit)",
+    ),
+    Setting(
         "ejectSeconds",
         "5",
         _non_negative_seconds,

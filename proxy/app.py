@@ -82,7 +82,12 @@ class Gogeta:
                 return self.pages.render(exc.page, exc.code, hostname)
             if isinstance(exc, ProxyError):
                 log.info("%s %s: %s", hostname, exc.code, exc.detail)
-                return self.pages.render(exc.page, exc.code, hostname)
+                page = self.pages.render(exc.page, exc.code, hostname)
+                if exc.code == 400:
+                    # The client's framing can't be trusted any more (a malformed chunk...):
+                    # whatever follows on this connection is not a request.
+                    page.headers.append(("Connection", "close"))
+                return page
             log.error(
                 "An error occurred serving %s %s for %s",
                 environ.get("REQUEST_METHOD"),
@@ -135,6 +140,7 @@ class Gogeta:
         upstream, response = self._send_upstream(environ, hostname)
         environ["gogeta.upstream_seconds"] = time.perf_counter() - sent
         try:
+            body = stream_body(response, upstream.label)
             start_response(
                 status_line(response.status, response.reason),
                 response_headers(response.headers, response.status),
@@ -143,7 +149,7 @@ class Gogeta:
             response.close()
             response.release_conn()
             raise
-        return stream_body(response, upstream.label)
+        return body
 
     def _send_upstream(
         self, environ: dict[str, Any], hostname: str

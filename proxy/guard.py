@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import http
 import re
+from typing import BinaryIO
 
 MAX_HEADER_COUNT = 100
 MAX_HEADER_BYTES = 64 * 1024
@@ -38,6 +39,22 @@ class RejectedRequest(ValueError):
             "Connection: close\r\n\r\n"
         )
         return head.encode("latin-1") + body
+
+
+def read_header_lines(stream: BinaryIO) -> list[str]:
+    """The raw header lines up to the blank line, decoded as latin-1, size-limited."""
+    lines: list[str] = []
+    total = 0
+    while True:
+        line = stream.readline(MAX_HEADER_BYTES + 1)
+        if line in (b"\r\n", b"\n", b""):
+            return lines
+        total += len(line)
+        if total > MAX_HEADER_BYTES:
+            raise RejectedRequest(431, f"headers larger than {MAX_HEADER_BYTES} bytes")
+        lines.append(line.decode("latin-1"))
+        if len(lines) > MAX_HEADER_COUNT:
+            raise RejectedRequest(431, f"more than {MAX_HEADER_COUNT} header lines")
 
 
 def check_header_lines(lines: list[str]) -> None:

@@ -13,12 +13,19 @@ the drain timeout whatever is still running is cut.
 
 from __future__ import annotations
 
+import email.parser
+import logging
 import socket
 from collections.abc import Callable
 from typing import Any
 
+import gevent
 from gevent import pywsgi
 from gevent.pool import Pool
+
+from proxy.guard import RejectedRequest, check_header_lines, read_header_lines
+
+log = logging.getLogger(__name__)
 
 
 def set_nodelay(sock: Any) -> None:
@@ -26,6 +33,10 @@ def set_nodelay(sock: Any) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except (OSError, AttributeError):
         pass  # not a TCP socket (a UNIX socket in tests, say)
+
+
+class ClientTimeout(OSError):
+    """A client too slow to send its request head; an OSError so pywsgi closes quietly."""
 
 
 class ProxyHandler(pywsgi.WSGIHandler):  # type: ignore[misc]  # gevent is untyped
@@ -48,12 +59,32 @@ class ProxyHandler(pywsgi.WSGIHandler):  # type: ignore[misc]  # gevent is untyp
     def read_requestline(self) -> str:
         if self.server.draining:
             return ""  # no further request on this connection: pywsgi closes it
+        # Slow clients: the whole request head (the wait on a kept-alive connection
+        # included) must arrive within `client_timeout`, so a client trickling one header
+        # byte at a time (slowloris) is cut; the socket timeout then bounds each silence
+        # while a body is sent or a response is read.
+        timeout = self.server.client_timeout
+        if timeout:
+            self.socket.settimeout(timeout)
+            self._head_deadline = gevent.Timeout.start_new(timeout, ClientTimeout())
         self.idle = True
         try:
             line: str = super().read_requestline()
             return line
         finally:
             self.idle = False
+
+    def handle_one_request(self) -> Any:
+        try:
+            return super().handle_one_request()
+        finally:
+            self._end_head_deadline()  # whatever path the request took (414...)
+
+    def _end_head_deadline(self) -> None:
+        deadline = getattr(self, "_head_deadline", None)
+        if deadline is not None:
+            deadline.close()
+            self._head_deadline = None
 
     def close_idle(self) -> None:
         """Wake a handler blocked reading the next request: it sees end of file and closes."""
@@ -72,7 +103,23 @@ class ProxyHandler(pywsgi.WSGIHandler):  # type: ignore[misc]  # gevent is untyp
             # read it as the start of its next response.
             self.response_use_chunked = False
 
+    def MessageClass(self, stream: Any, *args: Any) -> Any:
+        """Parse the headers as pywsgi does, after refusing ambiguous framing (proxy.guard)."""
+        lines = read_header_lines(stream)
+        check_header_lines(lines)
+        return email.parser.Parser(_class=pywsgi.OldMessage).parsestr("".join(lines) + "\r\n")
+
+    def _handle_client_error(self, ex: BaseException) -> Any:
+        self._end_head_deadline()
+        if isinstance(ex, ClientTimeout):
+            return ("408", RejectedRequest(408, "request head not received in time").response())
+        if isinstance(ex, RejectedRequest):
+            log.info("refused a request from %s: %s", self.client_address[0], ex.reason)
+            return (str(ex.code), ex.response())
+        return super()._handle_client_error(ex)
+
     def get_environ(self) -> dict[str, Any]:
+        self._end_head_deadline()  # the head is in: the rest is the socket timeout's job
         env: dict[str, Any] = super().get_environ()
         env["RAW_URI"] = self.path
         return env
@@ -88,6 +135,7 @@ class ProxyServer(pywsgi.WSGIServer):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
         self.connections: set[ProxyHandler] = set()
         self.draining = False
+        self.client_timeout: float = 0.0  # seconds; 0: no limit (see read_requestline)
         # Called with +1 / -1 as connections open and close (the open-connections gauge).
         self.count_connection: Callable[[int], None] = lambda delta: None
 
