@@ -84,7 +84,33 @@ class Writer:
         while True:
             kind, instance, when = self.queue.get()
             self.pending.discard((kind, instance.service, instance.index))
-            base = f"{self.service_dir}/{instance.service}/{instance.index}"
+            try:
+                self._write(kind, instance, when)
+            except ETCD_DOWN as exc:
+                # No endpoint answered: forget it was asked, so that a later request asks again.
+                key = (instance.service, instance.index)
+                if kind == "wake":
+                    self.woken.pop(key, None)
+                else:
+                    self.last_touch.pop(key, None)
+                if not self.failing:
+                    log.warning("cannot write to etcd (%s): %s skipped until it answers", exc, kind)
+                    self.failing = True
+                gevent.sleep(backoff.next())
+                continue
+            if self.failing:
+                log.info("writing to etcd again")
+                self.failing = False
+            backoff.reset()
+
+    def _write(self, kind: str, instance: Instance, when: float) -> None:
+        """One write, tried on each endpoint in turn until one answers.
+
+        Dropped at the first failure, a write behind a dead first endpoint would be lost
+        (and a lastAccess not asked again for a whole interval).
+        """
+        base = f"{self.service_dir}/{instance.service}/{instance.index}"
+        for attempt in range(len(self.endpoints.urls)):
             try:
                 if kind == "wake":
                     self._wake(base, instance)
@@ -92,19 +118,11 @@ class Writer:
                     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when))
                     self.endpoints.client().write(f"{base}/lastAccess", stamp)
                     self.last_access_writes += 1
-            except ETCD_DOWN as exc:
-                if kind == "wake":
-                    self.woken.pop((instance.service, instance.index), None)  # retry later
-                if not self.failing:
-                    log.warning("cannot write to etcd (%s): %s skipped until it answers", exc, kind)
-                    self.failing = True
+                return
+            except ETCD_DOWN:
                 self.endpoints.rotate()
-                gevent.sleep(backoff.next())
-                continue
-            if self.failing:
-                log.info("writing to etcd again")
-                self.failing = False
-            backoff.reset()
+                if attempt == len(self.endpoints.urls) - 1:
+                    raise
 
     def _wake(self, base: str, instance: Instance) -> None:
         # Compare-and-swap, so that many gogeta processes wake an instance once.
