@@ -67,9 +67,11 @@ def check_templates(config: settings.Config) -> None:
 def build_app(config: settings.Config) -> "Front":
     """The WSGI app for this config; its resolver is not started yet."""
     from proxy.access_log import formatter
+    from proxy.admin import Admin
     from proxy.app import Gogeta
     from proxy.forward import Forwarder
     from proxy.front import Front
+    from proxy.metrics import Metrics
     from proxy.pages import StatusPages, TemplateError
     from proxy.static import StaticFiles
     from resolvers import make_resolver
@@ -78,15 +80,18 @@ def build_app(config: settings.Config) -> "Front":
         pages = StatusPages(config.templateDir)
     except TemplateError as exc:
         raise settings.SettingError(f"-templateDir: {exc}") from exc
+    resolver = make_resolver(config)
     app = Gogeta(
-        resolver=make_resolver(config),
+        resolver=resolver,
         pages=pages,
         forwarder=Forwarder(config.connectTimeout, config.readTimeout),
         static=StaticFiles(config.templateDir),
         force_ssl=config.forceFwSsl,
         url_header=config.UrlHeaderParam,
     )
-    return Front(app, formatter(config.accessLog))
+    metrics = Metrics()
+    admin = Admin(resolver, pages, metrics, config.trustedNetworks, config.healthGraceSeconds)
+    return Front(app, formatter(config.accessLog), admin, metrics)
 
 
 class DeferredApp:
@@ -109,6 +114,10 @@ class DeferredApp:
     def stop(self) -> None:
         if self._app is not None:
             self._app.stop()
+
+    def count_connection(self, delta: int) -> None:
+        if self._app is not None:
+            self._app.count_connection(delta)
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         if self._app is None:
@@ -154,7 +163,7 @@ def serve(config: settings.Config, app: "Front") -> None:
         log=None,  # pywsgi's own access lines: off, `proxy.front` writes gogeta's
         error_log=logging.getLogger("gogeta.server"),
     )
-    server.client_timeout = config.clientTimeout
+    server.count_connection = app.count_connection
     stopped = gevent.event.Event()
     profiler = CpuProfiler(config.cpuProfile)
 

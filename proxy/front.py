@@ -14,18 +14,34 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+import gevent
+
 from proxy.access_log import Exchange
-from proxy.app import Gogeta, StartResponse
+from proxy.admin import PREFIX as ADMIN_PREFIX
+from proxy.admin import Admin
+from proxy.app import Gogeta, StartResponse, hostname_of
+from proxy.errors import BadRequest
+from proxy.metrics import REFRESH_SECONDS, Metrics
 
 access_log = logging.getLogger("gogeta.access")
+log = logging.getLogger(__name__)
 
 
 class Front:
-    def __init__(self, app: Gogeta, access_line: Callable[[Exchange], str] | None) -> None:
+    def __init__(
+        self,
+        app: Gogeta,
+        access_line: Callable[[Exchange], str] | None,
+        admin: Admin | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.app = app
         self.resolver = app.resolver
         self.access_line = access_line
+        self.admin = admin
+        self.metrics = metrics
         self._started_in: int | None = None
+        self._refresher: gevent.Greenlet | None = None
 
     def start(self) -> None:
         """Start the resolver's background work in this process, once.
@@ -36,10 +52,29 @@ class Front:
         if self._started_in != os.getpid():
             self._started_in = os.getpid()
             self.resolver.start()
+            if self.metrics is not None and self.metrics.multiprocess:
+                self._refresher = gevent.spawn(self._refresh_metrics, self.metrics)
 
     def stop(self) -> None:
+        if self._refresher is not None:
+            self._refresher.kill()
         self.resolver.stop()
         self.app.forwarder.close()
+
+    def count_connection(self, delta: int) -> None:
+        """+1 / -1 as a client connection opens and closes (called by the server)."""
+        if self.metrics is not None:
+            self.metrics.count_connection(delta)
+
+    def _refresh_metrics(self, metrics: Metrics) -> None:
+        # Under gunicorn a scrape reaches one worker: every worker keeps its resolver's
+        # numbers in the shared files so the scrape shows them all.
+        while True:
+            try:
+                metrics.update_resolver(self.resolver.describe())
+            except Exception:
+                log.exception("cannot update the resolver metrics")
+            gevent.sleep(REFRESH_SECONDS)
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         if self._started_in != os.getpid():
@@ -60,10 +95,15 @@ class Front:
             ex.status = int(status[:3])
             return start_response(status, headers, exc_info)
 
+        if self.admin is not None and environ.get("PATH_INFO", "").startswith(ADMIN_PREFIX):
+            body = self.admin(environ, capture)
+            return _Body(body, lambda sent: self._finish(environ, ex, began, sent, admin=True))
         body = self.app(environ, capture)
         return _Body(body, lambda sent: self._finish(environ, ex, began, sent))
 
-    def _finish(self, environ: dict[str, Any], ex: Exchange, began: float, sent: int) -> None:
+    def _finish(
+        self, environ: dict[str, Any], ex: Exchange, began: float, sent: int, admin: bool = False
+    ) -> None:
         ex.seconds = time.perf_counter() - began
         ex.bytes_sent = sent
         upstream = environ.get("gogeta.upstream")
@@ -72,6 +112,21 @@ class Front:
             ex.upstream_seconds = environ.get("gogeta.upstream_seconds")
         if self.access_line is not None:
             access_log.info(self.access_line(ex))
+        if self.metrics is not None and not admin:  # scrapes and probes are not traffic
+            self.metrics.count_request(ex.status, self._domain_label(ex, upstream is not None))
+            if ex.upstream_seconds is not None:
+                self.metrics.observe_upstream(ex.upstream_seconds)
+
+    @staticmethod
+    def _domain_label(ex: Exchange, routed: bool) -> str:
+        # Known to the resolver: forwarded, or one of its status pages (503 starting...).
+        # A 404 or 400 from gogeta itself means a hostname it does not serve.
+        if not routed and ex.status in (400, 404):
+            return "unknown"
+        try:
+            return hostname_of(ex.host)
+        except BadRequest:
+            return "unknown"
 
 
 class _Body:

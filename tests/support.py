@@ -112,14 +112,14 @@ class EtcdServer:
         return self
 
     def healthy(self) -> bool:
+        conn = http.client.HTTPConnection("127.0.0.1", self.client_port, timeout=1)
         try:
-            conn = http.client.HTTPConnection("127.0.0.1", self.client_port, timeout=1)
             conn.request("GET", "/v2/keys/")
-            ok = conn.getresponse().status == 200
-            conn.close()
-            return ok
-        except OSError:
+            return conn.getresponse().status == 200
+        except (OSError, http.client.HTTPException):
             return False
+        finally:
+            conn.close()
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.proc and self.proc.poll() is None:
