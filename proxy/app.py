@@ -82,7 +82,12 @@ class Gogeta:
                 return self.pages.render(exc.page, exc.code, hostname)
             if isinstance(exc, ProxyError):
                 log.info("%s %s: %s", hostname, exc.code, exc.detail)
-                return self.pages.render(exc.page, exc.code, hostname)
+                page = self.pages.render(exc.page, exc.code, hostname)
+                if exc.code == 400:
+                    # The client's framing can't be trusted any more (a malformed chunk...):
+                    # whatever follows on this connection is not a request.
+                    page.headers.append(("Connection", "close"))
+                return page
             log.error(
                 "An error occurred serving %s %s for %s",
                 environ.get("REQUEST_METHOD"),

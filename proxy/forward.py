@@ -26,7 +26,7 @@ from urllib3.exceptions import (
 )
 from urllib3.util import SKIP_HEADER
 
-from proxy.errors import BadGateway, GatewayTimeout
+from proxy.errors import BadGateway, BadRequest, GatewayTimeout
 from resolvers.base import Upstream
 
 log = logging.getLogger(__name__)
@@ -119,22 +119,44 @@ def _is_chunked(environ: dict[str, Any]) -> bool:
     return "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
 
 
-def request_body(environ: dict[str, Any]) -> Iterator[bytes] | None:
-    """The client's body as an iterator of blocks, or None when there is none."""
-    if not _is_chunked(environ):
-        length = environ.get("CONTENT_LENGTH")
-        if not length or length.strip() == "0":
-            return None
-    stream = environ["wsgi.input"]
+class ClientBody:
+    """The client's body as an iterator of blocks, remembering how reading it failed.
 
-    def blocks() -> Iterator[bytes]:
+    A client that sends a malformed chunk or goes away mid-upload is the client's fault,
+    not the backend's: `error` lets the forwarder answer 400 instead of 502, and the
+    half-sent backend connection is dropped rather than reused.
+    """
+
+    def __init__(self, stream: Any, expected: int | None) -> None:
+        self.stream = stream
+        self.expected = expected
+        self.received = 0
+        self.error: BaseException | None = None
+
+    def __iter__(self) -> Iterator[bytes]:
         while True:
-            block = stream.read(BLOCK)
+            try:
+                block = self.stream.read(BLOCK)
+            except (OSError, ValueError) as exc:  # pywsgi's invalid-input error is an OSError
+                self.error = exc
+                raise
             if not block:
+                if self.expected is not None and self.received < self.expected:
+                    self.error = EOFError(f"body ended after {self.received} bytes")
+                    raise self.error
                 return
+            self.received += len(block)
             yield block
 
-    return blocks()
+
+def request_body(environ: dict[str, Any]) -> ClientBody | None:
+    """The client's body as an iterable of blocks, or None when there is none."""
+    if _is_chunked(environ):
+        return ClientBody(environ["wsgi.input"], None)
+    length = environ.get("CONTENT_LENGTH")
+    if not length or length.strip() == "0":
+        return None
+    return ClientBody(environ["wsgi.input"], int(length))
 
 
 def target_of(environ: dict[str, Any], upstream: Upstream) -> str:
@@ -228,19 +250,28 @@ class Forwarder:
                     decode_content=False,
                     timeout=self.timeout,
                 )
-            except NewConnectionError as exc:  # before ConnectTimeoutError: it subclasses it
-                raise BadGateway(f"cannot connect: {exc}", upstream.label, True) from exc
-            except ConnectTimeoutError as exc:
-                raise GatewayTimeout(f"connect timed out: {exc}", upstream.label, True) from exc
-            except ReadTimeoutError as exc:
-                raise GatewayTimeout(f"timed out: {exc}", upstream.label) from exc
-            except ProtocolError as exc:
-                if attempt < attempts and _is_disconnect(exc):
-                    continue
-                raise BadGateway(f"failed: {exc}", upstream.label, replayable=replayable) from exc
             except (HTTPError, OSError) as exc:
-                raise BadGateway(f"failed: {exc}", upstream.label, replayable=replayable) from exc
+                if body is not None and body.error is not None:
+                    raise BadRequest(f"request body: {body.error}") from exc
+                self._raise_upstream_error(exc, upstream, replayable, attempt < attempts)
+                continue  # a stale keep-alive connection: once more on a fresh one
         raise AssertionError("not reached: the last attempt returns or raises")
+
+    @staticmethod
+    def _raise_upstream_error(
+        exc: BaseException, upstream: Upstream, replayable: bool, may_retry: bool
+    ) -> None:
+        """Raise the UpstreamError for `exc`; return when a fresh connection may be tried."""
+        label = upstream.label
+        if isinstance(exc, NewConnectionError):  # first: it subclasses ConnectTimeoutError
+            raise BadGateway(f"cannot connect: {exc}", label, connect_failed=True) from exc
+        if isinstance(exc, ConnectTimeoutError):
+            raise GatewayTimeout(f"connect timed out: {exc}", label, connect_failed=True) from exc
+        if isinstance(exc, ReadTimeoutError):
+            raise GatewayTimeout(f"timed out: {exc}", label) from exc
+        if isinstance(exc, ProtocolError) and may_retry and _is_disconnect(exc):
+            return
+        raise BadGateway(f"failed: {exc}", label, replayable=replayable) from exc
 
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
