@@ -7,6 +7,8 @@ runs it): two workers serve, each with its own resolver started after the fork (
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import signal
 import socket
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import (
     ROOT,
@@ -159,3 +162,86 @@ def test_sigterm_to_the_arbiter_finishes_the_request_in_flight(gunicorn) -> None
         assert server.proc.wait(timeout=30) == 0
     resp = result[0]
     assert (resp.status, resp.body) == (200, b"done")  # type: ignore[attr-defined]
+
+
+def ask(port: int, host: str) -> tuple[int, bytes, int]:
+    """Status and body for `host`, and the pid of the worker that answered.
+
+    Both requests go over one keep-alive connection, which stays with one worker.
+    """
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/", headers={"Host": host})
+        resp = conn.getresponse()
+        answer = (resp.status, resp.read())
+        conn.request("GET", "/__gogeta/health", headers={"Host": host})
+        pid = int(json.loads(conn.getresponse().read())["pid"])
+    finally:
+        conn.close()
+    return (*answer, pid)
+
+
+def every_worker_answers(server: Gunicorn, host: str, status: int, body: bytes = b"") -> None:
+    """Poll until the latest answer of each worker for `host` is `status` (and `body`)."""
+    latest: dict[int, tuple[int, bytes]] = {}
+
+    def done() -> bool:
+        code, data, pid = ask(server.port, host)
+        latest[pid] = (code, data if body else b"")
+        return set(latest) == server.worker_pids() and set(latest.values()) == {(status, body)}
+
+    wait_until(done, timeout=30, what=f"both workers to answer {status} {body!r}")
+
+
+def named(name: str) -> Backend:
+    return Backend(lambda seen: (200, [("Content-Type", "text/plain")], name.encode()))
+
+
+def test_route_changes_in_etcd_reach_every_worker(gunicorn, etcd) -> None:
+    with named("A") as a, named("B") as b:
+        server = gunicorn({"GOGETA_ETCD_ADDRESS": etcd.url})
+        client = etcd.client()
+        client.write("/domains/shop.example.com/type", "service")
+        client.write("/domains/shop.example.com/value", "shop")
+        location = json.dumps({"host": "127.0.0.1", "port": a.port})
+        client.write("/services/shop/1/location", location)
+        every_worker_answers(server, "shop.example.com", 200, b"A")
+
+        client.write("/services/shop/1/location", json.dumps({"host": "127.0.0.1", "port": b.port}))
+        every_worker_answers(server, "shop.example.com", 200, b"B")
+
+        client.delete("/domains/shop.example.com", recursive=True, dir=True)
+        every_worker_answers(server, "shop.example.com", 404)
+
+
+def test_metrics_cover_every_worker(gunicorn, etcd) -> None:
+    with named("A") as a:
+        server = gunicorn({"GOGETA_ETCD_ADDRESS": etcd.url})
+        client = etcd.client()
+        client.write("/domains/shop.example.com/type", "service")
+        client.write("/domains/shop.example.com/value", "shop")
+        client.write("/services/shop/1/location", json.dumps({"host": "127.0.0.1", "port": a.port}))
+        every_worker_answers(server, "shop.example.com", 200, b"A")
+
+        def scrape() -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+            found: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+            text = request(server.port, "/__gogeta/metrics").text
+            for family in text_string_to_metric_families(text):
+                for s in family.samples:
+                    found.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
+            return found
+
+        before = scrape()["gogeta_requests_total"].get((("code", "2xx"),), 0)
+        pids = [ask(server.port, "shop.example.com")[2] for _ in range(20)]
+        assert set(pids) == server.worker_pids(), "both workers must have served some"
+        for _ in range(4):  # whichever worker answers the scrape, it counts all 20
+            after = scrape()["gogeta_requests_total"][(("code", "2xx"),)]
+            assert after - before == 20
+        # Each worker's resolver, labelled by pid, copied into the shared files.
+        wait_until(
+            lambda: {int(dict(labels)["pid"]) for labels in
+                     scrape().get("gogeta_resolver_events_applied", {})} == server.worker_pids(),
+            timeout=20,
+            what="both workers' resolver counters",
+        )  # fmt: skip
+    assert server.stop() == 0
