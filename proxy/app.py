@@ -20,6 +20,7 @@ from proxy.forward import Forwarder, response_headers, status_line, stream_body
 from proxy.pages import FALLBACK_PAGE, Page, StatusPages
 from proxy.static import PREFIX as STATIC_PREFIX
 from proxy.static import StaticFiles
+from proxy.tunnel import Tunnels, wants_upgrade
 from resolvers.base import Resolver, RoutingError, Upstream
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ class Gogeta:
         self.static = static
         self.force_ssl = force_ssl
         self.url_header = url_header
+        self.tunnels = Tunnels(forwarder.connect_timeout, forwarder.read_timeout, url_header)
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         hostname = ""
@@ -135,6 +137,11 @@ class Gogeta:
                     ],
                 )
                 return [data]
+
+        if wants_upgrade(environ):
+            upstream = self.resolver.resolve(hostname)
+            environ["gogeta.upstream"] = upstream
+            return self.tunnels.open(environ, start_response, upstream)
 
         sent = time.perf_counter()
         upstream, response = self._send_upstream(environ, hostname)

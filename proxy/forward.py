@@ -208,6 +208,7 @@ class Forwarder:
     """Holds the one urllib3 PoolManager and sends requests through it."""
 
     def __init__(self, connect_timeout: float, read_timeout: float, pool_size: int = 64) -> None:
+        self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
         self.timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
         # Keep-alive to every backend; a pool per backend host, sized for the concurrency
         # (too small a pool reconnects constantly). block=False: beyond the size, extra

@@ -122,6 +122,7 @@ class ProxyHandler(pywsgi.WSGIHandler):  # type: ignore[misc]  # gevent is untyp
         self._end_head_deadline()  # the head is in: the rest is the socket timeout's job
         env: dict[str, Any] = super().get_environ()
         env["RAW_URI"] = self.path
+        env["gogeta.socket"] = self.socket  # for Upgrade tunnels (proxy.tunnel)
         return env
 
 
