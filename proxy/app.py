@@ -17,7 +17,7 @@ import urllib3
 
 from proxy.errors import BadGateway, BadRequest, ProxyError, UpstreamError, code_of
 from proxy.forward import Forwarder, response_headers, status_line, stream_body
-from proxy.pages import FALLBACK_PAGE, Page, StatusPages
+from proxy.pages import FALLBACK_PAGE, Page, StatusPages, wants_json
 from proxy.static import PREFIX as STATIC_PREFIX
 from proxy.static import StaticFiles
 from proxy.tunnel import Tunnels, wants_upgrade
@@ -76,15 +76,16 @@ class Gogeta:
 
     def _error_page(self, environ: dict[str, Any], hostname: str, exc: Exception) -> Page:
         """The page that answers `exc`: the one place an error becomes a page (SPEC §2.8)."""
+        as_json = wants_json(environ)  # API clients get the same answer as JSON
         try:
             if isinstance(exc, RoutingError):
-                return self.pages.render(exc.status.value, code_of(exc.status), hostname)
+                return self.pages.render(exc.status.value, code_of(exc.status), hostname, as_json)
             if isinstance(exc, UpstreamError):
                 log.warning("%s %s: upstream %s %s", hostname, exc.code, exc.upstream, exc.detail)
-                return self.pages.render(exc.page, exc.code, hostname)
+                return self.pages.render(exc.page, exc.code, hostname, as_json)
             if isinstance(exc, ProxyError):
                 log.info("%s %s: %s", hostname, exc.code, exc.detail)
-                page = self.pages.render(exc.page, exc.code, hostname)
+                page = self.pages.render(exc.page, exc.code, hostname, as_json)
                 if exc.code == 400:
                     # The client's framing can't be trusted any more (a malformed chunk...):
                     # whatever follows on this connection is not a request.
@@ -97,7 +98,7 @@ class Gogeta:
                 hostname or environ.get("HTTP_HOST"),
                 exc_info=exc,
             )
-            return self.pages.render("internal_error", 500, hostname)
+            return self.pages.render("internal_error", 500, hostname, as_json)
         except Exception:
             # A page that fails to render (an operator's template tripping over some value)
             # is itself an unexpected error: a 500, never a traceback sent to the client.

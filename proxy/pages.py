@@ -9,8 +9,10 @@ of them by pointing `-templateDir` at a copy.
 from __future__ import annotations
 
 import http
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import jinja2
 
@@ -74,7 +76,9 @@ class StatusPages:
             except jinja2.TemplateSyntaxError as exc:
                 raise TemplateError(f"{exc.filename}:{exc.lineno}: {exc.message}") from exc
 
-    def render(self, name: str, code: int, hostname: str = "") -> Page:
+    def render(self, name: str, code: int, hostname: str = "", as_json: bool = False) -> Page:
+        if as_json:
+            return self.render_json(name, code, hostname)
         refresh = REFRESH_SECONDS if name in REFRESHING else 0
         body = self._templates[name].render(
             code=code,
@@ -91,3 +95,26 @@ class StatusPages:
         if code == 503:
             headers.append(("Retry-After", str(REFRESH_SECONDS)))
         return Page(f"{code} {http.HTTPStatus(code).phrase}", headers, data)
+
+    @staticmethod
+    def render_json(name: str, code: int, hostname: str = "") -> Page:
+        """The same answer for API clients: a small JSON object instead of a page."""
+        reason = http.HTTPStatus(code).phrase
+        document: dict[str, object] = {"status": name, "code": code, "message": reason}
+        if hostname:
+            document["host"] = hostname
+        headers = [("Content-Type", "application/json"), ("Cache-Control", "no-store")]
+        if code == 503:
+            document["retry_after"] = REFRESH_SECONDS
+            headers.append(("Retry-After", str(REFRESH_SECONDS)))
+        data = json.dumps(document).encode("utf-8")
+        headers.insert(1, ("Content-Length", str(len(data))))
+        return Page(f"{code} {reason}", headers, data)
+
+
+def wants_json(environ: dict[str, Any]) -> bool:
+    """An API client: an XHR, or an Accept header that does not ask for HTML."""
+    if environ.get("HTTP_X_REQUESTED_WITH", "").lower() == "xmlhttprequest":
+        return True
+    accept = environ.get("HTTP_ACCEPT")
+    return accept is not None and "text/html" not in accept.lower()
