@@ -88,6 +88,7 @@ def build_app(config: settings.Config) -> "Front":
         static=StaticFiles(config.templateDir),
         force_ssl=config.forceFwSsl,
         url_header=config.UrlHeaderParam,
+        wake_hold=config.wakeHoldSeconds,
     )
     metrics = Metrics()
     admin = Admin(resolver, pages, metrics, config.trustedNetworks, config.healthGraceSeconds)
@@ -164,6 +165,7 @@ def serve(config: settings.Config, app: "Front") -> None:
         error_log=logging.getLogger("gogeta.server"),
     )
     server.count_connection = app.count_connection
+    server.client_timeout = config.clientTimeout
     stopped = gevent.event.Event()
     profiler = CpuProfiler(config.cpuProfile)
 

@@ -260,6 +260,13 @@ SETTINGS: tuple[Setting, ...] = (
         "seconds a client may take to send a request head, or stay silent (0: no limit)",
     ),
     Setting(
+        "wakeHoldSeconds",
+        "0",
+        _non_negative_seconds,
+        "hold a request this long while its application starts or wakes, then forward it"
+        " (0: answer 503 with the wait page at once)",
+    ),
+    Setting(
         "ejectSeconds",
         "5",
         _non_negative_seconds,

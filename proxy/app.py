@@ -21,9 +21,12 @@ from proxy.pages import FALLBACK_PAGE, Page, StatusPages, wants_json
 from proxy.static import PREFIX as STATIC_PREFIX
 from proxy.static import StaticFiles
 from proxy.tunnel import Tunnels, wants_upgrade
-from resolvers.base import Resolver, RoutingError, Upstream
+from resolvers.base import Resolver, RoutingError, Status, Upstream
 
 log = logging.getLogger(__name__)
+
+# Statuses of an application on its way up (SPEC §3): worth waiting for.
+WAITING = frozenset({Status.STARTING, Status.PASSIVATED})
 
 StartResponse = Callable[..., Any]
 
@@ -57,7 +60,9 @@ class Gogeta:
         static: StaticFiles,
         force_ssl: bool = False,
         url_header: str = "",
+        wake_hold: float = 0.0,
     ) -> None:
+        self.wake_hold = wake_hold
         self.resolver = resolver
         self.pages = pages
         self.forwarder = forwarder
@@ -159,6 +164,29 @@ class Gogeta:
             raise
         return body
 
+    def _resolve_holding(self, hostname: str) -> Upstream:
+        """`resolve`, but with `-wakeHoldSeconds` a request that finds its application
+        starting or asleep waits for it (up to that long) and is then forwarded, instead
+        of answering 503 at once. The wait follows the routing table's changes, no polling.
+        """
+        try:
+            return self.resolver.resolve(hostname)
+        except RoutingError as exc:
+            if self.wake_hold <= 0 or exc.status not in WAITING:
+                raise
+            first = exc
+        deadline = time.monotonic() + self.wake_hold
+        while (left := deadline - time.monotonic()) > 0:
+            self.resolver.wait_for_change(left)
+            try:
+                return self.resolver.resolve(hostname)
+            except RoutingError as exc:
+                # After the wake-up write the instance reads "error" (stopped, expected
+                # started, SPEC §3) until its orchestrator starts it: keep waiting then too.
+                if exc.status not in WAITING and exc.status is not Status.ERROR:
+                    raise
+        raise first  # still not up: the wait page, which reloads itself
+
     def _send_upstream(
         self, environ: dict[str, Any], hostname: str
     ) -> tuple[Upstream, urllib3.BaseHTTPResponse]:
@@ -172,7 +200,10 @@ class Gogeta:
         failure: UpstreamError | None = None
         while True:
             try:
-                upstream = self.resolver.resolve(hostname, tried)
+                if tried:
+                    upstream = self.resolver.resolve(hostname, tried)
+                else:
+                    upstream = self._resolve_holding(hostname)
             except RoutingError:
                 if failure is not None:
                     raise failure from None  # every instance failed: say how the last did

@@ -79,6 +79,10 @@ class Resolver(Protocol):
     def failed(self, upstream: Upstream) -> None:
         """A connection to `upstream` failed: prefer the others for a short while."""
 
+    def wait_for_change(self, timeout: float) -> bool:
+        """Block this greenlet until the routing table changes (True) or `timeout` (False)."""
+        ...
+
     def robots(self, hostname: str) -> str | None:
         """The robots.txt text when hostname is a service domain, else None (SPEC §2.4).
 

@@ -42,6 +42,9 @@ class DummyResolver:
     def failed(self, upstream: Upstream) -> None:
         pass  # one target: nothing else to prefer
 
+    def wait_for_change(self, timeout: float) -> bool:
+        return False  # a fixed target never changes, and never makes anyone wait
+
     def robots(self, hostname: str) -> str | None:
         return None
 

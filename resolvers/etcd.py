@@ -14,6 +14,7 @@ from typing import Any
 
 import etcd
 import gevent
+import gevent.event
 import gevent.queue
 
 from resolvers.base import DEFAULT_ROBOTS, RoutingError, Status, Upstream
@@ -178,9 +179,10 @@ class EtcdResolver:
         urls = config.etcdAddress
         self.domains = DomainTree(config.domainDir)
         self.services = ServiceTree(config.serviceDir)
-        self.watchers = [Watcher(Endpoints(urls), self.services)]
+        self._changed = gevent.event.Event()
+        self.watchers = [Watcher(Endpoints(urls), self.services, self._on_change)]
         if not env:
-            self.watchers.append(Watcher(Endpoints(urls), self.domains))
+            self.watchers.append(Watcher(Endpoints(urls), self.domains, self._on_change))
         self.writer = Writer(Endpoints(urls), config.serviceDir, config.lastAccessInterval)
         self._positions: dict[str, int] = {}  # round robin: the only per-request state
         self.ejections = Ejections(config.ejectSeconds)
@@ -197,6 +199,14 @@ class EtcdResolver:
 
     def ready(self) -> bool:
         return all(w.loaded for w in self.watchers)
+
+    def _on_change(self, kind: str, detail: Any) -> None:
+        # Wake every request waiting in `wait_for_change`, then arm a fresh event.
+        changed, self._changed = self._changed, gevent.event.Event()
+        changed.set()
+
+    def wait_for_change(self, timeout: float) -> bool:
+        return bool(self._changed.wait(timeout))
 
     def _service_for(self, hostname: str) -> tuple[Service | None, Upstream | None, bool]:
         """(service, upstream for a `uri` domain, whether the hostname is a service domain)."""
