@@ -85,6 +85,8 @@ class DomainTree:
             host = parts[0].lower()
             if not host:
                 continue
+            if len(parts) == 1 and not node.dir:  # logged at load as by `apply`
+                self._report.invalid(node.key, node.value, "a domain must be a directory")
             fields = raw.setdefault(host, {})
             if len(parts) == 2 and not node.dir and node.value is not None:
                 fields[parts[1]] = node.value
@@ -176,6 +178,9 @@ class ServiceTree:
         for node in nodes:
             parts = _parts(self.prefix, node.key)
             if not parts or not parts[0]:
+                continue
+            if len(parts) == 1 and not node.dir:  # as by `apply`: logged, no service
+                self._report.invalid(node.key, node.value, "a service must be a directory")
                 continue
             service = raw.setdefault(parts[0], _RawService())
             if len(parts) >= 2:

@@ -333,6 +333,23 @@ def test_alive_ttl_expiry_makes_the_instance_an_error(
         assert page_of(answer_with(proxy, "ttl.test", 500)) == "error"
 
 
+def test_directories_with_a_ttl_expire_out_of_routing(
+    proxy: GogetaProcess, client: Any, sync: Barrier
+) -> None:
+    with named_backends("lasting", "brief") as backends:
+        write_instance(client, "ttldir", "1", backends["lasting"].port)
+        client.write("/services/ttldir/2", None, dir=True, ttl=1)
+        client.write("/services/ttldir/2/location", location(backends["brief"].port))
+        write_domain(client, "ttldir.test", "service", "ttldir")
+        client.write("/domains/brief.test", None, dir=True, ttl=1)
+        write_domain(client, "brief.test", "service", "ttldir")
+        sync(proxy)
+        assert set(answers(proxy, "ttldir.test", 2)) == {"backend:lasting", "backend:brief"}
+        answer_with(proxy, "brief.test", 404)  # the domain directory expired
+        sync(proxy)  # and the instance directory (same TTL) by now
+        assert answers(proxy, "ttldir.test", 4) == ["backend:lasting"] * 4
+
+
 def test_deleting_one_instance_takes_it_out_of_the_round_robin(
     proxy: GogetaProcess, client: Any, sync: Barrier
 ) -> None:
@@ -458,6 +475,32 @@ def test_invalid_values_are_logged_once_and_skipped(
     for key in bad:
         assert log_count(proxy, key) == 1, (key, proxy.log())
     assert log_count(proxy, "/domains/weird.test") == 1, proxy.log()
+
+
+def test_invalid_values_present_at_start_are_logged_once(
+    gogeta: Any, etcd: EtcdServer, client: Any, templates: Path
+) -> None:
+    bad = {
+        "/services/early/1/location": "not json",
+        "/services/early/2/location": '{"host": "", "port": 80}',
+        "/services/earlyflat/location": location(8080),  # instance level
+        "/services/earlyleaf": "x",  # service level
+        "/domains/leaf.test": "x",  # domain level
+    }
+    with named_backend("early") as early:
+        for key, value in bad.items():
+            client.write(key, value)
+        write_instance(client, "early", "3", early.port)
+        write_domain(client, "early.test", "service", "early")
+        write_domain(client, "earlyweird.test", "redirect", "x")
+        started = gogeta("-etcdAddress", etcd.url, "-templateDir", str(templates))
+        for _ in range(3):
+            assert answer_with(started, "early.test", 200).text == "early"
+        assert page_of(started.get(host="earlyweird.test")) == "notfound"
+        assert page_of(started.get(host="leaf.test")) == "notfound"
+    for key in bad:
+        assert log_count(started, f"ignoring {key} ") == 1, (key, started.log())
+    assert log_count(started, "ignoring /domains/earlyweird.test ") == 1, started.log()
 
 
 # --------------------------------------------------------------------------- Env resolver
