@@ -295,7 +295,6 @@ def test_workers_variable_refuses_flags(image: Image, run: Run) -> None:
     assert "GOGETA_* variables" in container.output()
 
 
-@pytest.mark.xfail(strict=False, reason="/__gogeta/health is not answered yet")
 def test_healthcheck_passes_once_routes_are_loaded(
     image: Image, run: Run, etcd: EtcdServer
 ) -> None:
