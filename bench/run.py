@@ -465,7 +465,8 @@ def start_gogeta(
     wait: bool = True,
 ) -> subprocess.Popen[bytes]:
     argv = [PYTHON, str(ROOT / "gogeta.py"), "-listenAddress", "127.0.0.1", "-port", str(port)]
-    proc = procs.start(name, [*argv, "-logLevel", "WARNING", *flags], preexec_fn=preexec_fn)
+    quiet = ["-logLevel", "WARNING", "-accessLog", "off"]  # the nginx references log nothing
+    proc = procs.start(name, [*argv, *quiet, *flags], preexec_fn=preexec_fn)
     if wait:
         try:
             wait_listening(proc, port, name, timeout=30)
@@ -711,6 +712,7 @@ def part_throughput(
             "GOGETA_RESOLVER_TYPE": "Dummy",
             "GOGETA_DUMMY_TARGET": backend_url,
             "GOGETA_LOG_LEVEL": "WARNING",
+            "GOGETA_ACCESS_LOG": "off",
         },
     )
     wait_listening(gunicorn, gunicorn_port, "gogeta-gunicorn", timeout=30)
@@ -958,6 +960,9 @@ def measure_tier(
             result[f"{kind}_rps"] = median([r.rps for r in results])
             result[f"{kind}_p99_ms"] = median([r.p99_ms for r in results])
             result[f"{kind}_errors"] = sum(r.socket_errors + r.non_2xx for r in results)
+            result[f"{kind}_cpu_us_per_req"] = median(
+                [r.cpu_us_per_req for r in results if r.cpu_us_per_req is not None]
+            )
         ratios = [r.rps / s.rps for r, s in zip(runs["random"], runs["single"], strict=True)]
         result["random_x_single"] = median(ratios)
         result["rss_after_wrk_mb"] = rss_mb(gogeta.pid)
@@ -996,7 +1001,9 @@ def part_connections(opts: Options, procs: Processes, backend_port: int) -> dict
         probe.close()
         rss_idle = rss_mb(gogeta.pid)
         started = time.perf_counter()
-        batch = 200  # below the listen backlog, so connecting never waits on a full queue
+        # Below gevent's default listen backlog (128): a burst beyond it gets SYNs dropped
+        # and 1 s retransmits, which would measure the backlog, not the memory.
+        batch = 100
         for first in range(0, count, batch):
             group = []
             for _ in range(min(batch, count - first)):
@@ -1107,6 +1114,7 @@ def tables(results: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
             f"wrk -t1, keep-alive, {opts['seconds']} s × {opts['rounds']} round(s) in"
             " alternating order; medians over rounds; ratios taken within a round.",
             "CPU µs/req: CPU time of the server under test (all its processes) per request.",
+            "Access logs off everywhere (nginx access_log off; gogeta -accessLog off).",
         ]
         out.append(("1. Throughput and latency", header, rows, notes))
     p2 = results.get("propagation")
@@ -1148,6 +1156,7 @@ def tables(results: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
                 "single req/s",
                 "random req/s",
                 "random × single",
+                "CPU µs/req single / random",
                 "RSS after wrk MB",
             ]
             rows = [
@@ -1160,6 +1169,8 @@ def tables(results: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
                     fmt(t.get("single_rps"), ".0f"),
                     fmt(t.get("random_rps"), ".0f"),
                     fmt(t.get("random_x_single"), ".3f"),
+                    f"{fmt(t.get('single_cpu_us_per_req'), '.0f')} /"
+                    f" {fmt(t.get('random_cpu_us_per_req'), '.0f')}",
                     fmt(t.get("rss_after_wrk_mb"), ".0f"),
                 ]
                 for t in p3["tiers"]
