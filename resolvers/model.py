@@ -24,12 +24,30 @@ class Location:
     port: int
 
 
+MAX_JSON_BYTES = 64 * 1024
+MAX_JSON_BRACKETS = 64
+
+
+def _small_json(text: str, what: str) -> object:
+    """Decode a small JSON value from etcd, refusing huge or deeply nested ones.
+
+    Deep nesting would make the decoder hit the recursion limit; on CPython 3.11 that can
+    leave the interpreter's recursion accounting off for later `compile` calls, so such
+    values are refused before decoding.
+    """
+    if len(text) > MAX_JSON_BYTES:
+        raise ValueError(f"{what} is larger than {MAX_JSON_BYTES} bytes")
+    if text.count("[") + text.count("{") > MAX_JSON_BRACKETS:
+        raise ValueError(f"{what} is too deeply nested")
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise ValueError(f"{what} is not JSON") from None
+
+
 def parse_location(text: str) -> Location:
     """`{"host": "172.17.0.5", "port": 42567}` → Location (SPEC §1)."""
-    try:
-        data = json.loads(text)
-    except (ValueError, RecursionError):
-        raise ValueError("location is not JSON") from None
+    data = _small_json(text, "location")
     if not isinstance(data, dict):
         raise ValueError("location is not a JSON object")
     host, port = data.get("host"), data.get("port")
@@ -49,10 +67,7 @@ def parse_location(text: str) -> Location:
 
 def parse_robots(text: str) -> str | None:
     """The `robots` text of `config/gogeta` (SPEC §1), None when it has none."""
-    try:
-        data = json.loads(text)
-    except (ValueError, RecursionError):
-        raise ValueError("config/gogeta is not JSON") from None
+    data = _small_json(text, "config/gogeta")
     if not isinstance(data, dict):
         raise ValueError("config/gogeta is not a JSON object")
     robots = data.get("robots")
