@@ -116,14 +116,35 @@ class Writer:
                 if kind == "wake":
                     self._wake(base, instance)
                 else:
-                    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when))
-                    self.endpoints.client().write(f"{base}/lastAccess", stamp)
+                    self._touch(base, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when)))
                     self.last_access_writes += 1
                 return
             except ETCD_DOWN:
                 self.endpoints.rotate()
                 if attempt == len(self.endpoints.urls) - 1:
                     raise
+
+    def _touch(self, base: str, stamp: str) -> None:
+        client = self.endpoints.client()
+        key = f"{base}/lastAccess"
+        try:
+            client.write(key, stamp, prevExist=True)  # an update never creates directories
+            return
+        except etcd.EtcdKeyNotFound:
+            pass  # the instance's first lastAccess, or the instance was deleted
+        written = int(client.write(key, stamp).modifiedIndex)
+        # etcd creates missing directories on a write: if this one created the instance's
+        # (deleted since the request), remove what it created, or the deleted instance
+        # would come back as a ghost without a location.
+        path = base
+        try:
+            while path != self.service_dir and int(client.read(path).createdIndex) == written:
+                if path == base:
+                    client.delete(key, prevIndex=written)
+                client.delete(path, dir=True)
+                path = path.rpartition("/")[0]
+        except (etcd.EtcdKeyNotFound, etcd.EtcdCompareFailed, etcd.EtcdDirNotEmpty):
+            pass  # written to meanwhile: it exists again for real
 
     def _wake(self, base: str, instance: Instance) -> None:
         # Compare-and-swap, so that many gogeta processes wake an instance once.

@@ -173,7 +173,7 @@ class Barrier:
     Each tree is watched in order, so once `syncN.barrier` answers, gogeta has applied every
     key written before in both `/domains` and `/services`. With `writer=True` it also waits
     for that request's `lastAccess`, which gogeta writes after anything it queued earlier
-    (wake-ups, other lastAccess).
+    (wake-ups, other lastAccess), then for gogeta to have applied what those writes did.
     """
 
     # Names are never reused in a test run: gogeta keeps per-instance state (lastAccess
@@ -199,3 +199,4 @@ class Barrier:
                 timeout=10,
                 what=f"gogeta to write {base}/lastAccess",
             )
+            self(proxy)

@@ -154,6 +154,28 @@ def test_last_access_rate_and_format(proxy: GogetaProcess, client: Any, sync: Ba
         assert all(later - earlier >= 1 for earlier, later in itertools.pairwise(times)), times
 
 
+def test_last_access_does_not_bring_a_deleted_instance_back(
+    proxy: GogetaProcess, etcd: EtcdServer, client: Any, sync: Barrier, app: Backend
+) -> None:
+    # A lastAccess written just after its instance was deleted must not re-create the
+    # instance's directory (etcd creates missing directories on a write): it would come back
+    # as a ghost without a location, answering 500 instead of 404. The race is the real
+    # one, so it is run many times: most rounds hit it when the write does create.
+    names = [f"ghost{i}" for i in range(20)]
+    for name in names:
+        write_instance(client, name, "1", app.port)
+        write_domain(client, f"{name}.test", "service", name)
+    sync(proxy)
+    for name in names:
+        assert proxy.get(host=f"{name}.test").status == 200
+        client.delete(f"/services/{name}", recursive=True, dir=True)
+    sync(proxy, writer=True)
+    left = {n.key for n in client.read("/services").children}
+    assert not left & {f"/services/{name}" for name in names}
+    for name in names:
+        assert page_of(proxy.get(host=f"{name}.test")) == "notfound"
+
+
 def test_last_access_is_not_written_for_refused_requests(
     proxy: GogetaProcess, client: Any, sync: Barrier, app: Backend
 ) -> None:
