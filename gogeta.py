@@ -81,10 +81,12 @@ def build_app(config: settings.Config) -> "Front":
     except TemplateError as exc:
         raise settings.SettingError(f"-templateDir: {exc}") from exc
     resolver = make_resolver(config)
+    forwarder = Forwarder(config.connectTimeout, config.readTimeout)
+    forwarder.max_body = config.maxBodySize
     app = Gogeta(
         resolver=resolver,
         pages=pages,
-        forwarder=Forwarder(config.connectTimeout, config.readTimeout),
+        forwarder=forwarder,
         static=StaticFiles(config.templateDir),
         force_ssl=config.forceFwSsl,
         url_header=config.UrlHeaderParam,

@@ -66,6 +66,16 @@ def _non_negative_seconds(text: str) -> float:
     return value
 
 
+def _size(text: str) -> int:
+    """Bytes, with an optional k, m or g suffix (powers of 1024): `10m`."""
+    value = text.strip().lower()
+    scale = {"k": 1024, "m": 1024**2, "g": 1024**3}.get(value[-1:], 1)
+    digits = value[:-1] if scale != 1 else value
+    if not digits.isdigit():
+        raise ValueError("must be a size in bytes, such as 1048576, 512k, 10m or 1g")
+    return int(digits) * scale
+
+
 def _bool(text: str) -> bool:
     # The values Go's strconv.ParseBool accepts, so old command lines keep working.
     lowered = text.strip().lower()
@@ -265,6 +275,12 @@ SETTINGS: tuple[Setting, ...] = (
         _non_negative_seconds,
         "hold a request this long while its application starts or wakes, then forward it"
         " (0: answer 503 with the wait page at once)",
+    ),
+    Setting(
+        "maxBodySize",
+        "0",
+        _size,
+        "largest request body accepted, e.g. 10m; larger ones get 413 (0: no limit)",
     ),
     Setting(
         "ejectSeconds",

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 import re
+import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import urllib3
 
-from proxy.errors import BadGateway, BadRequest, ProxyError, UpstreamError, code_of
+from proxy.errors import BadGateway, BadRequest, PayloadTooLarge, ProxyError, UpstreamError, code_of
 from proxy.forward import Forwarder, response_headers, status_line, stream_body
 from proxy.pages import FALLBACK_PAGE, Page, StatusPages, wants_json
 from proxy.static import PREFIX as STATIC_PREFIX
@@ -77,7 +78,10 @@ class Gogeta:
             hostname = hostname_of(environ.get("HTTP_HOST"))
             return self._serve(environ, start_response, hostname)
         except Exception as exc:
-            return self._send(start_response, self._error_page(environ, hostname, exc))
+            page = self._error_page(environ, hostname, exc)
+            if isinstance(exc, PayloadTooLarge):
+                return self._send_and_stop_reading(environ, start_response, page)
+            return self._send(start_response, page)
 
     def _error_page(self, environ: dict[str, Any], hostname: str, exc: Exception) -> Page:
         """The page that answers `exc`: the one place an error becomes a page (SPEC §2.8)."""
@@ -91,7 +95,7 @@ class Gogeta:
             if isinstance(exc, ProxyError):
                 log.info("%s %s: %s", hostname, exc.code, exc.detail)
                 page = self.pages.render(exc.page, exc.code, hostname, as_json)
-                if exc.code == 400:
+                if exc.code in (400, 413):
                     # The client's framing can't be trusted any more (a malformed chunk...):
                     # whatever follows on this connection is not a request.
                     page.headers.append(("Connection", "close"))
@@ -233,6 +237,21 @@ class Gogeta:
         if environ.get("REQUEST_METHOD") == "HEAD":
             return [b""]
         return self.static.blocks_of(found)
+
+    @staticmethod
+    def _send_and_stop_reading(
+        environ: dict[str, Any], start_response: StartResponse, page: Page
+    ) -> Iterator[bytes]:
+        """Answer, then stop reading the client: the server would otherwise read and
+        discard the rest of a body it refused, however large, before closing."""
+        start_response(page.status, page.headers)
+        yield page.body
+        sock = environ.get("gogeta.socket") or environ.get("gunicorn.socket")
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RD)
+            except OSError:
+                pass
 
     @staticmethod
     def _send(start_response: StartResponse, page: Page) -> Iterable[bytes]:

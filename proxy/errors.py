@@ -25,6 +25,13 @@ class BadRequest(ProxyError):
     page = "bad_request"
 
 
+class PayloadTooLarge(ProxyError):
+    """A request body over `-maxBodySize`. Shown with the bad_request template."""
+
+    code = 413
+    page = "bad_request"
+
+
 class UpstreamError(ProxyError):
     """The backend failed; `upstream` says which one, for the logs.
 

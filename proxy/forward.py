@@ -26,7 +26,7 @@ from urllib3.exceptions import (
 )
 from urllib3.util import SKIP_HEADER
 
-from proxy.errors import BadGateway, BadRequest, GatewayTimeout
+from proxy.errors import BadGateway, BadRequest, GatewayTimeout, PayloadTooLarge
 from resolvers.base import Upstream
 
 log = logging.getLogger(__name__)
@@ -127,9 +127,10 @@ class ClientBody:
     half-sent backend connection is dropped rather than reused.
     """
 
-    def __init__(self, stream: Any, expected: int | None) -> None:
+    def __init__(self, stream: Any, expected: int | None, limit: int = 0) -> None:
         self.stream = stream
         self.expected = expected
+        self.limit = limit  # bytes; 0: none
         self.received = 0
         self.error: BaseException | None = None
 
@@ -146,17 +147,26 @@ class ClientBody:
                     raise self.error
                 return
             self.received += len(block)
+            if self.limit and self.received > self.limit:
+                self.error = PayloadTooLarge(f"body over {self.limit} bytes")
+                raise self.error
             yield block
 
 
-def request_body(environ: dict[str, Any]) -> ClientBody | None:
-    """The client's body as an iterable of blocks, or None when there is none."""
+def request_body(environ: dict[str, Any], limit: int = 0) -> ClientBody | None:
+    """The client's body as an iterable of blocks, or None when there is none.
+
+    `limit` (bytes, 0 for none): a declared length over it is refused before anything is
+    sent upstream; a chunked body is cut when it goes over.
+    """
     if _is_chunked(environ):
-        return ClientBody(environ["wsgi.input"], None)
+        return ClientBody(environ["wsgi.input"], None, limit)
     length = environ.get("CONTENT_LENGTH")
     if not length or length.strip() == "0":
         return None
-    return ClientBody(environ["wsgi.input"], int(length))
+    if limit and int(length) > limit:
+        raise PayloadTooLarge(f"Content-Length {length} over {limit} bytes")
+    return ClientBody(environ["wsgi.input"], int(length), limit)
 
 
 def target_of(environ: dict[str, Any], upstream: Upstream) -> str:
@@ -209,6 +219,7 @@ class Forwarder:
 
     def __init__(self, connect_timeout: float, read_timeout: float, pool_size: int = 64) -> None:
         self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
+        self.max_body = 0  # bytes a request body may have; 0: no limit (-maxBodySize)
         self.timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
         # Keep-alive to every backend; a pool per backend host, sized for the concurrency
         # (too small a pool reconnects constantly). block=False: beyond the size, extra
@@ -229,7 +240,7 @@ class Forwarder:
         """
         pool = self.pools.connection_from_host(upstream.host, upstream.port, upstream.scheme)
         method = environ["REQUEST_METHOD"]
-        body = request_body(environ)
+        body = request_body(environ, self.max_body)
         headers = request_headers(environ, url_header)
         target = target_of(environ, upstream)
         # Without a body and with an idempotent method, sending twice is harmless: a pooled
@@ -253,6 +264,8 @@ class Forwarder:
                 )
             except (HTTPError, OSError) as exc:
                 if body is not None and body.error is not None:
+                    if isinstance(body.error, PayloadTooLarge):
+                        raise body.error from exc
                     raise BadRequest(f"request body: {body.error}") from exc
                 self._raise_upstream_error(exc, upstream, replayable, attempt < attempts)
                 continue  # a stale keep-alive connection: once more on a fresh one

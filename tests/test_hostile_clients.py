@@ -148,3 +148,20 @@ def test_client_leaving_mid_download_releases_the_backend(gogeta) -> None:
             s.sendall(b"GET /big HTTP/1.1\r\nHost: dl.test\r\n\r\n")
             assert s.recv(65536).startswith(b"HTTP/1.1 200")
         wait_until(closed.is_set, timeout=10, what="backend connection closed")
+
+
+def test_bodies_over_the_limit_get_413(gogeta) -> None:
+    with Backend() as backend:
+        proxy = gogeta(
+            "-resolverType", "Dummy", "-dummyTarget", backend.url + "/", "-maxBodySize", "1k"
+        )
+        assert proxy.get("/", method="POST", body=b"x" * 1024).status == 200
+        # declared too large: refused before the backend is contacted, body not read
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+            s.sendall(b"POST / HTTP/1.1\r\nHost: big.test\r\nContent-Length: 10000000000\r\n\r\n")
+            assert s.recv(4096).startswith(b"HTTP/1.1 413 ")
+        # chunked and growing past the limit: cut when it goes over
+        resp = proxy.get("/", method="POST", body=iter([b"y" * 700, b"y" * 700]))
+        assert resp.status == 413
+        assert [len(s.body) for s in backend.seen if s.method == "POST"] == [1024]
+        assert proxy.get("/after").status == 200

@@ -42,6 +42,7 @@ DEFAULTS: list[tuple[str, Any]] = [
     ("connectTimeout", 5.0),
     ("readTimeout", 60.0),
     ("ejectSeconds", 5.0),
+    ("maxBodySize", 0),
     ("wakeHoldSeconds", 0.0),
     ("clientTimeout", 60.0),
     ("logLevel", "INFO"),
