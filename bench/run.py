@@ -1314,11 +1314,14 @@ def main() -> int:
 
 
 def write_results(results: dict[str, Any]) -> None:
+    """A timestamped copy always; `latest` only for a run of every part."""
     RESULTS.mkdir(exist_ok=True)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     text = json.dumps(results, indent=2, default=str) + "\n"
     md = markdown(results)
-    for name in ("latest", stamp):
+    complete = set(results["options"]["parts"]) >= {1, 2, 3, 4}
+    names = ("latest", stamp) if complete else (stamp,)
+    for name in names:
         (RESULTS / f"{name}.json").write_text(text)
         (RESULTS / f"{name}.md").write_text(md)
     print()
@@ -1328,7 +1331,7 @@ def write_results(results: dict[str, Any]) -> None:
         for note in notes:
             print(f"   {note}")
         print()
-    print(f"written: {RESULTS / 'latest.md'} and {RESULTS / 'latest.json'}")
+    print(f"written: {RESULTS / names[0]}.md and .json")
 
 
 if __name__ == "__main__":
