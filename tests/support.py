@@ -316,6 +316,7 @@ class Backend:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # head and body go in two writes
 
             def log_message(self, *args: Any) -> None:
                 pass
