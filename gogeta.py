@@ -93,6 +93,7 @@ def build_app(config: settings.Config) -> "Front":
         wake_hold=config.wakeHoldSeconds,
     )
     metrics = Metrics()
+    app.tunnels.on_count = metrics.count_tunnel
     admin = Admin(resolver, pages, metrics, config.trustedNetworks, config.healthGraceSeconds)
     return Front(app, formatter(config.accessLog), admin, metrics)
 

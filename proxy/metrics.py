@@ -70,6 +70,15 @@ class Metrics:
             multiprocess_mode="liveall",
             registry=r,
         )
+        self.tunnels = Counter(
+            "gogeta_tunnels", "Upgrade tunnels (WebSocket...) opened", registry=r
+        )
+        self.open_tunnels = Gauge(
+            "gogeta_open_tunnels",
+            "Upgrade tunnels open",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
         self._resolver_counters: dict[str, Gauge] = {}
         self._domains: set[str] = set()
 
@@ -87,6 +96,12 @@ class Metrics:
 
     def count_connection(self, delta: int) -> None:
         self.open_connections.inc(delta)
+
+    def count_tunnel(self, delta: int) -> None:
+        """+1 as an upgrade tunnel opens, -1 as it closes."""
+        if delta > 0:
+            self.tunnels.inc(delta)
+        self.open_tunnels.inc(delta)
 
     def update_resolver(self, described: dict[str, Any]) -> None:
         """Copy the resolver's sync state and counters (`Resolver.describe()`)."""

@@ -52,6 +52,7 @@ class Tunnels:
         self.url_header = url_header
         self.opened = 0
         self.active = 0
+        self.on_count: Callable[[int], None] = lambda delta: None  # +1 open, -1 closed
 
     def open(
         self,
@@ -153,6 +154,7 @@ class Tunnels:
 
         self.opened += 1
         self.active += 1
+        self.on_count(1)
         log.info("tunnel to %s opened", upstream.label)
         pumps = [gevent.spawn(up), gevent.spawn(down)]
         try:
@@ -160,6 +162,7 @@ class Tunnels:
         finally:
             gevent.killall(pumps)
             self.active -= 1
+            self.on_count(-1)
             for sock in (backend, client):
                 try:
                     sock.shutdown(socket.SHUT_RDWR)

@@ -302,6 +302,7 @@ class EtcdResolver:
             "last_error": errors[-1] if errors else None,
             "counters": {
                 "events_applied": sum(w.events_applied for w in self.watchers),
+                "watch_lag_events": max(w.lag for w in self.watchers),
                 "reloads": sum(w.reloads for w in self.watchers),
                 "wakeups": self.writer.wakeups,
                 "last_access_writes": self.writer.last_access_writes,

@@ -127,6 +127,7 @@ class Watcher:
         self.unreachable_since: float | None = None
         self.last_error: str | None = None
         self.events_applied = 0
+        self.lag = 0
         self.reloads = 0
         self._greenlet: gevent.Greenlet | None = None
 
@@ -178,6 +179,8 @@ class Watcher:
                 continue  # nothing happened: same index (a timeout must not advance it)
             self.index = int(result.modifiedIndex) + 1
             self.events_applied += 1
+            # How far etcd was ahead of the event just received: events still to come.
+            self.lag = max(0, int(result.etcd_index or 0) - int(result.modifiedIndex))
             changed = self.mirror.apply(
                 Node(result.key, result.value, bool(result.dir)), result.action
             )
