@@ -13,10 +13,12 @@ import errno
 import http
 import http.client
 import logging
+import socket
 from collections.abc import Iterator
 from typing import Any
 
 import urllib3
+import urllib3.connection
 from urllib3.exceptions import (
     ConnectTimeoutError,
     HTTPError,
@@ -27,6 +29,7 @@ from urllib3.exceptions import (
 from urllib3.util import SKIP_HEADER
 
 from proxy.errors import BadGateway, BadRequest, GatewayTimeout, PayloadTooLarge
+from proxy.headers import install as install_header_parser
 from resolvers.base import Upstream
 
 log = logging.getLogger(__name__)
@@ -214,6 +217,33 @@ def response_headers(headers: Any, code: int = 200) -> list[tuple[str, str]]:
     ]
 
 
+class _Connection(urllib3.connection.HTTPConnection):
+    @property
+    def is_connected(self) -> bool:
+        """Whether a pooled connection is still open, checked before each reuse.
+
+        urllib3 polls the socket with a zero timeout; under gevent that builds watchers and
+        a Timeout every time (a few percent of the CPU per request). One non-blocking peek
+        on the real socket answers the same question: nothing to read means still open;
+        end of file, an error or stray bytes mean it cannot be reused.
+        """
+        sock = self.sock
+        if sock is None:
+            return False
+        raw = getattr(sock, "_sock", sock)  # gevent's socket wraps the real one
+        try:
+            raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        return False
+
+
+class _Pool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _Connection
+
+
 class Forwarder:
     """Holds the one urllib3 PoolManager and sends requests through it."""
 
@@ -227,9 +257,24 @@ class Forwarder:
         self.pools = urllib3.PoolManager(
             num_pools=1024, maxsize=pool_size, block=False, timeout=self.timeout, retries=False
         )
+        self.pools.pool_classes_by_scheme = {"http": _Pool, "https": urllib3.HTTPSConnectionPool}
+        # The manager's lookup builds a normalised key per call; ours is one dict access.
+        self._pool_of: dict[tuple[str, str, int], urllib3.HTTPConnectionPool] = {}
+        install_header_parser()  # backend response headers without the email parser
 
     def close(self) -> None:
+        self._pool_of.clear()
         self.pools.clear()
+
+    def _pool(self, upstream: Upstream) -> urllib3.HTTPConnectionPool:
+        key = (upstream.scheme, upstream.host, upstream.port)
+        pool = self._pool_of.get(key)
+        if pool is None or pool.pool is None:  # new, or evicted and closed by the manager
+            pool = self.pools.connection_from_host(upstream.host, upstream.port, upstream.scheme)
+            if len(self._pool_of) >= 4096:
+                self._pool_of.clear()
+            self._pool_of[key] = pool
+        return pool
 
     def send(
         self, environ: dict[str, Any], upstream: Upstream, url_header: str = ""
@@ -238,7 +283,7 @@ class Forwarder:
 
         Raises BadGateway or GatewayTimeout; the caller must finish with `stream_body`.
         """
-        pool = self.pools.connection_from_host(upstream.host, upstream.port, upstream.scheme)
+        pool = self._pool(upstream)
         method = environ["REQUEST_METHOD"]
         body = request_body(environ, self.max_body)
         headers = request_headers(environ, url_header)

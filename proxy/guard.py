@@ -57,8 +57,9 @@ def read_header_lines(stream: BinaryIO) -> list[str]:
             raise RejectedRequest(431, f"more than {MAX_HEADER_COUNT} header lines")
 
 
-def check_header_lines(lines: list[str]) -> None:
-    """Raise RejectedRequest when the header block is ambiguous or too big."""
+def check_header_lines(lines: list[str]) -> list[tuple[str, str]]:
+    """The (name, value) pairs of a header block; RejectedRequest when it is ambiguous or too
+    big. Values lose their leading blanks and line end, as pywsgi's parser does."""
     if len(lines) > MAX_HEADER_COUNT:
         raise RejectedRequest(431, f"more than {MAX_HEADER_COUNT} header lines")
     if sum(len(line) for line in lines) > MAX_HEADER_BYTES:
@@ -66,12 +67,14 @@ def check_header_lines(lines: list[str]) -> None:
     lengths: list[str] = []
     encodings: list[str] = []
     hosts = 0
+    pairs: list[tuple[str, str]] = []
     for line in lines:
         if line[:1] in (" ", "\t"):
             raise RejectedRequest(400, "obsolete line folding")
         name, colon, value = line.partition(":")
         if not colon or not _TOKEN.fullmatch(name):
             raise RejectedRequest(400, f"invalid header name {name[:40]!r}")
+        pairs.append((name, value.lstrip(" \t").rstrip("\r\n")))
         lower = name.lower()
         if lower == "content-length":
             lengths.append(value.strip())
@@ -90,3 +93,4 @@ def check_header_lines(lines: list[str]) -> None:
         raise RejectedRequest(400, "more than one Content-Length")
     if lengths and not (lengths[0].isdigit() and lengths[0].isascii() and len(lengths[0]) < 19):
         raise RejectedRequest(400, "invalid Content-Length")
+    return pairs

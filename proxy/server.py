@@ -13,7 +13,6 @@ the drain timeout whatever is still running is cut.
 
 from __future__ import annotations
 
-import email.parser
 import logging
 import socket
 from collections.abc import Callable
@@ -105,9 +104,12 @@ class ProxyHandler(pywsgi.WSGIHandler):  # type: ignore[misc]  # gevent is untyp
 
     def MessageClass(self, stream: Any, *args: Any) -> Any:
         """Parse the headers as pywsgi does, after refusing ambiguous framing (proxy.guard)."""
-        lines = read_header_lines(stream)
-        check_header_lines(lines)
-        return email.parser.Parser(_class=pywsgi.OldMessage).parsestr("".join(lines) + "\r\n")
+        message = pywsgi.OldMessage()
+        # The checked lines straight into pywsgi's message class: same object and values as
+        # its email-package parser would give, for a fraction of the CPU.
+        for name, value in check_header_lines(read_header_lines(stream)):
+            message.set_raw(name, value)
+        return message
 
     def _handle_client_error(self, ex: BaseException) -> Any:
         self._end_head_deadline()
@@ -117,6 +119,9 @@ class ProxyHandler(pywsgi.WSGIHandler):  # type: ignore[misc]  # gevent is untyp
             log.info("refused a request from %s: %s", self.client_address[0], ex.reason)
             return (str(ex.code), ex.response())
         return super()._handle_client_error(ex)
+
+    def log_request(self) -> None:
+        pass  # proxy.front writes gogeta's access lines; pywsgi would format one to discard
 
     def get_environ(self) -> dict[str, Any]:
         self._end_head_deadline()  # the head is in: the rest is the socket timeout's job
@@ -133,6 +138,9 @@ class ProxyServer(pywsgi.WSGIServer):  # type: ignore[misc]
         # A pool (unbounded) so that `drain` can wait for the handlers; without one gevent
         # forgets them and stopping cuts every request in flight.
         kwargs.setdefault("spawn", Pool())
+        # gevent's default backlog (128) drops connections in a burst; the kernel caps it
+        # at net.core.somaxconn anyway.
+        kwargs.setdefault("backlog", 1024)
         super().__init__(*args, **kwargs)
         self.connections: set[ProxyHandler] = set()
         self.draining = False
