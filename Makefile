@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest pages bench clean
+.PHONY: run test lint typecheck pytest pages bench soak clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@$(PYTHON) -m venv $(VENV) || { \
@@ -40,3 +40,7 @@ clean:
 # Benchmarks (minutes; not part of `make test`): see bench/README.md for BENCH_* variables.
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+
+# Soak (minutes; not part of `make test`): traffic while routes churn in etcd, see bench/SOAK.md.
+soak: $(STAMP)
+	$(BIN)/python bench/soak.py
