@@ -25,6 +25,7 @@ from resolvers.watcher import ETCD_DOWN, Backoff, Endpoints, Watcher
 log = logging.getLogger(__name__)
 
 QUEUE_SIZE = 10_000
+SWEEP_SECONDS = 60.0
 
 
 class Writer:
@@ -51,6 +52,19 @@ class Writer:
         if self._greenlet is not None:
             self._greenlet.kill(block=False)
             self._greenlet = None
+
+    def prune(self, services: dict[str, Service]) -> None:
+        """Forget instances that left the table, and lastAccess times already past due."""
+
+        def current(key: tuple[str, str]) -> bool:
+            service = services.get(key[0])
+            return service is not None and any(i.index == key[1] for i in service.instances)
+
+        stale = time.monotonic() - self.interval
+        for key in [k for k, t in self.last_touch.items() if t < stale or not current(k)]:
+            del self.last_touch[key]
+        for key in [k for k in self.woken if not current(k)]:
+            del self.woken[key]
 
     def touch(self, instance: Instance) -> None:
         """Note a use of `instance`; its lastAccess is written at most once per interval."""
@@ -181,6 +195,12 @@ class Ejections:
             )
         self._until[upstream] = time.monotonic() + self.seconds
 
+    def prune(self) -> None:
+        """Forget deadlines that passed (an instance that moved is never asked again)."""
+        now = time.monotonic()
+        for upstream in [u for u, until in self._until.items() if until <= now]:
+            del self._until[upstream]
+
     def ejected(self, upstream: Upstream) -> bool:
         until = self._until.get(upstream)
         if until is None:
@@ -207,16 +227,40 @@ class EtcdResolver:
         self.writer = Writer(Endpoints(urls), config.serviceDir, config.lastAccessInterval)
         self._positions: dict[str, int] = {}  # round robin: the only per-request state
         self.ejections = Ejections(config.ejectSeconds)
+        self._sweeper: gevent.Greenlet | None = None
 
     def start(self) -> None:
         for watcher in self.watchers:
             watcher.start()
         self.writer.start()
+        if self._sweeper is None:
+            self._sweeper = gevent.spawn(self._sweep_forever)
 
     def stop(self) -> None:
         for watcher in self.watchers:
             watcher.stop()
         self.writer.stop()
+        if self._sweeper is not None:
+            self._sweeper.kill(block=False)
+            self._sweeper = None
+
+    def _sweep_forever(self) -> None:
+        while True:
+            gevent.sleep(SWEEP_SECONDS)
+            self.sweep()
+
+    def sweep(self) -> None:
+        """Drop per-service and per-instance bookkeeping that no longer matches the table.
+
+        Round-robin positions, lastAccess times, wake-up marks and ejections are keyed by
+        service or instance; without this they would grow with every service a long-running
+        process has ever seen. Nothing here yields, so requests never see it half done.
+        """
+        services = self.services.services
+        for name in [n for n in self._positions if n not in services]:
+            del self._positions[name]
+        self.writer.prune(services)
+        self.ejections.prune()
 
     def ready(self) -> bool:
         return all(w.loaded for w in self.watchers)

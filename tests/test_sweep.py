@@ -1,0 +1,38 @@
+"""Bookkeeping kept per service and instance shrinks when they leave the table."""
+
+from __future__ import annotations
+
+import settings
+from resolvers.etcd import EtcdResolver
+from resolvers.tree import Node
+
+LOC = '{"host": "10.0.0.1", "port": 8001}'
+
+
+def resolver_with(*names: str) -> EtcdResolver:
+    config = settings.parse(["-lastAccessInterval", "100", "-ejectSeconds", "0.000001"], environ={})
+    resolver = EtcdResolver(config)  # never started: no etcd involved
+    resolver.services.load([Node(f"/services/{n}/1/location", LOC) for n in names])
+    domains = []
+    for n in names:
+        domains += [Node(f"/domains/{n}.test/type", "service"), Node(f"/domains/{n}.test/value", n)]
+    resolver.domains.load(domains)
+    return resolver
+
+
+def test_sweep_forgets_what_left_the_table() -> None:
+    resolver = resolver_with("a", "b")
+    upstream = resolver.resolve("a.test")
+    resolver.resolve("b.test")
+    resolver.failed(upstream)
+    assert set(resolver._positions) == {"a", "b"}
+    assert set(resolver.writer.last_touch) == {("a", "1"), ("b", "1")}
+
+    resolver.services.apply(Node("/services/a", dir=True), "delete")
+    resolver.sweep()
+
+    assert set(resolver._positions) == {"b"}
+    assert set(resolver.writer.last_touch) == {("b", "1")}
+    assert not resolver.ejections  # its deadline has passed: pruned
+    # what is still in the table keeps routing
+    assert resolver.resolve("b.test").service == "b"
