@@ -1,7 +1,8 @@
-"""Hostile etcd data: any key shape and any value are skipped or applied, never a crash.
+"""Hostile input: any etcd key shape or value, any Host header, any header block.
 
 Property tests (hypothesis) over the pure mirrors and parsers, so that a watcher fed with
-whatever another tool wrote into etcd keeps running and keeps the valid routes.
+whatever another tool wrote into etcd keeps running and keeps the valid routes, and a
+client's Host or headers end as a hostname or a 4xx, never a crash.
 """
 
 from __future__ import annotations
@@ -141,3 +142,30 @@ def test_parsers_on_any_json_object(data: dict[str, object]) -> None:
         pass
     else:
         assert robots is None or isinstance(robots, str)
+
+
+@given(st.text(max_size=300))
+def test_host_header_is_a_hostname_or_a_bad_request(host: str) -> None:
+    from proxy.app import hostname_of
+    from proxy.errors import BadRequest
+
+    try:
+        name = hostname_of(host)
+    except BadRequest:
+        return
+    assert name == name.lower()
+    assert not name.startswith("www.") or host.lower().startswith("www.www.")
+    assert ":" not in name or name.startswith("[")  # a port never stays, IPv6 keeps brackets
+    assert name and " " not in name and "/" not in name
+
+
+@given(st.lists(st.text(alphabet=string.printable, max_size=60), max_size=30))
+def test_header_checks_refuse_or_pass_never_crash(lines: list[str]) -> None:
+    from proxy.guard import RejectedRequest, check_header_lines
+
+    try:
+        pairs = check_header_lines([line + "\r\n" for line in lines])
+    except RejectedRequest as exc:
+        assert exc.code in (400, 431)
+    else:
+        assert len(pairs) == len(lines)
