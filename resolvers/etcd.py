@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 QUEUE_SIZE = 10_000
 SWEEP_SECONDS = 60.0
+WAKE_GRACE = 300.0  # seconds a woken instance keeps showing the wake-up page, not "error"
 
 
 class Writer:
@@ -39,6 +40,7 @@ class Writer:
         self.last_touch: dict[tuple[str, str], float] = {}
         self.pending: set[tuple[str, str, str]] = set()
         self.woken: dict[tuple[str, str], Instance] = {}
+        self.woken_at: dict[tuple[str, str], float] = {}  # when we last asked, monotonic
         self.wakeups = 0
         self.last_access_writes = 0
         self.failing = False
@@ -65,6 +67,8 @@ class Writer:
             del self.last_touch[key]
         for key in [k for k in self.woken if not current(k)]:
             del self.woken[key]
+        for key in [k for k in self.woken_at if not current(k)]:
+            del self.woken_at[key]
 
     def touch(self, instance: Instance) -> None:
         """Note a use of `instance`; its lastAccess is written at most once per interval."""
@@ -82,6 +86,7 @@ class Writer:
         if self.woken.get(key) is instance:
             return
         self.woken[key] = instance
+        self.woken_at[key] = time.monotonic()
         self._enqueue("wake", instance)
 
     def _enqueue(self, kind: str, instance: Instance) -> None:
@@ -159,6 +164,11 @@ class Writer:
                 path = path.rpartition("/")[0]
         except (etcd.EtcdKeyNotFound, etcd.EtcdCompareFailed, etcd.EtcdDirNotEmpty):
             pass  # written to meanwhile: it exists again for real
+
+    def recently_woken(self, instance: Instance) -> bool:
+        """Whether this process asked `instance` to start less than WAKE_GRACE seconds ago."""
+        at = self.woken_at.get((instance.service, instance.index))
+        return at is not None and time.monotonic() - at < WAKE_GRACE
 
     def _wake(self, base: str, instance: Instance) -> None:
         # Compare-and-swap, so that many gogeta processes wake an instance once.
@@ -303,6 +313,12 @@ class EtcdResolver:
             last = service.instances[position]
             if last.status is Status.PASSIVATED:
                 self.writer.wake(last)
+            elif last.status is Status.ERROR and self.writer.recently_woken(last):
+                # Deliberately beyond SPEC §3: once we set `expected` to `started`, the
+                # instance reads stopped/started ("error") until its orchestrator moves it
+                # to starting. Visitors keep the self-reloading wake-up page meanwhile
+                # instead of a dead-end error page.
+                raise RoutingError(Status.PASSIVATED, hostname)
             raise RoutingError(last.refusal, hostname)
         self.writer.touch(chosen)
         assert chosen.upstream is not None
