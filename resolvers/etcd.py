@@ -65,6 +65,15 @@ class Writer:
         stale = time.monotonic() - self.interval
         for key in [k for k, t in self.last_touch.items() if t < stale or not current(k)]:
             del self.last_touch[key]
+        self.forget_wakes(services)
+
+    def forget_wakes(self, services: dict[str, Service]) -> None:
+        """Drop the wake-up marks of instances no longer in the table."""
+
+        def current(key: tuple[str, str]) -> bool:
+            service = services.get(key[0])
+            return service is not None and any(i.index == key[1] for i in service.instances)
+
         for key in [k for k in self.woken if not current(k)]:
             del self.woken[key]
         for key in [k for k in self.woken_at if not current(k)]:
@@ -279,6 +288,15 @@ class EtcdResolver:
         # Wake every request waiting in `wait_for_change`, then arm a fresh event.
         changed, self._changed = self._changed, gevent.event.Event()
         changed.set()
+        # An instance deleted (or reloaded away) is a new one if it comes back: it must not
+        # inherit the wake-up marks of the old one.
+        prefix = self.services.prefix
+        if kind == "load" or (
+            isinstance(detail, str)
+            and (detail == prefix or detail.startswith(prefix + "/"))
+            and detail[len(prefix) :].count("/") <= 2
+        ):
+            self.writer.forget_wakes(self.services.services)
 
     def wait_for_change(self, timeout: float) -> bool:
         return bool(self._changed.wait(timeout))
