@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from resolvers.model import (
     Domain,
@@ -32,9 +33,12 @@ log = logging.getLogger(__name__)
 DELETE_ACTIONS = frozenset({"delete", "expire", "compareAndDelete"})
 
 
-@dataclass(frozen=True, slots=True)
-class Node:
-    """A node of an etcd answer or event, reduced to what the mirrors need."""
+class Node(NamedTuple):
+    """A node of an etcd answer or event, reduced to what the mirrors need.
+
+    A named tuple: a load makes one per etcd key (300,000 at 100,000 domains), and a tuple
+    is built several times faster than a frozen dataclass.
+    """
 
     key: str
     value: str | None = None

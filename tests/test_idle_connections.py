@@ -1,0 +1,66 @@
+"""Keep-alive connections between requests: little memory held, nothing lost.
+
+An idle connection gives up its read buffer and the finished request's state while it
+waits (proxy.server); a request already buffered behind the previous one (pipelining)
+must still be answered, and an idle connection must still be usable much later.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from tests.support import Backend
+
+
+def read_answers(sock: socket.socket, count: int) -> list[bytes]:
+    """The bodies of `count` answers with Content-Length, read from one connection."""
+    data = b""
+    bodies = []
+    while len(bodies) < count:
+        head, sep, rest = data.partition(b"\r\n\r\n")
+        if sep:
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            if len(rest) >= length:
+                bodies.append(rest[:length])
+                data = rest[length:]
+                continue
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed early"
+        data += chunk
+    return bodies
+
+
+def request(path: str) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: idle.test\r\n\r\n".encode()
+
+
+def test_pipelined_requests_are_all_answered(gogeta) -> None:
+    with Backend() as backend:
+        proxy = gogeta("-resolverType", "Dummy", "-dummyTarget", backend.url + "/")
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as s:
+            s.sendall(b"".join(request(f"/p{i}") for i in range(5)))
+            assert read_answers(s, 5) == [f"GET /p{i}".encode() for i in range(5)]
+            s.sendall(request("/after"))  # then idle, then one more
+            assert read_answers(s, 1) == [b"GET /after"]
+
+
+def test_many_idle_connections_are_reused(gogeta) -> None:
+    with Backend() as backend:
+        proxy = gogeta("-resolverType", "Dummy", "-dummyTarget", backend.url + "/")
+        socks = [socket.create_connection(("127.0.0.1", proxy.port), timeout=5) for _ in range(50)]
+        try:
+            for i, s in enumerate(socks):
+                s.sendall(request(f"/first{i}"))
+            for i, s in enumerate(socks):
+                assert read_answers(s, 1) == [f"GET /first{i}".encode()]
+            for i, s in enumerate(reversed(socks)):  # each idled while the others went
+                s.sendall(request(f"/second{i}") + request(f"/third{i}")[:10])
+                s.sendall(request(f"/third{i}")[10:])  # a head in two pieces
+                assert read_answers(s, 2) == [f"GET /second{i}".encode(), f"GET /third{i}".encode()]
+        finally:
+            for s in socks:
+                s.close()

@@ -1,0 +1,119 @@
+"""Loading a whole directory from etcd: one GET, its JSON walked into `Node`s.
+
+The walk must give the nodes python-etcd's `read(...).get_subtree()` gives (parents before
+children), and the mirrors built from it must equal those built through python-etcd.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+from typing import Any
+
+import etcd
+import pytest
+from etcd import EtcdKeyNotFound
+
+from resolvers.tree import DomainTree, Node, ServiceTree
+from resolvers.watcher import Endpoints, Watcher, nodes_of
+from tests.etcd_routes import write_domain, write_instance
+from tests.support import EtcdServer
+
+ANSWER: dict[str, Any] = {
+    "action": "get",
+    "node": {
+        "key": "/services",
+        "dir": True,
+        "nodes": [
+            {
+                "key": "/services/a",
+                "dir": True,
+                "nodes": [
+                    {
+                        "key": "/services/a/1",
+                        "dir": True,
+                        "nodes": [
+                            {"key": "/services/a/1/location", "value": '{"host": "h", "port": 1}'},
+                            {"key": "/services/a/1/status", "dir": True},
+                        ],
+                    }
+                ],
+            },
+            {"key": "/services/empty", "dir": True},
+            {"key": "/services/file", "value": "not a directory"},
+        ],
+    },
+}
+
+
+def subtree_of(answer: dict[str, Any]) -> list[Node]:
+    """What the watcher used to load: python-etcd's objects, walked by python-etcd."""
+    result = etcd.EtcdResult(**json.loads(json.dumps(answer)))
+    return [Node(n.key, n.value, bool(n.dir)) for n in result.get_subtree(leaves_only=False)]
+
+
+def test_nodes_are_those_of_python_etcd() -> None:
+    nodes = list(nodes_of(json.dumps(ANSWER).encode()))
+    assert sorted(nodes) == sorted(subtree_of(ANSWER))
+    position = {node.key: i for i, node in enumerate(nodes)}
+    for node in nodes:  # each parent before its children
+        parent = node.key.rpartition("/")[0]
+        if parent in position:
+            assert position[parent] < position[node.key]
+
+
+def test_an_empty_directory_is_one_node() -> None:
+    body = b'{"action": "get", "node": {"key": "/domains", "dir": true}}'
+    assert list(nodes_of(body)) == [Node("/domains", None, True)]
+
+
+@pytest.mark.parametrize("body", [b"", b"{", b"[]", b'{"action": "get"}', b"null"])
+def test_an_invalid_answer_is_an_etcd_error(body: bytes) -> None:
+    with pytest.raises(etcd.EtcdException):
+        list(nodes_of(body))
+
+
+def test_a_deep_tree_is_walked_parents_first() -> None:
+    node: dict[str, Any] = {"key": "/d/" + "x/" * 200 + "leaf", "value": "v"}
+    for depth in range(200, 0, -1):
+        node = {"key": "/d/" + "x/" * depth, "dir": True, "nodes": [node]}
+    nodes = list(nodes_of(json.dumps({"action": "get", "node": node}).encode()))
+    assert len(nodes) == 201
+    assert nodes[-1] == Node("/d/" + "x/" * 200 + "leaf", "v", False)
+
+
+@pytest.fixture
+def routes(etcd: EtcdServer) -> Any:
+    client = etcd.client()
+    for i in range(40):
+        write_domain(client, f"d{i}.test", "service", f"s{i}")
+        write_instance(client, f"s{i}", "1", 9000 + i)
+        write_instance(client, f"s{i}", "2", 9100 + i, status=("started", "started", "x"))
+    write_domain(client, "u.test", "uri", "http://10.0.0.1:8080/base?x=1")
+    return client
+
+
+def test_a_load_equals_one_through_python_etcd(etcd: EtcdServer, routes: Any) -> None:
+    for prefix, tree_class in (("/domains", DomainTree), ("/services", ServiceTree)):
+        loaded = tree_class(prefix)
+        index = Watcher(Endpoints([etcd.url]), loaded)._load()
+        result = routes.read(prefix, recursive=True)
+        reference = tree_class(prefix)
+        reference.load(
+            Node(n.key, n.value, bool(n.dir)) for n in result.get_subtree(leaves_only=False)
+        )
+        assert index == int(result.etcd_index) + 1  # nothing written in between
+        table = "domains" if prefix == "/domains" else "services"
+        assert getattr(loaded, table) == getattr(reference, table)
+        assert len(getattr(loaded, table)) == (41 if prefix == "/domains" else 40)
+    assert gc.isenabled()
+
+
+def test_a_missing_directory_loads_empty(etcd: EtcdServer) -> None:
+    tree = DomainTree("/domains")
+    tree.load([Node("/domains/old.test/type", "service"), Node("/domains/old.test/value", "s")])
+    index = Watcher(Endpoints([etcd.url]), tree)._load()
+    assert tree.domains == {}
+    with pytest.raises(EtcdKeyNotFound) as exc:
+        etcd.client().read("/domains")
+    assert index == int(exc.value.payload["index"]) + 1
