@@ -20,7 +20,7 @@ import gevent.queue
 from resolvers.base import DEFAULT_ROBOTS, RoutingError, Status, Upstream
 from resolvers.model import Instance, Service, next_instance
 from resolvers.tree import DomainTree, ServiceTree
-from resolvers.watcher import ETCD_DOWN, Backoff, Endpoints, Watcher
+from resolvers.watcher import ETCD_DOWN, Background, Backoff, Endpoints, Watcher
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,13 @@ SWEEP_SECONDS = 60.0
 WAKE_GRACE = 300.0  # seconds a woken instance keeps showing the wake-up page, not "error"
 
 
-class Writer:
+def _listed(services: dict[str, Service], key: tuple[str, str]) -> bool:
+    """Whether instance `key` (service, index) is in the table."""
+    service = services.get(key[0])
+    return service is not None and any(i.index == key[1] for i in service.instances)
+
+
+class Writer(Background):
     """Writes `lastAccess` and wake-ups from one greenlet, best effort, in order."""
 
     def __init__(self, endpoints: Endpoints, service_dir: str, interval: float) -> None:
@@ -39,45 +45,23 @@ class Writer:
         self.queue: gevent.queue.Queue[tuple[str, Instance, float]] = gevent.queue.Queue(QUEUE_SIZE)
         self.last_touch: dict[tuple[str, str], float] = {}
         self.pending: set[tuple[str, str, str]] = set()
-        self.woken: dict[tuple[str, str], Instance] = {}
-        self.woken_at: dict[tuple[str, str], float] = {}  # when we last asked, monotonic
+        # instance key → (the instance we asked to start, when we asked, monotonic)
+        self.woken: dict[tuple[str, str], tuple[Instance, float]] = {}
         self.wakeups = 0
         self.last_access_writes = 0
         self.failing = False
-        self._greenlet: gevent.Greenlet | None = None
-
-    def start(self) -> None:
-        if self._greenlet is None:
-            self._greenlet = gevent.spawn(self.run)
-
-    def stop(self) -> None:
-        if self._greenlet is not None:
-            self._greenlet.kill(block=False)
-            self._greenlet = None
 
     def prune(self, services: dict[str, Service]) -> None:
         """Forget instances that left the table, and lastAccess times already past due."""
-
-        def current(key: tuple[str, str]) -> bool:
-            service = services.get(key[0])
-            return service is not None and any(i.index == key[1] for i in service.instances)
-
         stale = time.monotonic() - self.interval
-        for key in [k for k, t in self.last_touch.items() if t < stale or not current(k)]:
+        for key in [k for k, t in self.last_touch.items() if t < stale or not _listed(services, k)]:
             del self.last_touch[key]
         self.forget_wakes(services)
 
     def forget_wakes(self, services: dict[str, Service]) -> None:
         """Drop the wake-up marks of instances no longer in the table."""
-
-        def current(key: tuple[str, str]) -> bool:
-            service = services.get(key[0])
-            return service is not None and any(i.index == key[1] for i in service.instances)
-
-        for key in [k for k in self.woken if not current(k)]:
+        for key in [k for k in self.woken if not _listed(services, k)]:
             del self.woken[key]
-        for key in [k for k in self.woken_at if not current(k)]:
-            del self.woken_at[key]
 
     def touch(self, instance: Instance) -> None:
         """Note a use of `instance`; its lastAccess is written at most once per interval."""
@@ -92,10 +76,10 @@ class Writer:
     def wake(self, instance: Instance) -> None:
         """Ask for `instance` to be started, once until its state changes (SPEC §3)."""
         key = (instance.service, instance.index)
-        if self.woken.get(key) is instance:
+        asked = self.woken.get(key)
+        if asked is not None and asked[0] is instance:
             return
-        self.woken[key] = instance
-        self.woken_at[key] = time.monotonic()
+        self.woken[key] = (instance, time.monotonic())
         self._enqueue("wake", instance)
 
     def _enqueue(self, kind: str, instance: Instance) -> None:
@@ -176,8 +160,8 @@ class Writer:
 
     def recently_woken(self, instance: Instance) -> bool:
         """Whether this process asked `instance` to start less than WAKE_GRACE seconds ago."""
-        at = self.woken_at.get((instance.service, instance.index))
-        return at is not None and time.monotonic() - at < WAKE_GRACE
+        asked = self.woken.get((instance.service, instance.index))
+        return asked is not None and time.monotonic() - asked[1] < WAKE_GRACE
 
     def _wake(self, base: str, instance: Instance) -> None:
         # Compare-and-swap, so that many gogeta processes wake an instance once.

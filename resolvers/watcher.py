@@ -133,7 +133,25 @@ class Backoff:
         self.delay = self.first
 
 
-class Watcher:
+class Background:
+    """One greenlet running `run` between `start` and `stop` (both idempotent)."""
+
+    _greenlet: gevent.Greenlet | None = None
+
+    def run(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        if self._greenlet is None:
+            self._greenlet = gevent.spawn(self.run)
+
+    def stop(self) -> None:
+        if self._greenlet is not None:
+            self._greenlet.kill(block=False)
+            self._greenlet = None
+
+
+class Watcher(Background):
     """Mirrors one directory (`mirror.prefix`) of etcd into `mirror`, forever."""
 
     def __init__(
@@ -156,16 +174,6 @@ class Watcher:
         self.events_applied = 0
         self.lag = 0
         self.reloads = 0
-        self._greenlet: gevent.Greenlet | None = None
-
-    def start(self) -> None:
-        if self._greenlet is None:
-            self._greenlet = gevent.spawn(self.run)
-
-    def stop(self) -> None:
-        if self._greenlet is not None:
-            self._greenlet.kill(block=False)
-            self._greenlet = None
 
     def run(self) -> None:
         backoff = Backoff()
