@@ -91,13 +91,17 @@ class ProxyHandler(pywsgi.WSGIHandler):  # type: ignore[misc]  # gevent is untyp
         An idle keep-alive connection's greenlet keeps a copy of its slice of the C stack:
         blocking before the buffered reader and the socket-IO layers are entered saves
         about 1 KB per idle connection. Nothing to wait for when a pipelined request is
-        already buffered (a non-blocking peek tells).
+        already buffered (a non-blocking peek tells), but the other connections get their
+        turn first: served at once, a client pipelining many requests (or one sending
+        its next request very fast) would keep the process while everyone else waits,
+        the long tail of latency under load (bench/NOTES.md).
         """
         sock = self.socket
         timeout = sock.timeout
         sock.settimeout(0.0)
         try:
             if self.rfile.peek(0):
+                gevent.sleep(0)  # to the back of the queue of ready connections
                 return
             # Nothing buffered: the reader (and its buffer) is rebuilt when the request
             # comes, instead of being held by every idle connection; and the head

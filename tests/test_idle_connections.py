@@ -2,7 +2,8 @@
 
 An idle connection gives up its read buffer and the finished request's state while it
 waits (proxy.server); a request already buffered behind the previous one (pipelining)
-must still be answered, and an idle connection must still be usable much later.
+must still be answered, and an idle connection must still be usable much later; a client
+that pipelines many requests must not hold the process while others wait.
 """
 
 from __future__ import annotations
@@ -64,3 +65,50 @@ def test_many_idle_connections_are_reused(gogeta) -> None:
         finally:
             for s in socks:
                 s.close()
+
+
+def read_available(sock: socket.socket) -> bytes:
+    """What has already arrived on `sock`, read without blocking."""
+    sock.setblocking(False)
+    data = b""
+    try:
+        while chunk := sock.recv(1 << 20):
+            data += chunk
+    except BlockingIOError:
+        pass
+    finally:
+        sock.setblocking(True)
+    return data
+
+
+def test_a_pipelining_client_takes_turns_with_the_others(gogeta) -> None:
+    """Between two requests of a connection the others get their turn.
+
+    A request already buffered behind the previous one could be served at once, with no
+    wait; a client pipelining hundreds of them would then keep the whole process until
+    its last answer (every other connection waiting: the long tail of latency under
+    load). Answers served by gogeta itself (`/__gogeta/health`) never wait on a backend,
+    so nothing else would let the other connection in.
+    """
+    with Backend() as backend:
+        proxy = gogeta("-resolverType", "Dummy", "-dummyTarget", backend.url + "/")
+        burst = 400
+        with (
+            socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as greedy,
+            socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as other,
+        ):
+            for s in (greedy, other):  # both connections open and served once
+                s.sendall(request("/__gogeta/health"))
+                assert len(read_answers(s, 1)) == 1
+            greedy.sendall(b"".join(request("/__gogeta/health") for _ in range(burst)))
+            data = greedy.recv(65536)  # the burst is being served...
+            assert data
+            other.sendall(request("/__gogeta/health"))  # ...when another request comes
+            assert len(read_answers(other, 1)) == 1
+            data += read_available(greedy)
+            served_first = data.count(b"HTTP/1.1 200")
+            assert served_first < burst // 2, f"{served_first} of {burst} served first"
+            while data.count(b"HTTP/1.1 200") < burst:  # and the burst is all answered
+                chunk = greedy.recv(65536)
+                assert chunk, "connection closed early"
+                data += chunk
