@@ -30,6 +30,7 @@ from urllib3.util import SKIP_HEADER
 
 from proxy.errors import BadGateway, BadRequest, GatewayTimeout, PayloadTooLarge
 from proxy.headers import install as install_header_parser
+from proxy.sockets import sendall
 from resolvers.base import Upstream
 
 log = logging.getLogger(__name__)
@@ -238,6 +239,13 @@ class _Connection(urllib3.connection.HTTPConnection):
         except OSError:
             return False
         return False
+
+    def send(self, data: Any) -> None:
+        """The request head (and body blocks) in one system call when the kernel takes it."""
+        if self.sock is not None and isinstance(data, bytes):
+            sendall(self.sock, data)
+        else:
+            super().send(data)  # connects first if needed; file-like and iterable bodies
 
 
 class _Pool(urllib3.HTTPConnectionPool):

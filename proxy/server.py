@@ -23,6 +23,7 @@ from gevent import pywsgi
 from gevent.pool import Pool
 
 from proxy.guard import RejectedRequest, check_header_lines, read_header_lines
+from proxy.sockets import sendall
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,9 @@ def set_nodelay(sock: Any) -> None:
 READ_BUFFER = 1024  # bytes of read buffer per client connection (pywsgi's default: 8 KB)
 # What a handler keeps between two requests of a keep-alive connection.
 CONNECTION_STATE = ("socket", "client_address", "server", "rfile")
+
+
+_HOLD = object()  # ProxyHandler._head: the next `_sendall` is the head, to be held
 
 
 class ClientTimeout(OSError):
@@ -143,6 +147,45 @@ class ProxyHandler(pywsgi.WSGIHandler):  # type: ignore[misc]  # gevent is untyp
             pass
 
     response_use_chunked: bool  # set by pywsgi for every response
+    code: int
+    status: Any
+    response_length: int
+    _head: Any = None  # the response head, held until the first block of the body
+
+    def _write_with_headers(self, data: bytes) -> None:
+        """Send the response head and the first block of the body together.
+
+        pywsgi sends them with two `sendall` calls: for a small answer, two system calls
+        and two packets where one does.
+        """
+        self._head = _HOLD
+        try:
+            super()._write_with_headers(data)
+        finally:
+            head, self._head = self._head, None
+            if head is not None and head is not _HOLD:  # no body followed: the head alone
+                self._send(head)
+
+    def _sendall(self, data: Any) -> None:
+        head = self._head
+        if head is _HOLD:  # pywsgi's first write is the head: keep it for the body
+            self._head = data
+            return
+        if head is not None:
+            self._head = None
+            data = head + data
+        self._send(data)
+
+    def _send(self, data: Any) -> None:
+        """pywsgi's `_sendall`: on failure the access status says so."""
+        try:
+            sendall(self.socket, data)
+        except OSError as ex:
+            self.status = f"socket error: {ex}"
+            if self.code > 0:
+                self.code = -self.code
+            raise
+        self.response_length += len(data)
 
     def finalize_headers(self) -> None:
         super().finalize_headers()
