@@ -27,7 +27,7 @@ if [ "$workers" -gt 0 ]; then
          "(e.g. GOGETA_ETCD_ADDRESS), not from flags: $*" >&2
     exit 2
   fi
-  exec gunicorn -c gunicorn.conf.py -k gevent -w "$workers" \
+  exec gunicorn -c gunicorn.conf.py -w "$workers" \
        -b "${GOGETA_LISTEN_ADDRESS:-0.0.0.0}:${GOGETA_PORT:-7777}" \
        'gogeta:create_app()'
 fi

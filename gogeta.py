@@ -1,7 +1,7 @@
 """gogeta: a dynamic reverse proxy routed by etcd.
 
 Standalone: `python gogeta.py -etcdAddress http://127.0.0.1:2379 -port 7777`.
-Under gunicorn: `gunicorn -k gevent 'gogeta:create_app()'`, configured by `GOGETA_*`
+Under gunicorn: `gunicorn -w 2 'gogeta:create_app()'`, configured by `GOGETA_*`
 (`gunicorn.conf.py` beside this file adds the worker hooks and the shared metrics).
 
 gevent must patch the standard library before urllib3, ssl or etcd are imported.
@@ -95,7 +95,9 @@ def build_app(config: settings.Config) -> "Front":
     metrics = Metrics()
     app.tunnels.on_count = metrics.count_tunnel
     admin = Admin(resolver, pages, metrics, config.trustedNetworks, config.healthGraceSeconds)
-    return Front(app, formatter(config.accessLog), admin, metrics)
+    front = Front(app, formatter(config.accessLog), admin, metrics)
+    front.client_timeout = config.clientTimeout
+    return front
 
 
 class DeferredApp:
@@ -118,6 +120,11 @@ class DeferredApp:
     def stop(self) -> None:
         if self._app is not None:
             self._app.stop()
+
+    @property
+    def client_timeout(self) -> float:
+        timeout: float = self.config.clientTimeout
+        return timeout
 
     def count_connection(self, delta: int) -> None:
         if self._app is not None:
@@ -168,7 +175,7 @@ def serve(config: settings.Config, app: "Front") -> None:
         error_log=logging.getLogger("gogeta.server"),
     )
     server.count_connection = app.count_connection
-    server.client_timeout = config.clientTimeout
+    server.client_timeout = app.client_timeout
     stopped = gevent.event.Event()
     profiler = CpuProfiler(config.cpuProfile)
 

@@ -1,6 +1,6 @@
 # gunicorn settings for gogeta, read from the working directory (or `-c gunicorn.conf.py`):
 #
-#   gunicorn -k gevent -w 2 -b 0.0.0.0:7777 'gogeta:create_app()'
+#   gunicorn -w 2 -b 0.0.0.0:7777 'gogeta:create_app()'
 #
 # gogeta's own settings come from GOGETA_* variables (GOGETA_ETCD_ADDRESS...). Metrics at
 # /__gogeta/metrics cover every worker through PROMETHEUS_MULTIPROC_DIR, a directory this
@@ -10,7 +10,9 @@ import os
 import gunicorn_hooks as hooks
 import settings
 
-worker_class = "gevent"  # `-k` on the command line wins
+# gunicorn's gevent worker serving with gogeta's own pywsgi server (gunicorn_hooks.py);
+# `-k` on the command line wins (`-k gevent` works too, with gunicorn's HTTP parser).
+worker_class = "gunicorn_hooks.ProxyWorker"
 # SIGTERM to the arbiter: workers stop accepting and finish requests for this long.
 _drain = settings.BY_NAME["drainTimeout"]
 graceful_timeout = round(_drain.parse(os.environ.get(_drain.env_name, _drain.default)))

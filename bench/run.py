@@ -698,8 +698,8 @@ def part_throughput(
         "gogeta-gunicorn",
         [
             tools["gunicorn"],
-            "-k",
-            "gevent",
+            "-c",
+            str(ROOT / "gunicorn.conf.py"),  # its worker class: gunicorn_hooks.ProxyWorker
             "-w",
             "2",
             "-b",

@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 
 
 class Front:
+    # -clientTimeout, for the server that runs this app (gogeta.serve, gunicorn_hooks)
+    client_timeout: float = 0.0
+
     def __init__(
         self,
         app: Gogeta,

@@ -227,30 +227,36 @@ class ProxyHandler(pywsgi.WSGIHandler):  # type: ignore[misc]  # gevent is untyp
 class ProxyServer(pywsgi.WSGIServer):  # type: ignore[misc]
     handler_class = ProxyHandler
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, listener: Any, *args: Any, **kwargs: Any) -> None:
         # A pool (unbounded) so that `drain` can wait for the handlers; without one gevent
         # forgets them and stopping cuts every request in flight.
         kwargs.setdefault("spawn", Pool())
-        # gevent's default backlog (128) drops connections in a burst; the kernel caps it
-        # at net.core.somaxconn anyway.
-        kwargs.setdefault("backlog", 1024)
-        super().__init__(*args, **kwargs)
+        if not hasattr(listener, "accept"):
+            # Our own listener: gevent's default backlog (128) drops connections in a
+            # burst; the kernel caps it at net.core.somaxconn anyway.
+            kwargs.setdefault("backlog", 1024)
+        super().__init__(listener, *args, **kwargs)
         self.connections: set[ProxyHandler] = set()
         self.draining = False
         self.client_timeout: float = 0.0  # seconds; 0: no limit (see read_requestline)
         # Called with +1 / -1 as connections open and close (the open-connections gauge).
         self.count_connection: Callable[[int], None] = lambda delta: None
 
+    def close(self) -> None:
+        """Stop accepting; connections idle between two requests close now, busy ones
+        after their request (SIGTERM standalone, or gunicorn stopping a worker)."""
+        self.draining = True
+        super().close()
+        for handler in list(getattr(self, "connections", ())):
+            if handler.idle:
+                handler.close_idle()
+
     def drain(self, timeout: float) -> int:
         """Stop accepting and let requests in flight finish for up to `timeout` seconds.
 
         Returns how many connections were still busy at the deadline (and were cut).
         """
-        self.draining = True
         self.close()
-        for handler in list(self.connections):
-            if handler.idle:
-                handler.close_idle()
         self.pool.join(timeout=timeout)
         left = len(self.pool)
         if left:

@@ -1,8 +1,10 @@
-"""gogeta under gunicorn: `gunicorn -k gevent -w 2 'gogeta:create_app()'`, set by GOGETA_*.
+"""gogeta under gunicorn: `gunicorn -w 2 'gogeta:create_app()'`, set by GOGETA_*.
 
 Real gunicorn processes (with `gunicorn.conf.py` from the repository, as an operator
-runs it): two workers serve, each with its own resolver started after the fork (also with
---preload), and SIGTERM to the arbiter lets a request in flight finish.
+runs it, so with its worker class `gunicorn_hooks.ProxyWorker`; `-k gevent` too where
+said): two workers serve, each with its own resolver started after the fork (also with
+--preload), requests are checked as standalone, and SIGTERM to the arbiter lets a request
+in flight finish while idle keep-alive connections close at once.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from tests.support import (
 class Gunicorn:
     env: dict[str, str]
     options: list[str] = field(default_factory=list)
+    worker_class: str = ""  # `-k`; empty: gunicorn.conf.py's
     workers: int = 2
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
@@ -59,8 +62,7 @@ class Gunicorn:
                     sys.executable,
                     "-m",
                     "gunicorn",
-                    "-k",
-                    "gevent",
+                    *(["-k", self.worker_class] if self.worker_class else []),
                     "-w",
                     str(self.workers),
                     "-b",
@@ -109,24 +111,33 @@ class Gunicorn:
 def gunicorn() -> Iterator[Callable[..., Gunicorn]]:
     started: list[Gunicorn] = []
 
-    def start(env: dict[str, str], *options: str) -> Gunicorn:
-        server = Gunicorn(env, list(options)).start()
+    def start(env: dict[str, str], *options: str, worker_class: str = "") -> Gunicorn:
+        server = Gunicorn(env, list(options), worker_class).start()
         started.append(server)
         return server
 
     yield start
     for server in started:
         server.stop()
+        if server.log_path is not None:
+            server.log_path.unlink(missing_ok=True)
 
 
 def dummy(url: str) -> dict[str, str]:
     return {"GOGETA_RESOLVER_TYPE": "Dummy", "GOGETA_DUMMY_TARGET": url + "/"}
 
 
-@pytest.mark.parametrize("preload", [False, True], ids=["fork-then-load", "preload"])
-def test_two_workers_serve_configured_by_the_environment(gunicorn, preload: bool) -> None:
+@pytest.mark.parametrize(
+    ("preload", "worker_class"),
+    [(False, ""), (True, ""), (False, "gevent")],
+    ids=["fork-then-load", "preload", "gunicorn-gevent-worker"],
+)
+def test_two_workers_serve_configured_by_the_environment(
+    gunicorn, preload: bool, worker_class: str
+) -> None:
     with Backend() as backend:
-        server = gunicorn(dummy(backend.url), *(["--preload"] if preload else []))
+        options = ["--preload"] if preload else []
+        server = gunicorn(dummy(backend.url), *options, worker_class=worker_class)
         for i in range(10):
             resp = request(server.port, f"/w{i}?x=1", host="shop.example.com")
             assert (resp.status, resp.body) == (200, f"GET /w{i}?x=1".encode())
@@ -162,6 +173,42 @@ def test_sigterm_to_the_arbiter_finishes_the_request_in_flight(gunicorn) -> None
         assert server.proc.wait(timeout=30) == 0
     resp = result[0]
     assert (resp.status, resp.body) == (200, b"done")  # type: ignore[attr-defined]
+
+
+def test_workers_check_requests_as_the_standalone_server(gunicorn) -> None:
+    """gogeta's own request checks (proxy.guard) in every worker: ambiguous framing is
+    refused before any backend sees it, and a slow request head gets 408."""
+    with Backend() as backend:
+        server = gunicorn({**dummy(backend.url), "GOGETA_CLIENT_TIMEOUT": "1"})
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+            s.sendall(
+                b"POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 4\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+            )
+            assert s.recv(65536).startswith(b"HTTP/1.1 400 ")
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\n")  # and never the end
+            assert s.recv(65536).startswith(b"HTTP/1.1 408 ")
+    assert backend.seen == []
+
+
+def test_sigterm_closes_idle_keep_alive_connections_at_once(gunicorn) -> None:
+    """A stopping worker does not wait for idle clients until the graceful timeout."""
+    with Backend() as backend:
+        server = gunicorn({**dummy(backend.url), "GOGETA_DRAIN_TIMEOUT": "60"})
+        idle = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+        with idle:
+            idle.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+            answer = b""
+            while not answer.endswith(b"\r\n\r\nGET /"):  # the backend echoes "GET /"
+                chunk = idle.recv(65536)
+                assert chunk, answer
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.1 200 ")
+            assert server.proc is not None
+            server.proc.send_signal(signal.SIGTERM)
+            assert idle.recv(65536) == b""  # closed by gogeta, not by the 60 s timeout
+            assert server.proc.wait(timeout=30) == 0
 
 
 def ask(port: int, host: str) -> tuple[int, bytes, int]:

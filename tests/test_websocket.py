@@ -157,7 +157,8 @@ def test_declined_upgrade_is_relayed(gogeta) -> None:
         assert body == b"no, sir"
 
 
-def test_websocket_under_gunicorn_gevent_worker() -> None:
+@pytest.mark.parametrize("worker_class", ["", "gevent"], ids=["ProxyWorker", "gevent"])
+def test_websocket_under_gunicorn(worker_class: str) -> None:
     port = free_port()
     with EchoServer() as backend:
         env = {
@@ -168,8 +169,7 @@ def test_websocket_under_gunicorn_gevent_worker() -> None:
         proc = subprocess.Popen(
             [
                 os.path.join(os.path.dirname(sys.executable), "gunicorn"),
-                "-k",
-                "gevent",
+                *(["-k", worker_class] if worker_class else []),
                 "-w",
                 "1",
                 "-b",
