@@ -36,9 +36,24 @@ StartResponse = Callable[..., Any]
 _HOST_RE = re.compile(r"(?:[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?")
 
 
+_HOSTNAMES: dict[str, str] = {}  # Host header -> hostname, for the Hosts seen lately
+
+
 def hostname_of(host_header: str | None) -> str:
     """SPEC §2.1: Host without its port, lower-cased, one leading `www.` removed."""
-    if not host_header or len(host_header) > 255 or not _HOST_RE.fullmatch(host_header):
+    if not host_header:
+        raise BadRequest(f"invalid Host header {host_header!r}")
+    hostname = _HOSTNAMES.get(host_header)
+    if hostname is None:
+        hostname = _parse_hostname(host_header)
+        if len(_HOSTNAMES) >= 4096:  # bounded: clients sending random Hosts
+            _HOSTNAMES.clear()
+        _HOSTNAMES[host_header] = hostname
+    return hostname
+
+
+def _parse_hostname(host_header: str) -> str:
+    if len(host_header) > 255 or not _HOST_RE.fullmatch(host_header):
         raise BadRequest(f"invalid Host header {host_header!r}")
     if host_header.startswith("["):
         hostname = host_header[: host_header.index("]") + 1]

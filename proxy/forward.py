@@ -48,7 +48,12 @@ def _is_hop_by_hop(lower_name: str) -> bool:
     return lower_name in HOP_BY_HOP or lower_name.startswith("proxy-")
 
 
+_NO_TOKENS: frozenset[str] = frozenset()
+
+
 def _connection_tokens(value: str) -> frozenset[str]:
+    if not value:
+        return _NO_TOKENS  # nearly always: no Connection header, nothing to build
     return frozenset(t.strip().lower() for t in value.split(",") if t.strip())
 
 
@@ -259,6 +264,9 @@ class Forwarder:
         self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
         self.max_body = 0  # bytes a request body may have; 0: no limit (-maxBodySize)
         self.timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
+        # What `retries=False, redirect=False` become inside urlopen, built once: errors
+        # come back as they are (the retry policy is ours, in proxy.app).
+        self.no_retries = urllib3.Retry(total=False, redirect=False)
         # Keep-alive to every backend; a pool per backend host, sized for the concurrency
         # (too small a pool reconnects constantly). block=False: beyond the size, extra
         # connections are opened and closed rather than making requests wait.
@@ -308,7 +316,7 @@ class Forwarder:
                     target,
                     body=body,
                     headers=headers,
-                    retries=False,
+                    retries=self.no_retries,
                     redirect=False,
                     assert_same_host=False,
                     preload_content=False,

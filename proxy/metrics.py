@@ -80,16 +80,29 @@ class Metrics:
             registry=r,
         )
         self._resolver_counters: dict[str, Gauge] = {}
-        self._domains: set[str] = set()
+        # The labelled children, looked up once (`labels()` costs a lock and a key build):
+        # by status class, and by domain (at most MAX_DOMAINS of them, and the two
+        # catch-all labels).
+        self._by_class: dict[int, Any] = {}
+        self._by_domain: dict[str, Any] = {}
+        self._domains = 0  # domains with their own label
 
     def count_request(self, status: int, domain: str) -> None:
-        self.requests.labels(f"{status // 100}xx").inc()
-        if domain not in self._domains and domain not in ("unknown", "other"):
-            if len(self._domains) >= MAX_DOMAINS:
-                domain = "other"
-            else:
-                self._domains.add(domain)
-        self.domain_requests.labels(domain).inc()
+        by_class = self._by_class.get(status // 100)
+        if by_class is None:
+            by_class = self._by_class[status // 100] = self.requests.labels(f"{status // 100}xx")
+        by_class.inc()
+        by_domain = self._by_domain.get(domain)
+        if by_domain is None:
+            if domain not in ("unknown", "other"):
+                if self._domains >= MAX_DOMAINS:
+                    domain = "other"
+                else:
+                    self._domains += 1
+            by_domain = self._by_domain.get(domain)
+            if by_domain is None:
+                by_domain = self._by_domain[domain] = self.domain_requests.labels(domain)
+        by_domain.inc()
 
     def observe_upstream(self, seconds: float) -> None:
         self.upstream_latency.observe(seconds)

@@ -171,3 +171,36 @@ def test_domain_labels_are_bounded(gogeta) -> None:
     assert len(domains) == 201
     assert domains["other"] == 30
     assert sum(domains.values()) == 230
+
+
+def test_a_domain_keeps_its_series_and_later_ones_stay_other(monkeypatch) -> None:
+    """The first MAX_DOMAINS domains keep their own series however often they come back;
+    domains first seen after them count as `other` every time."""
+    from proxy.metrics import MAX_DOMAINS, Metrics
+
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    metrics = Metrics()
+    for _ in range(2):
+        for i in range(MAX_DOMAINS + 30):
+            metrics.count_request(200, f"d{i}.test")
+    metrics.count_request(404, "unknown")
+    metrics.count_request(502, "d0.test")
+    _, text = metrics.render()
+    families = {f.name: f for f in text_string_to_metric_families(text.decode())}
+    by_domain = {
+        s.labels["domain"]: s.value
+        for s in families["gogeta_domain_requests"].samples
+        if s.name.endswith("_total")
+    }
+    assert len(by_domain) == MAX_DOMAINS + 2
+    assert by_domain["d0.test"] == 3
+    assert by_domain[f"d{MAX_DOMAINS - 1}.test"] == 2
+    assert f"d{MAX_DOMAINS}.test" not in by_domain
+    assert by_domain["other"] == 60
+    assert by_domain["unknown"] == 1
+    by_class = {
+        s.labels["code"]: s.value
+        for s in families["gogeta_requests"].samples
+        if s.name.endswith("_total")
+    }
+    assert by_class == {"2xx": 2 * (MAX_DOMAINS + 30), "4xx": 1, "5xx": 1}
