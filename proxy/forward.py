@@ -223,6 +223,12 @@ def response_headers(headers: Any, code: int = 200) -> list[tuple[str, str]]:
     ]
 
 
+# http.client's own checks for a header line (a name with no colon or whitespace, a value
+# with no line break that is not a folded continuation).
+_legal_header_name = http.client._is_legal_header_name  # type: ignore[attr-defined]
+_illegal_header_value = http.client._is_illegal_header_value  # type: ignore[attr-defined]
+
+
 class _Connection(urllib3.connection.HTTPConnection):
     @property
     def is_connected(self) -> bool:
@@ -244,6 +250,26 @@ class _Connection(urllib3.connection.HTTPConnection):
         except OSError:
             return False
         return False
+
+    def putheader(self, header: str, *values: str) -> None:  # type: ignore[override]
+        """One request header line, with http.client's checks and none of its generality.
+
+        urllib3 and http.client take several steps per header (a scan for urllib3's skip
+        marker, a list of values, encodings, two checks, a join): together about 4 % of
+        the CPU of a request with the dozen headers a browser sends. A single `str`
+        value, the only kind the forwarder gives, goes the short way; anything else
+        (urllib3's skip marker included) the long one.
+        """
+        if len(values) == 1 and type(values[0]) is str and values[0] != SKIP_HEADER:
+            name = header.encode("ascii")
+            value = values[0].encode("latin-1")
+            if not _legal_header_name(name):
+                raise ValueError(f"Invalid header name {name!r}")
+            if _illegal_header_value(value):
+                raise ValueError(f"Invalid header value {value!r}")
+            self._output(name + b": " + value)  # type: ignore[attr-defined]
+        else:
+            super().putheader(header, *values)
 
     def send(self, data: Any) -> None:
         """The request head (and body blocks) in one system call when the kernel takes it."""
