@@ -74,7 +74,11 @@ def check_header_lines(lines: list[str]) -> list[tuple[str, str]]:
         name, colon, value = line.partition(":")
         if not colon or not _TOKEN.fullmatch(name):
             raise RejectedRequest(400, f"invalid header name {name[:40]!r}")
-        pairs.append((name, value.lstrip(" \t").rstrip("\r\n")))
+        value = value.lstrip(" \t").rstrip("\r\n")
+        if "\r" in value or "\x00" in value:
+            # RFC 9110 §5.5: never valid; a backend may read a bare CR as a line end.
+            raise RejectedRequest(400, f"invalid character in header {name[:40]!r}")
+        pairs.append((name, value))
         lower = name.lower()
         if lower == "content-length":
             lengths.append(value.strip())

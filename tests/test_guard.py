@@ -28,6 +28,8 @@ REFUSED = [
     (["Host: a\r\n", "Transfer-Encoding : chunked\r\n"], 400),
     (["Host: a\r\n", "X-A: b\r\n", " folded\r\n"], 400),
     (["Host: a\r\n", "Host: b\r\n"], 400),
+    (["Host: a\r\n", "X-A: b\rc\r\n"], 400),  # a bare CR inside a value
+    (["Host: a\r\n", "X-A: b\x00c\r\n"], 400),
     (["Host: a\r\n"] + [f"X-{i}: v\r\n" for i in range(100)], 431),
     (["Host: a\r\n", "X-Big: " + "b" * MAX_HEADER_BYTES + "\r\n"], 431),
 ]

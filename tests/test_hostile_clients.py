@@ -45,6 +45,8 @@ REFUSED = {
     "unsupported coding": (HEAD + b"Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 400),
     "space before colon": (HEAD + b"Transfer-Encoding : chunked\r\n\r\n0\r\n\r\n", 400),
     "obsolete line folding": (HEAD + b"X-A: b\r\n c\r\nContent-Length: 0\r\n\r\n", 400),
+    "bare CR in a value": (HEAD + b"X-A: b\rc\r\nContent-Length: 0\r\n\r\n", 400),
+    "NUL in a value": (HEAD + b"X-A: b\x00c\r\nContent-Length: 0\r\n\r\n", 400),
     "malformed chunk": (HEAD + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n\r\n", 400),
     "missing host": (b"GET / HTTP/1.1\r\n\r\n", 400),
     "two hosts": (b"GET / HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n", 400),
