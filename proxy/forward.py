@@ -229,7 +229,35 @@ _legal_header_name = http.client._is_legal_header_name  # type: ignore[attr-defi
 _illegal_header_value = http.client._is_illegal_header_value  # type: ignore[attr-defined]
 
 
+MAX_INTERIM = 32  # 1xx answers skipped before the final one; more: a broken backend
+
+
+class _Response(http.client.HTTPResponse):
+    def _read_status(self) -> tuple[str, int, str]:
+        """The final answer's status line, interim (1xx) answers skipped.
+
+        http.client skips only `100 Continue`: a `103 Early Hints` or `102 Processing`
+        would be taken for the answer (with no body), and the real answer left unread on
+        a connection going back to the pool, for the next request to receive. They are
+        dropped here, headers included (not relayed to the client). `101 Switching
+        Protocols` is final: upgrades go through proxy.tunnel, not here.
+        """
+        for _ in range(MAX_INTERIM):
+            version, status, reason = super()._read_status()  # type: ignore[misc]
+            if not 100 <= status < 200 or status == 101:
+                return version, status, reason
+            while True:  # the interim answer's header block
+                line = self.fp.readline(http.client._MAXLINE + 1)  # type: ignore[attr-defined]
+                if len(line) > http.client._MAXLINE:  # type: ignore[attr-defined]
+                    raise http.client.LineTooLong("header line")
+                if line in (b"\r\n", b"\n", b""):
+                    break
+        raise http.client.HTTPException(f"more than {MAX_INTERIM} interim (1xx) answers")
+
+
 class _Connection(urllib3.connection.HTTPConnection):
+    response_class = _Response
+
     @property
     def is_connected(self) -> bool:
         """Whether a pooled connection is still open, checked before each reuse.

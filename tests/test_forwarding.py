@@ -354,6 +354,43 @@ def test_head_of_a_chunked_resource_keeps_the_connection_usable(gogeta: Start) -
     assert rest.endswith(b"\r\n\r\nok")
 
 
+def test_interim_answers_are_skipped_and_never_taken_for_the_final_one(gogeta: Start) -> None:
+    """A backend's 1xx before its answer (103 Early Hints, 102 Processing, a 100 it was
+    not asked for) is dropped; taking it for the answer would leave the real one on the
+    pooled connection, to be handed to the next request, maybe another client's."""
+
+    def handle(conn: socket.socket) -> None:
+        served = 0
+        while head := read_request_head(conn):
+            served += 1
+            path = head.split(b" ")[1]
+            conn.sendall(
+                b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n"
+                b"HTTP/1.1 102 Processing\r\n\r\n"
+                b"HTTP/1.1 100 Continue\r\n\r\n"
+                b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(path), path)
+            )
+
+    with RawServer(handle) as raw:
+        proxy = through(gogeta, raw.url)
+        for i in range(3):  # over the same pooled backend connection
+            resp = proxy.get(f"/answer{i}")
+            assert (resp.status, resp.body) == (200, f"/answer{i}".encode())
+            assert resp.header("Link") is None
+        assert len(raw.connections) == 1
+
+
+def test_endless_interim_answers_are_a_bad_gateway(gogeta: Start) -> None:
+    def handle(conn: socket.socket) -> None:
+        read_request_head(conn)
+        conn.sendall(b"HTTP/1.1 103 Early Hints\r\n\r\n" * 100)
+
+    with RawServer(handle) as raw:
+        proxy = through(gogeta, raw.url)
+        assert proxy.get("/").status == 502
+        assert proxy.get("/__gogeta/health").status == 200  # and it keeps serving
+
+
 def test_response_without_reason_phrase(gogeta: Start) -> None:
     def handle(conn: socket.socket) -> None:
         read_request_head(conn)
