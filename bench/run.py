@@ -38,11 +38,10 @@ from typing import Any
 from urllib.parse import urlencode
 
 import psutil
+from common import PYTHON, ROOT, Processes, etcd_argv, free_port, wait_for, wait_listening
 
-ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 RESULTS = BENCH / "results"
-PYTHON = sys.executable
 VENV_BIN = Path(sys.executable).parent
 
 SMALL_BODY = b"hello world\n"  # what the nginx backend answers on its first port
@@ -95,88 +94,6 @@ def say(message: str) -> None:
 
 
 # --------------------------------------------------------------------------- processes
-
-
-class Processes:
-    """Every process the bench starts, so that each one is stopped, whatever happens."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.running: list[subprocess.Popen[bytes]] = []
-
-    def start(
-        self,
-        name: str,
-        argv: list[str],
-        env: dict[str, str] | None = None,
-        preexec_fn: Callable[[], None] | None = None,
-    ) -> subprocess.Popen[bytes]:
-        log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - kept by the child
-        proc = subprocess.Popen(
-            argv,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=ROOT,
-            env={**os.environ, **(env or {})},
-            preexec_fn=preexec_fn,
-        )
-        log.close()
-        self.running.append(proc)
-        return proc
-
-    def stop(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-        if proc.poll() is None:
-            proc.send_signal(sig)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if proc in self.running:
-            self.running.remove(proc)
-
-    def stop_all(self) -> None:
-        for proc in reversed(list(self.running)):
-            self.stop(proc)
-
-    def log_tail(self, name: str, lines: int = 20) -> str:
-        path = self.workdir / f"{name}.log"
-        if not path.exists():
-            return ""
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        with contextlib.suppress(OSError, http.client.HTTPException):
-            value = condition()
-            if value:
-                return value
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.01)
-
-
-def port_open(port: int) -> bool:
-    with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-        return True
-
-
-def wait_listening(proc: subprocess.Popen[bytes], port: int, what: str, timeout: float) -> None:
-    def ready() -> bool:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode}")
-        return port_open(port)
-
-    wait_for(ready, timeout, f"{what} to listen on {port}")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -547,22 +464,8 @@ class Etcd:
         self.port = free_port()
         peer_port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        peer = f"http://127.0.0.1:{peer_port}"
-        data = procs.workdir / name
         self.proc = procs.start(
-            name,
-            [
-                binary,
-                "--enable-v2",
-                f"--name={name}",
-                f"--data-dir={data}",
-                f"--listen-client-urls={self.url}",
-                f"--advertise-client-urls={self.url}",
-                f"--listen-peer-urls={peer}",
-                f"--initial-advertise-peer-urls={peer}",
-                f"--initial-cluster={name}={peer}",
-                "--log-level=error",
-            ],
+            name, etcd_argv(binary, name, procs.workdir / name, self.port, peer_port)
         )
         self._local = threading.local()
         wait_for(lambda: self.get_status("/") == 200, 30, "etcd to answer")

@@ -44,7 +44,6 @@ import platform
 import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -61,10 +60,10 @@ from typing import Any
 
 import etcd
 import psutil
+from common import PYTHON, ROOT, Processes, etcd_argv, free_port, listening
+from common import wait_for as _wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-PYTHON = sys.executable
 
 STABLE_SERVICES = 3
 CHURN_SERVICES = 4
@@ -140,85 +139,10 @@ class Options:
 # --------------------------------------------------------------------------- processes
 
 
-def _die_with_parent() -> Callable[[], None] | None:
-    """A preexec hook asking Linux to SIGTERM the child when this script dies."""
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-
-    def hook() -> None:
-        prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
-
-    return hook
-
-
-class Processes:
-    """Every process the soak starts, each stopped at the end, whatever happens."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.running: list[subprocess.Popen[bytes]] = []
-        self._hook = _die_with_parent()
-
-    def start(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
-        with open(self.workdir / f"{name}.log", "ab") as log:
-            proc = subprocess.Popen(
-                argv,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=ROOT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                process_group=0,  # a Ctrl-C reaches this script only; it stops them in order
-                preexec_fn=self._hook,
-            )
-        self.running.append(proc)
-        return proc
-
-    def stop_all(self) -> None:
-        for proc in reversed(self.running):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in reversed(self.running):
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self.running.clear()
-
-    def log_path(self, name: str) -> Path:
-        return self.workdir / f"{name}.log"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    last: BaseException | None = None
-    while True:
-        try:
-            value = condition()
-            if value:
-                return value
-        except (OSError, http.client.HTTPException, etcd.EtcdException) as exc:
-            last = exc
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what} ({last!r})")
-        time.sleep(0.02)
-
-
-def listening(proc: subprocess.Popen[bytes], port: int, what: str) -> bool:
-    if proc.poll() is not None:
-        raise RuntimeError(f"{what} exited with {proc.returncode}")
-    with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-        return True
+    """`common.wait_for`, with etcd's own errors counted as not yet."""
+    errors = (OSError, http.client.HTTPException, etcd.EtcdException)
+    return _wait_for(condition, timeout, what, errors)
 
 
 def etcd_binary() -> str:
@@ -233,22 +157,8 @@ def etcd_binary() -> str:
 
 def start_etcd(procs: Processes) -> int:
     client_port, peer_port = free_port(), free_port()
-    url, peer = f"http://127.0.0.1:{client_port}", f"http://127.0.0.1:{peer_port}"
-    proc = procs.start(
-        "etcd",
-        [
-            etcd_binary(),
-            "--enable-v2",
-            "--name=soak",
-            f"--data-dir={procs.workdir / 'etcd-data'}",
-            f"--listen-client-urls={url}",
-            f"--advertise-client-urls={url}",
-            f"--listen-peer-urls={peer}",
-            f"--initial-advertise-peer-urls={peer}",
-            f"--initial-cluster=soak={peer}",
-            "--log-level=error",
-        ],
-    )
+    argv = etcd_argv(etcd_binary(), "soak", procs.workdir / "etcd-data", client_port, peer_port)
+    proc = procs.start("etcd", argv)
 
     def healthy() -> bool:
         listening(proc, client_port, "etcd")
