@@ -71,6 +71,13 @@ def _parts(prefix: str, key: str) -> list[str] | None:
     return key[len(prefix) + 1 :].rstrip("/").split("/")
 
 
+def _event(prefix: str, node: Node, action: str) -> tuple[list[str], bool] | None:
+    """An event's path under `prefix` (`[]`: the directory itself) and whether it deletes;
+    None when the key is not under `prefix`."""
+    parts = _parts(prefix, node.key)
+    return None if parts is None else (parts, action in DELETE_ACTIONS)
+
+
 class DomainTree:
     """`/domains/{host}/type|value` → `domains[host]`."""
 
@@ -103,15 +110,14 @@ class DomainTree:
 
     def apply(self, node: Node, action: str) -> bool:
         """Apply one event; True when it changed routing."""
-        parts = _parts(self.prefix, node.key)
-        if parts is None:
+        event = _event(self.prefix, node, action)
+        if event is None:
             return False
-        deleted = action in DELETE_ACTIONS
-        if not parts:
+        parts, deleted = event
+        if not parts:  # the whole directory: only its deletion changes anything
             if deleted:
                 self._raw, self.domains = {}, {}
-                return True
-            return False
+            return deleted
         host = parts[0].lower()
         if not host:
             return False
@@ -199,15 +205,14 @@ class ServiceTree:
 
     def apply(self, node: Node, action: str) -> bool:
         """Apply one event; True when it changed routing."""
-        parts = _parts(self.prefix, node.key)
-        if parts is None:
+        event = _event(self.prefix, node, action)
+        if event is None:
             return False
-        deleted = action in DELETE_ACTIONS
-        if not parts:
+        parts, deleted = event
+        if not parts:  # the whole directory: only its deletion changes anything
             if deleted:
                 self._raw, self.services = {}, {}
-                return True
-            return False
+            return deleted
         name = parts[0]
         if not name:
             return False

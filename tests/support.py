@@ -209,39 +209,55 @@ def request(
         conn.close()
 
 
+class LoggedProcess:
+    """A child process with its output in a temporary log file, stopped by SIGTERM."""
+
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+    stop_timeout = 15.0  # seconds after SIGTERM before SIGKILL
+
+    def spawn(self, argv: list[str], env: dict[str, str], prefix: str) -> None:
+        fd, name = tempfile.mkstemp(prefix=prefix, suffix=".log")
+        os.close(fd)
+        self.log_path = Path(name)
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env
+            )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path else ""
+
+    def stop(self) -> int | None:
+        """SIGTERM, then SIGKILL after `stop_timeout`; the exit code, None if not started."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=self.stop_timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        code = self.proc.returncode
+        self.proc = None
+        return code
+
+
 @dataclass
-class GogetaProcess:
+class GogetaProcess(LoggedProcess):
     """gogeta started as a user starts it: `python gogeta.py -flags...`."""
 
     args: list[str]
     env: dict[str, str] = field(default_factory=dict)
     port: int = 0
-    proc: subprocess.Popen[bytes] | None = None
-    log_path: Path | None = None
 
     def start(self, wait: bool = True) -> GogetaProcess:
         self.port = self.port or free_port()
-        fd, name = tempfile.mkstemp(prefix="gogeta-", suffix=".log")
-        os.close(fd)
-        self.log_path = Path(name)
         env = {**os.environ, **self.env}
         env.setdefault("PYTHONUNBUFFERED", "1")
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    str(ROOT / "gogeta.py"),
-                    "-listenAddress",
-                    "127.0.0.1",
-                    "-port",
-                    str(self.port),
-                    *self.args,
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=ROOT,
-                env=env,
-            )
+        argv = [sys.executable, str(ROOT / "gogeta.py"), "-listenAddress", "127.0.0.1"]
+        self.spawn([*argv, "-port", str(self.port), *self.args], env, "gogeta-")
         if wait:
             wait_until(self._listening_or_exited, timeout=20, what="gogeta to listen")
             assert self.proc is not None
@@ -253,25 +269,8 @@ class GogetaProcess:
         assert self.proc is not None
         return self.proc.poll() is not None or port_open(self.port)
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path else ""
-
     def get(self, path: str = "/", host: str | None = "example.com", **kw: Any) -> Response:
         return request(self.port, path, host, **kw)
-
-    def stop(self) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        code = self.proc.returncode
-        self.proc = None
-        return code
 
 
 # --------------------------------------------------------------------------- backends

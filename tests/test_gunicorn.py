@@ -14,21 +14,18 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import sys
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import (
-    ROOT,
     Backend,
+    LoggedProcess,
     RawServer,
     free_port,
     port_open,
@@ -39,43 +36,24 @@ from tests.support import (
 
 
 @dataclass
-class Gunicorn:
+class Gunicorn(LoggedProcess):
     env: dict[str, str]
     options: list[str] = field(default_factory=list)
     worker_class: str = ""  # `-k`; empty: gunicorn.conf.py's
     workers: int = 2
     port: int = 0
-    proc: subprocess.Popen[bytes] | None = None
-    log_path: Path | None = None
+    stop_timeout = 30.0
 
     def start(self) -> Gunicorn:
         self.port = free_port()
-        fd, name = tempfile.mkstemp(prefix="gunicorn-", suffix=".log")
-        os.close(fd)
-        self.log_path = Path(name)
         env = {k: v for k, v in os.environ.items() if not k.startswith("GOGETA_")}
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         env.update(self.env, PYTHONUNBUFFERED="1")
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "gunicorn",
-                    *(["-k", self.worker_class] if self.worker_class else []),
-                    "-w",
-                    str(self.workers),
-                    "-b",
-                    f"127.0.0.1:{self.port}",
-                    "--no-control-socket",
-                    *self.options,
-                    "gogeta:create_app()",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=ROOT,
-                env=env,
-            )
+        argv = [sys.executable, "-m", "gunicorn"]
+        if self.worker_class:
+            argv += ["-k", self.worker_class]
+        argv += ["-w", str(self.workers), "-b", f"127.0.0.1:{self.port}", "--no-control-socket"]
+        self.spawn([*argv, *self.options, "gogeta:create_app()"], env, "gunicorn-")
         wait_until(self._ready, timeout=30, what="gunicorn and its workers")
         return self
 
@@ -88,23 +66,6 @@ class Gunicorn:
     def worker_pids(self) -> set[int]:
         assert self.proc is not None
         return {p.pid for p in psutil.Process(self.proc.pid).children()}
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path else ""
-
-    def stop(self) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        code = self.proc.returncode
-        self.proc = None
-        return code
 
 
 @pytest.fixture
