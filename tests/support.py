@@ -7,6 +7,7 @@ on 127.0.0.1 port 0. Waiting is always "poll until a deadline", never a fixed sl
 
 from __future__ import annotations
 
+import atexit
 import http.client
 import os
 import shutil
@@ -24,6 +25,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
+# The test run's process logs (gogeta, gunicorn, etcd), in one directory removed at exit.
+LOG_DIR = Path(tempfile.mkdtemp(prefix="gogeta-tests-"))
+atexit.register(shutil.rmtree, LOG_DIR, ignore_errors=True)
 T = TypeVar("T")
 
 
@@ -87,7 +91,7 @@ class EtcdServer:
         self.peer_port = free_port()
         self.url = f"http://127.0.0.1:{self.client_port}"
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = self.data_dir.parent / f"etcd-{self.client_port}.log"
+        self.log_path = LOG_DIR / f"etcd-{self.client_port}.log"
 
     def start(self) -> EtcdServer:
         peer = f"http://127.0.0.1:{self.peer_port}"
@@ -210,14 +214,14 @@ def request(
 
 
 class LoggedProcess:
-    """A child process with its output in a temporary log file, stopped by SIGTERM."""
+    """A child process with its output in a log file of LOG_DIR, stopped by SIGTERM."""
 
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
     stop_timeout = 15.0  # seconds after SIGTERM before SIGKILL
 
     def spawn(self, argv: list[str], env: dict[str, str], prefix: str) -> None:
-        fd, name = tempfile.mkstemp(prefix=prefix, suffix=".log")
+        fd, name = tempfile.mkstemp(prefix=prefix, suffix=".log", dir=LOG_DIR)
         os.close(fd)
         self.log_path = Path(name)
         with open(self.log_path, "wb") as log:

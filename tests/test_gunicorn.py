@@ -80,8 +80,6 @@ def gunicorn() -> Iterator[Callable[..., Gunicorn]]:
     yield start
     for server in started:
         server.stop()
-        if server.log_path is not None:
-            server.log_path.unlink(missing_ok=True)
 
 
 def dummy(url: str) -> dict[str, str]:
