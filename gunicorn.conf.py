@@ -13,6 +13,11 @@ import settings
 # gunicorn's gevent worker serving with gogeta's own pywsgi server (gunicorn_hooks.py);
 # `-k` on the command line wins (`-k gevent` works too, with gunicorn's HTTP parser).
 worker_class = "gunicorn_hooks.ProxyWorker"
+# Connections one worker holds at once (gunicorn's default: 1,000). Idle keep-alive clients
+# count: at the limit a worker stops accepting and new clients wait in the listen queue
+# until one leaves (up to -clientTimeout). An idle connection costs about 15 KB; the
+# process's open-file limit must allow as many.
+worker_connections = 10000
 # SIGTERM to the arbiter: workers stop accepting and finish requests for this long.
 _drain = settings.BY_NAME["drainTimeout"]
 graceful_timeout = round(_drain.parse(os.environ.get(_drain.env_name, _drain.default)))

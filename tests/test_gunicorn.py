@@ -12,6 +12,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import resource
 import signal
 import socket
 import sys
@@ -72,8 +73,10 @@ class Gunicorn(LoggedProcess):
 def gunicorn() -> Iterator[Callable[..., Gunicorn]]:
     started: list[Gunicorn] = []
 
-    def start(env: dict[str, str], *options: str, worker_class: str = "") -> Gunicorn:
-        server = Gunicorn(env, list(options), worker_class).start()
+    def start(
+        env: dict[str, str], *options: str, worker_class: str = "", workers: int = 2
+    ) -> Gunicorn:
+        server = Gunicorn(env, list(options), worker_class, workers).start()
         started.append(server)
         return server
 
@@ -168,6 +171,34 @@ def test_sigterm_closes_idle_keep_alive_connections_at_once(gunicorn) -> None:
             server.proc.send_signal(signal.SIGTERM)
             assert idle.recv(65536) == b""  # closed by gogeta, not by the 60 s timeout
             assert server.proc.wait(timeout=30) == 0
+
+
+def test_more_idle_clients_than_gunicorns_default_limit(gunicorn) -> None:
+    """1,100 silent connections to one worker (gunicorn's default cap: 1,000): a new
+    client is still served, not left in the listen queue behind them."""
+    idle_count = 1100
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = idle_count + 256
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        pytest.skip(f"open-file limit {hard} < {wanted}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))  # inherited
+    with Backend() as backend:
+        server = gunicorn(dummy(backend.url), workers=1)
+        idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(idle_count)]
+        try:
+            assert server.proc is not None
+            worker = psutil.Process(server.proc.pid).children()[0]
+
+            def accepted() -> bool:
+                mine = [c for c in worker.net_connections() if c.status == "ESTABLISHED"]
+                return len(mine) >= idle_count
+
+            wait_until(accepted, timeout=30, what=f"the worker to accept {idle_count}")
+            resp = request(server.port, "/fresh", host="new.example.com", timeout=10)
+            assert (resp.status, resp.body) == (200, b"GET /fresh")
+        finally:
+            for s in idle:
+                s.close()
 
 
 def ask(port: int, host: str) -> tuple[int, bytes, int]:
