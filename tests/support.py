@@ -277,6 +277,24 @@ class GogetaProcess(LoggedProcess):
         return request(self.port, path, host, **kw)
 
 
+Start = Callable[..., GogetaProcess]  # the `gogeta` fixture (conftest.py)
+
+
+def through(gogeta: Start, target: str, *flags: str) -> GogetaProcess:
+    """gogeta with the Dummy resolver: every request goes to `target`."""
+    return gogeta("-resolverType", "Dummy", "-dummyTarget", target, *flags)
+
+
+def exchange(port: int, data: bytes) -> bytes:
+    """Send raw bytes to gogeta and return everything it answers until it closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    return received
+
+
 # --------------------------------------------------------------------------- backends
 
 
@@ -428,6 +446,29 @@ def read_request_head(conn: socket.socket) -> bytes:
             break
         data += chunk
     return data
+
+
+class HeldBackend:
+    """A backend that answers 200 only once the test releases it."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.received = threading.Event()
+        self.server = RawServer(self._handle)
+
+    def _handle(self, conn: socket.socket) -> None:
+        read_request_head(conn)
+        self.received.set()
+        if self.release.wait(30):
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ndone")
+
+    def __enter__(self) -> HeldBackend:
+        self.server.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release.set()
+        self.server.__exit__()
 
 
 def refused_port() -> int:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import Backend, EtcdServer, Response, free_port, wait_until
+from tests.support import Backend, EtcdServer, Response, free_port, through, wait_until
 
 
 def route(etcd: Any, host: str, service: str, port: int) -> None:
@@ -109,8 +109,7 @@ def test_routes_is_the_live_table(gogeta, etcd) -> None:
 @pytest.mark.parametrize("path", ["routes", "metrics"])
 def test_untrusted_clients_get_the_notfound_page(gogeta, path: str) -> None:
     with Backend() as backend:
-        proxy = gogeta(
-            "-resolverType", "Dummy", "-dummyTarget", backend.url + "/",
+        proxy = through(gogeta, backend.url + "/",
             "-trustedNetworks", "10.0.0.0/8, 192.168.0.0/16",
         )  # fmt: skip
         resp = proxy.get(f"/__gogeta/{path}")
@@ -162,7 +161,7 @@ def test_metrics_count_requests_domains_latency_and_connections(gogeta, etcd) ->
 
 def test_domain_labels_are_bounded(gogeta) -> None:
     with Backend() as backend:
-        proxy = gogeta("-resolverType", "Dummy", "-dummyTarget", backend.url + "/")
+        proxy = through(gogeta, backend.url + "/")
         for i in range(230):
             assert proxy.get("/", host=f"d{i}.example.com").status == 200
         found = samples(proxy.get("/__gogeta/metrics"))

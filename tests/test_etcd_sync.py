@@ -22,12 +22,11 @@ from tests.support import (
     Backend,
     EtcdServer,
     GogetaProcess,
+    Start,
     port_open,
     refused_port,
     wait_until,
 )
-
-Start = Callable[..., GogetaProcess]
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from tests.support import EtcdServer, free_port, port_open, wait_until
+from tests.support import EtcdServer, free_port, port_open, through, wait_until
 
 BACKEND = r"""
 import sys
@@ -125,7 +125,7 @@ def test_one_of_two_instances_killed_under_load(etcd, gogeta) -> None:
 
 def test_backend_killed_mid_stream(gogeta) -> None:
     with backend_process("s") as (proc, port):
-        proxy = gogeta("-resolverType", "Dummy", "-dummyTarget", f"http://127.0.0.1:{port}/")
+        proxy = through(gogeta, f"http://127.0.0.1:{port}/")
         conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
         conn.request("GET", "/stream", headers={"Host": "s.test"})
         resp = conn.getresponse()

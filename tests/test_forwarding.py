@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import http.client
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import closing
 
 import pytest
@@ -18,10 +18,11 @@ from tests.support import (
     RawServer,
     Reply,
     Seen,
+    Start,
+    exchange,
     read_request_head,
+    through,
 )
-
-Start = Callable[..., GogetaProcess]
 
 
 # One echo backend and one gogeta in front of it serve every test that needs no special
@@ -51,20 +52,6 @@ def ssl_proxy(backend: Backend) -> Iterator[GogetaProcess]:
 @pytest.fixture(scope="module")
 def url_proxy(backend: Backend) -> Iterator[GogetaProcess]:
     yield from shared_proxy(backend, "-UrlHeaderParam", "X-Public-Url")
-
-
-def exchange(port: int, data: bytes) -> bytes:
-    """Send raw bytes to gogeta and return everything it answers until it closes."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(data)
-        received = b""
-        while chunk := sock.recv(65536):
-            received += chunk
-    return received
-
-
-def through(gogeta: Start, target: str, *flags: str) -> GogetaProcess:
-    return gogeta("-resolverType", "Dummy", "-dummyTarget", target, *flags)
 
 
 # --------------------------------------------------------------------------- request line, body

@@ -26,11 +26,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import (
     Backend,
+    HeldBackend,
     LoggedProcess,
-    RawServer,
     free_port,
     port_open,
-    read_request_head,
     request,
     wait_until,
 )
@@ -111,26 +110,18 @@ def test_two_workers_serve_configured_by_the_environment(
 
 
 def test_sigterm_to_the_arbiter_finishes_the_request_in_flight(gunicorn) -> None:
-    received, release = threading.Event(), threading.Event()
-
-    def held(conn: socket.socket) -> None:
-        read_request_head(conn)
-        received.set()
-        if release.wait(30):
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ndone")
-
-    with RawServer(held) as backend:
-        server = gunicorn(dummy(backend.url))
+    with HeldBackend() as backend:
+        server = gunicorn(dummy(backend.server.url))
         result: list[object] = []
         thread = threading.Thread(
             target=lambda: result.append(request(server.port, "/slow", timeout=30)), daemon=True
         )
         thread.start()
-        assert received.wait(10)
+        assert backend.received.wait(10)
         assert server.proc is not None
         server.proc.send_signal(signal.SIGTERM)
         wait_until(lambda: not port_open(server.port), what="the listener to close")
-        release.set()
+        backend.release.set()
         thread.join(30)
         assert server.proc.wait(timeout=30) == 0
     resp = result[0]

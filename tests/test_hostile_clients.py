@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.support import Backend, RawServer, read_request_head, wait_until
+from tests.support import Backend, RawServer, read_request_head, through, wait_until
 
 
 def exchange(port: int, data: bytes, timeout: float = 5) -> bytes:
@@ -123,9 +123,7 @@ def test_trickling_body_is_cut_and_releases_the_backend(gogeta) -> None:
         closed.set()  # gogeta gave up the backend connection
 
     with RawServer(backend) as server:
-        proxy = gogeta(
-            "-resolverType", "Dummy", "-dummyTarget", server.url + "/", "-clientTimeout", "1"
-        )
+        proxy = through(gogeta, server.url + "/", "-clientTimeout", "1")
         with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
             s.sendall(HEAD.replace(b"hostile", b"trickle") + b"Content-Length: 100\r\n\r\nab")
             wait_until(closed.is_set, timeout=8, what="backend connection released")
@@ -145,7 +143,7 @@ def test_client_leaving_mid_download_releases_the_backend(gogeta) -> None:
             closed.set()
 
     with RawServer(endless) as server:
-        proxy = gogeta("-resolverType", "Dummy", "-dummyTarget", server.url + "/")
+        proxy = through(gogeta, server.url + "/")
         with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
             s.sendall(b"GET /big HTTP/1.1\r\nHost: dl.test\r\n\r\n")
             assert s.recv(65536).startswith(b"HTTP/1.1 200")
@@ -154,9 +152,7 @@ def test_client_leaving_mid_download_releases_the_backend(gogeta) -> None:
 
 def test_bodies_over_the_limit_get_413(gogeta) -> None:
     with Backend() as backend:
-        proxy = gogeta(
-            "-resolverType", "Dummy", "-dummyTarget", backend.url + "/", "-maxBodySize", "1k"
-        )
+        proxy = through(gogeta, backend.url + "/", "-maxBodySize", "1k")
         assert proxy.get("/", method="POST", body=b"x" * 1024).status == 200
         # declared too large: refused before the backend is contacted, body not read
         with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import socket
 
-from tests.support import Backend
+from tests.support import Backend, through
 
 
 def read_answers(sock: socket.socket, count: int) -> list[bytes]:
@@ -41,7 +41,7 @@ def request(path: str) -> bytes:
 
 def test_pipelined_requests_are_all_answered(gogeta) -> None:
     with Backend() as backend:
-        proxy = gogeta("-resolverType", "Dummy", "-dummyTarget", backend.url + "/")
+        proxy = through(gogeta, backend.url + "/")
         with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as s:
             s.sendall(b"".join(request(f"/p{i}") for i in range(5)))
             assert read_answers(s, 5) == [f"GET /p{i}".encode() for i in range(5)]
@@ -51,7 +51,7 @@ def test_pipelined_requests_are_all_answered(gogeta) -> None:
 
 def test_many_idle_connections_are_reused(gogeta) -> None:
     with Backend() as backend:
-        proxy = gogeta("-resolverType", "Dummy", "-dummyTarget", backend.url + "/")
+        proxy = through(gogeta, backend.url + "/")
         socks = [socket.create_connection(("127.0.0.1", proxy.port), timeout=5) for _ in range(50)]
         try:
             for i, s in enumerate(socks):
@@ -91,7 +91,7 @@ def test_a_pipelining_client_takes_turns_with_the_others(gogeta) -> None:
     so nothing else would let the other connection in.
     """
     with Backend() as backend:
-        proxy = gogeta("-resolverType", "Dummy", "-dummyTarget", backend.url + "/")
+        proxy = through(gogeta, backend.url + "/")
         burst = 400
         with (
             socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as greedy,

@@ -7,7 +7,7 @@ import json
 import re
 from typing import Any
 
-from tests.support import Backend, GogetaProcess, refused_port, wait_until
+from tests.support import Backend, GogetaProcess, refused_port, through, wait_until
 
 COMBINED = re.compile(
     r'(?P<client>\S+) - - \[(?P<time>[^\]]+)\] "(?P<method>\S+) (?P<target>\S+) (?P<proto>[^"]+)" '
@@ -75,9 +75,7 @@ def test_combined_line_per_request_with_host_upstream_and_times(gogeta, etcd) ->
 
 def test_json_lines(gogeta) -> None:
     with Backend() as backend:
-        proxy = gogeta(
-            "-resolverType", "Dummy", "-dummyTarget", backend.url + "/", "-accessLog=json"
-        )
+        proxy = through(gogeta, backend.url + "/", "-accessLog=json")
         assert proxy.get("/j?q=1", host="api.example.com").status == 200
         line = access_lines(proxy, 1, as_json)[0]
     assert line["method"] == "GET"
@@ -91,7 +89,7 @@ def test_json_lines(gogeta) -> None:
 
 
 def test_a_failed_upstream_is_logged_with_its_status(gogeta) -> None:
-    proxy = gogeta("-resolverType", "Dummy", "-dummyTarget", f"http://127.0.0.1:{refused_port()}/")
+    proxy = through(gogeta, f"http://127.0.0.1:{refused_port()}/")
     assert proxy.get("/").status == 502
     line = access_lines(proxy, 1, COMBINED.match)[0]
     assert line["status"] == "502"
@@ -101,9 +99,7 @@ def test_a_failed_upstream_is_logged_with_its_status(gogeta) -> None:
 
 def test_access_log_off(gogeta) -> None:
     with Backend() as backend:
-        proxy = gogeta(
-            "-resolverType", "Dummy", "-dummyTarget", backend.url + "/", "-accessLog", "off"
-        )
+        proxy = through(gogeta, backend.url + "/", "-accessLog", "off")
         for _ in range(3):
             assert proxy.get("/").status == 200
         proxy.stop()
@@ -113,9 +109,7 @@ def test_access_log_off(gogeta) -> None:
 
 def test_log_level_hides_application_info_but_not_access_lines(gogeta) -> None:
     with Backend() as backend:
-        proxy = gogeta(
-            "-resolverType", "Dummy", "-dummyTarget", backend.url + "/", "-logLevel=WARNING"
-        )
+        proxy = through(gogeta, backend.url + "/", "-logLevel=WARNING")
         assert proxy.get("/").status == 200
         access_lines(proxy, 1, COMBINED.match)
         proxy.stop()

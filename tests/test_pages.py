@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import re
 import shutil
-import socket
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,9 +18,17 @@ import pytest
 from proxy.errors import BadGateway, BadRequest, GatewayTimeout, ProxyError, code_of
 from proxy.pages import PAGES, REFRESHING, StatusPages, TemplateError
 from resolvers.base import Status
-from tests.support import ROOT, GogetaProcess, RawServer, Response, refused_port
+from tests.support import (
+    ROOT,
+    GogetaProcess,
+    RawServer,
+    Response,
+    Start,
+    exchange,
+    refused_port,
+    through,
+)
 
-Start = Callable[..., GogetaProcess]
 TEMPLATES = ROOT / "templates"
 HTML = "text/html; charset=utf-8"
 
@@ -117,15 +124,6 @@ def assert_page(resp: Response, name: str, code: int, templates: Path = TEMPLATE
     assert heading_of(templates / f"{name}.html") in resp.text
 
 
-def raw_answer(port: int, request: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(request)
-        received = b""
-        while chunk := sock.recv(65536):
-            received += chunk
-    return received
-
-
 @pytest.fixture(scope="module")
 def proxy() -> Iterator[GogetaProcess]:
     """One gogeta for the module, in front of a port where nothing listens."""
@@ -147,7 +145,7 @@ def test_invalid_host_is_bad_request(proxy: GogetaProcess, host: str) -> None:
 
 
 def test_http10_request_without_host_is_bad_request(proxy: GogetaProcess) -> None:
-    answer = raw_answer(proxy.port, b"GET / HTTP/1.0\r\n\r\n")
+    answer = exchange(proxy.port, b"GET / HTTP/1.0\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 400 ")
     assert heading_of(TEMPLATES / "bad_request.html").encode() in answer
 
@@ -158,7 +156,7 @@ def test_refused_backend_is_bad_gateway(proxy: GogetaProcess) -> None:
 
 def test_silent_backend_is_gateway_timeout(gogeta: Start) -> None:
     with RawServer(lambda conn: conn.recv(65536) and conn.recv(65536)) as raw:
-        proxy = gogeta("-resolverType", "Dummy", "-dummyTarget", raw.url, "-readTimeout", "0.5")
+        proxy = through(gogeta, raw.url, "-readTimeout", "0.5")
         assert_page(proxy.get("/"), "gateway_timeout", 504)
 
 
@@ -175,10 +173,8 @@ def test_template_dir_is_what_gogeta_serves(gogeta: Start, tmp_path: Path) -> No
     (templates / "bad_gateway.html").write_text(
         '{% extends "layout.html" %}{% block heading %}Our own 502 for {{ hostname }}{% endblock %}'
     )
-    proxy = gogeta(
-        "-resolverType",
-        "Dummy",
-        "-dummyTarget",
+    proxy = through(
+        gogeta,
         f"http://127.0.0.1:{refused_port()}",
         "-templateDir",
         str(templates),

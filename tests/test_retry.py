@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import socket
 
-from tests.support import Backend, RawServer, read_request_head, refused_port, wait_until
+from tests.support import Backend, RawServer, read_request_head, refused_port, through, wait_until
 
 
 def add_route(etcd, domain: str, service: str, ports: list[int]) -> None:
@@ -82,7 +82,7 @@ def test_stale_keep_alive_connection_is_not_a_502(gogeta) -> None:
         conn.close()  # ...and closed without an answer, as an idle timeout would
 
     with RawServer(one_answer_per_connection) as backend:
-        proxy = gogeta("-resolverType", "Dummy", "-dummyTarget", backend.url + "/")
+        proxy = through(gogeta, backend.url + "/")
         for i in range(5):
             resp = proxy.get(f"/{i}")
             assert (resp.status, resp.body) == (200, b"ok")

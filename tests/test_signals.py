@@ -9,7 +9,6 @@ from __future__ import annotations
 import http.client
 import pstats
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,36 +21,13 @@ import pytest
 from tests.support import (
     Backend,
     GogetaProcess,
-    RawServer,
+    HeldBackend,
     Response,
     port_open,
-    read_request_head,
     request,
+    through,
     wait_until,
 )
-
-
-class HeldBackend:
-    """A backend that answers 200 only once the test releases it."""
-
-    def __init__(self) -> None:
-        self.release = threading.Event()
-        self.received = threading.Event()
-        self.server = RawServer(self._handle)
-
-    def _handle(self, conn: socket.socket) -> None:
-        read_request_head(conn)
-        self.received.set()
-        if self.release.wait(30):
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ndone")
-
-    def __enter__(self) -> HeldBackend:
-        self.server.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release.set()
-        self.server.__exit__()
 
 
 @pytest.fixture
@@ -86,7 +62,7 @@ def exit_code(proxy: GogetaProcess, timeout: float = 20) -> int:
 
 
 def test_sigusr1_logs_the_stack_of_every_thread_and_greenlet(gogeta, held) -> None:
-    proxy = gogeta("-resolverType", "Dummy", "-dummyTarget", held.server.url + "/")
+    proxy = through(gogeta, held.server.url + "/")
     answer = in_background(lambda: proxy.get("/slow"))
     assert held.received.wait(10)
     assert proxy.proc is not None
@@ -105,9 +81,7 @@ def test_sigusr1_logs_the_stack_of_every_thread_and_greenlet(gogeta, held) -> No
 def test_sigusr2_profiles_every_greenlet_into_a_pstats_file(gogeta, tmp_path: Path) -> None:
     profile = tmp_path / "gogeta.prof"
     with Backend() as backend:
-        proxy = gogeta(
-            "-resolverType", "Dummy", "-dummyTarget", backend.url + "/", "-cpuProfile", str(profile)
-        )
+        proxy = through(gogeta, backend.url + "/", "-cpuProfile", str(profile))
         assert proxy.proc is not None
         proxy.proc.send_signal(signal.SIGUSR2)
         wait_until(lambda: "CPU profiling started" in proxy.log(), what="profiling to start")
@@ -144,7 +118,7 @@ def test_sigusr2_profiles_every_greenlet_into_a_pstats_file(gogeta, tmp_path: Pa
 def test_shutdown_finishes_the_request_in_flight_refuses_new_ones_and_exits_0(
     gogeta, held, signum: int
 ) -> None:
-    proxy = gogeta("-resolverType", "Dummy", "-dummyTarget", held.server.url + "/")
+    proxy = through(gogeta, held.server.url + "/")
     answer = in_background(lambda: proxy.get("/slow"))
     assert held.received.wait(10)
     assert proxy.proc is not None
@@ -164,9 +138,7 @@ def test_shutdown_finishes_the_request_in_flight_refuses_new_ones_and_exits_0(
 
 def test_idle_keep_alive_connections_do_not_hold_the_drain(gogeta) -> None:
     with Backend() as backend:
-        proxy = gogeta(
-            "-resolverType", "Dummy", "-dummyTarget", backend.url + "/", "-drainTimeout", "60"
-        )
+        proxy = through(gogeta, backend.url + "/", "-drainTimeout", "60")
         conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
         conn.request("GET", "/one", headers={"Host": "example.com"})
         assert conn.getresponse().read() == b"GET /one"
@@ -179,9 +151,7 @@ def test_idle_keep_alive_connections_do_not_hold_the_drain(gogeta) -> None:
 
 
 def test_drain_timeout_cuts_what_is_left_and_still_exits_0(gogeta, held) -> None:
-    proxy = gogeta(
-        "-resolverType", "Dummy", "-dummyTarget", held.server.url + "/", "-drainTimeout", "1"
-    )
+    proxy = through(gogeta, held.server.url + "/", "-drainTimeout", "1")
     answer = in_background(lambda: proxy.get("/never"))
     assert held.received.wait(10)
     assert proxy.proc is not None

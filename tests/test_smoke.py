@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from tests.support import Backend
+from tests.support import Backend, through
 
 
 def test_dummy_resolver_forwards_to_its_target(gogeta) -> None:
     with Backend() as backend:
-        proxy = gogeta("-resolverType", "Dummy", "-dummyTarget", backend.url + "/")
+        proxy = through(gogeta, backend.url + "/")
         resp = proxy.get("/hello?x=1", host="shop.example.com")
     assert resp.status == 200
     assert resp.body == b"GET /hello?x=1"

@@ -21,9 +21,7 @@ from contextlib import contextmanager
 import psutil
 import pytest
 
-from tests.support import GogetaProcess, RawServer, read_request_head
-
-Start = Callable[..., GogetaProcess]
+from tests.support import GogetaProcess, RawServer, Start, read_request_head, through
 
 MB = 1024 * 1024
 STREAM_BYTES = 1024 * MB
@@ -126,7 +124,7 @@ def expected_sha256(size: int) -> str:
 def test_100mb_download_arrives_intact(gogeta: Start) -> None:
     size = 100 * MB + 12345  # not a multiple of any block size
     with RawServer(generates) as raw:
-        proxy = gogeta("-resolverType", "Dummy", "-dummyTarget", raw.url)
+        proxy = through(gogeta, raw.url)
         total, sha, _ = download(proxy.port, size)
     assert total == size
     assert sha == expected_sha256(size)
@@ -135,7 +133,7 @@ def test_100mb_download_arrives_intact(gogeta: Start) -> None:
 @pytest.mark.slow
 def test_large_download_keeps_memory_flat(gogeta: Start) -> None:
     with RawServer(generates) as raw:
-        proxy = gogeta("-resolverType", "Dummy", "-dummyTarget", raw.url)
+        proxy = through(gogeta, raw.url)
         download(proxy.port, 20 * MB)  # imports and buffers settle before measuring
         with rss_sampler(proxy) as samples:
             total, _, seconds = download(proxy.port, STREAM_BYTES)
@@ -148,7 +146,7 @@ def test_large_download_keeps_memory_flat(gogeta: Start) -> None:
 def test_large_upload_keeps_memory_flat(gogeta: Start) -> None:
     handle, totals = counts()
     with RawServer(handle) as raw:
-        proxy = gogeta("-resolverType", "Dummy", "-dummyTarget", raw.url)
+        proxy = through(gogeta, raw.url)
         with rss_sampler(proxy) as samples:
             with socket.create_connection(("127.0.0.1", proxy.port), timeout=30) as sock:
                 sock.sendall(
@@ -183,7 +181,7 @@ def test_small_writes_reach_the_client_without_waiting_for_more(gogeta: Start) -
         conn.recv(1)
 
     with RawServer(handle) as raw:
-        proxy = gogeta("-resolverType", "Dummy", "-dummyTarget", raw.url, "-readTimeout", "20")
+        proxy = through(gogeta, raw.url, "-readTimeout", "20")
         conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=30)
         try:
             started = time.monotonic()

@@ -22,12 +22,13 @@ from tests.support import (
     GogetaProcess,
     RawServer,
     Response,
+    Start,
     read_request_head,
     refused_port,
+    through,
     wait_until,
 )
 
-Start = Callable[..., GogetaProcess]
 Handler = Callable[[socket.socket], None]
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok"
@@ -91,10 +92,6 @@ def closes_after_headers(conn: socket.socket) -> None:
     conn.close()
 
 
-def through(gogeta: Start, raw: RawServer, *flags: str) -> GogetaProcess:
-    return gogeta("-resolverType", "Dummy", "-dummyTarget", raw.url, *flags)
-
-
 def assert_still_serves(proxy: GogetaProcess) -> None:
     resp = proxy.get("/ok")
     assert (resp.status, resp.body) == (200, b"ok")
@@ -110,7 +107,7 @@ def assert_page(resp: Response, code: int) -> None:
 
 
 def test_connection_refused_is_502(gogeta: Start) -> None:
-    proxy = gogeta("-resolverType", "Dummy", "-dummyTarget", f"http://127.0.0.1:{refused_port()}")
+    proxy = through(gogeta, f"http://127.0.0.1:{refused_port()}")
     for _ in range(3):
         assert_page(proxy.get("/"), 502)
     assert "upstream" in proxy.log()
@@ -118,7 +115,7 @@ def test_connection_refused_is_502(gogeta: Start) -> None:
 
 def test_backend_that_never_answers_is_504_after_read_timeout(gogeta: Start) -> None:
     with RawServer(misbehaving(never_answers)) as raw:
-        proxy = through(gogeta, raw, "-readTimeout", "0.5")
+        proxy = through(gogeta, raw.url, "-readTimeout", "0.5")
         started = time.monotonic()
         resp = proxy.get("/slow")
         elapsed = time.monotonic() - started
@@ -130,7 +127,7 @@ def test_backend_that_never_answers_is_504_after_read_timeout(gogeta: Start) -> 
 @pytest.mark.parametrize("broken", [closes, resets, talks_nonsense], ids=lambda f: f.__name__)
 def test_backend_failing_before_answering_is_502(gogeta: Start, broken: Handler) -> None:
     with RawServer(misbehaving(broken)) as raw:
-        proxy = through(gogeta, raw)
+        proxy = through(gogeta, raw.url)
         for method in ("GET", "POST"):
             assert_page(proxy.get("/broken", method=method, body=b"data"), 502)
         assert_still_serves(proxy)
@@ -140,14 +137,14 @@ def test_backend_failing_before_answering_is_502(gogeta: Start, broken: Handler)
 # so a failure there can still be a page.
 def test_backend_stalling_before_the_body_is_504(gogeta: Start) -> None:
     with RawServer(misbehaving(stalls_after_headers)) as raw:
-        proxy = through(gogeta, raw, "-readTimeout", "0.5")
+        proxy = through(gogeta, raw.url, "-readTimeout", "0.5")
         assert_page(proxy.get("/broken"), 504)
         assert_still_serves(proxy)
 
 
 def test_backend_closing_before_the_body_is_502(gogeta: Start) -> None:
     with RawServer(misbehaving(closes_after_headers)) as raw:
-        proxy = through(gogeta, raw)
+        proxy = through(gogeta, raw.url)
         assert_page(proxy.get("/broken"), 502)
         assert_still_serves(proxy)
 
@@ -172,7 +169,7 @@ def get_truncated(port: int) -> bytes:
 @pytest.mark.parametrize("broken", [closes_mid_body, closes_mid_chunks], ids=lambda f: f.__name__)
 def test_backend_closing_mid_body_cuts_the_client(gogeta: Start, broken: Handler) -> None:
     with RawServer(misbehaving(broken)) as raw:
-        proxy = through(gogeta, raw)
+        proxy = through(gogeta, raw.url)
         partial = get_truncated(proxy.port)
         assert partial == b"x" * len(partial)
         assert len(partial) <= 1000
@@ -182,7 +179,7 @@ def test_backend_closing_mid_body_cuts_the_client(gogeta: Start, broken: Handler
 
 def test_backend_stalling_mid_body_cuts_the_client_after_read_timeout(gogeta: Start) -> None:
     with RawServer(misbehaving(stalls_mid_body)) as raw:
-        proxy = through(gogeta, raw, "-readTimeout", "0.5")
+        proxy = through(gogeta, raw.url, "-readTimeout", "0.5")
         started = time.monotonic()
         get_truncated(proxy.port)
         assert time.monotonic() - started < 5
@@ -191,7 +188,7 @@ def test_backend_stalling_mid_body_cuts_the_client_after_read_timeout(gogeta: St
 
 def test_keep_alive_client_connection_survives_other_failures(gogeta: Start) -> None:
     with RawServer(misbehaving(closes)) as raw:
-        proxy = through(gogeta, raw)
+        proxy = through(gogeta, raw.url)
         conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
         try:
             for path, status in [("/ok", 200), ("/broken", 502), ("/ok", 200), ("/broken", 502)]:
@@ -223,10 +220,8 @@ def test_unexpected_error_is_500_page_with_traceback_only_in_the_log(
     templates = failing_templates(
         tmp_path, '{% extends "layout.html" %}{% block heading %}Custom 500 page{% endblock %}'
     )
-    proxy = gogeta(
-        "-resolverType",
-        "Dummy",
-        "-dummyTarget",
+    proxy = through(
+        gogeta,
         f"http://127.0.0.1:{refused_port()}",
         "-templateDir",
         str(templates),
@@ -249,10 +244,8 @@ def test_internal_error_page_that_fails_too_gives_the_built_in_500(
     gogeta: Start, tmp_path: Path
 ) -> None:
     templates = failing_templates(tmp_path, "{{ also_undefined }}")
-    proxy = gogeta(
-        "-resolverType",
-        "Dummy",
-        "-dummyTarget",
+    proxy = through(
+        gogeta,
         f"http://127.0.0.1:{refused_port()}",
         "-templateDir",
         str(templates),

@@ -12,7 +12,7 @@ import os
 import re
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -32,9 +32,7 @@ from tests.etcd_routes import (
     write_domain,
     write_instance,
 )
-from tests.support import Backend, EtcdServer, GogetaProcess, wait_until
-
-Start = Callable[..., GogetaProcess]
+from tests.support import Backend, EtcdServer, GogetaProcess, Start, wait_until
 
 # gogeta runs three hours east of UTC, so that a stamp written in UTC would be caught.
 GOGETA_TZ = "GGT-3"  # POSIX TZ: UTC+3, no tz database needed

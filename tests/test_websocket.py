@@ -17,7 +17,15 @@ import threading
 
 import pytest
 
-from tests.support import ROOT, RawServer, free_port, port_open, read_request_head, wait_until
+from tests.support import (
+    ROOT,
+    RawServer,
+    free_port,
+    port_open,
+    read_request_head,
+    through,
+    wait_until,
+)
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -129,7 +137,7 @@ def converse(port: int, backend: EchoServer) -> None:
 
 def test_websocket_standalone(gogeta) -> None:
     with EchoServer() as backend:
-        proxy = gogeta("-resolverType", "Dummy", "-dummyTarget", backend.url + "/")
+        proxy = through(gogeta, backend.url + "/")
         converse(proxy.port, backend)
         # the backend ends the conversation: the client sees the connection close
         sock, head = handshake(proxy.port)
@@ -144,7 +152,7 @@ def test_websocket_standalone(gogeta) -> None:
 
 def test_declined_upgrade_is_relayed(gogeta) -> None:
     with EchoServer(decline=True) as backend:
-        proxy = gogeta("-resolverType", "Dummy", "-dummyTarget", backend.url + "/")
+        proxy = through(gogeta, backend.url + "/")
         sock, head = handshake(proxy.port)
         assert head.startswith(b"HTTP/1.1 403")
         body = b""
