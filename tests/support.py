@@ -372,9 +372,14 @@ class Backend:
 
             do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _any
 
+        class Server(ThreadingHTTPServer):
+            # socketserver's default backlog is 5: a proxy opening 50 pooled connections at
+            # once overflows it, and the dropped SYNs come back only after 1 s, 3 s, 7 s.
+            request_queue_size = 1024
+            daemon_threads = True
+
         self.reply = reply
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        self.server = Server(("127.0.0.1", 0), Handler)
         self.port = int(self.server.server_address[1])
         self.url = f"http://127.0.0.1:{self.port}"
         # A short poll interval: `shutdown` waits for it, and tests stop many backends.
@@ -401,7 +406,7 @@ class RawServer:
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
+        self.sock.listen(1024)
         self.port = int(self.sock.getsockname()[1])
         self.url = f"http://127.0.0.1:{self.port}"
         self.handle = handle
