@@ -22,7 +22,13 @@ import gevent
 from gevent import pywsgi
 from gevent.pool import Pool
 
-from proxy.guard import RejectedRequest, check_header_lines, read_header_lines
+from proxy.guard import (
+    RejectedRequest,
+    RequestLine,
+    check_header_lines,
+    parse_request_line,
+    read_header_lines,
+)
 from proxy.sockets import sendall
 
 log = logging.getLogger(__name__)
@@ -195,12 +201,25 @@ class ProxyHandler(pywsgi.WSGIHandler):  # type: ignore[misc]  # gevent is untyp
             # read it as the start of its next response.
             self.response_use_chunked = False
 
+    request_line: RequestLine | None = None
+
+    def read_request(self, raw_requestline: str) -> Any:
+        """pywsgi's parsing, after proxy.guard has checked the request line by RFC 9112's
+        rules (pywsgi splits it on any Unicode whitespace and takes HTTP/0.9)."""
+        line = self.request_line = parse_request_line(raw_requestline)
+        # Checked: exactly three words with single spaces, so pywsgi's split agrees.
+        result = super().read_request(raw_requestline)
+        if line.authority:
+            self.path = line.target  # absolute-form: the backend is sent origin-form
+        return result
+
     def MessageClass(self, stream: Any, *args: Any) -> Any:
         """Parse the headers as pywsgi does, after refusing ambiguous framing (proxy.guard)."""
         message = pywsgi.OldMessage()
         # The checked lines straight into pywsgi's message class: same object and values as
         # its email-package parser would give, for a fraction of the CPU.
-        for name, value in check_header_lines(read_header_lines(stream)):
+        version = self.request_line.version if self.request_line else "HTTP/1.1"
+        for name, value in check_header_lines(read_header_lines(stream), version):
             message.set_raw(name, value)
         return message
 
@@ -220,6 +239,10 @@ class ProxyHandler(pywsgi.WSGIHandler):  # type: ignore[misc]  # gevent is untyp
         self._end_head_deadline()  # the head is in: the rest is the socket timeout's job
         env: dict[str, Any] = super().get_environ()
         env["RAW_URI"] = self.path
+        line = self.request_line
+        if line is not None and line.authority:
+            # RFC 9112 §3.2.2: the target's authority wins over any Host header sent.
+            env["HTTP_HOST"] = line.authority
         env["gogeta.socket"] = self.socket  # for Upgrade tunnels (proxy.tunnel)
         return env
 
