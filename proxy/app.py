@@ -17,8 +17,9 @@ from typing import Any
 import urllib3
 
 from proxy.errors import BadGateway, BadRequest, PayloadTooLarge, ProxyError, UpstreamError, code_of
-from proxy.forward import Forwarder, response_headers, status_line, stream_body
+from proxy.forward import Forwarder, stream_body
 from proxy.pages import FALLBACK_PAGE, Page, StatusPages, wants_json
+from proxy.response_framing import InvalidAnswer, relay_head
 from proxy.static import PREFIX as STATIC_PREFIX
 from proxy.static import StaticFiles
 from proxy.tunnel import Tunnels, wants_upgrade
@@ -172,11 +173,19 @@ class Gogeta:
         upstream, response = self._send_upstream(environ, hostname)
         environ["gogeta.upstream_seconds"] = time.perf_counter() - sent
         try:
-            body = stream_body(response, upstream.label)
-            start_response(
-                status_line(response.status, response.reason),
-                response_headers(response.headers, response.status),
-            )
+            try:
+                head = relay_head(
+                    response.status,
+                    response.reason,
+                    response.version,
+                    response.headers.items(),
+                    method=environ["REQUEST_METHOD"],
+                    client_version=environ.get("SERVER_PROTOCOL", "HTTP/1.1"),
+                )
+            except InvalidAnswer as exc:
+                raise BadGateway(f"invalid answer: {exc}", upstream.label) from exc
+            body = stream_body(response, upstream.label, reuse=not head.close)
+            start_response(head.status, head.headers)
         except BaseException:
             response.close()
             response.release_conn()

@@ -13,6 +13,7 @@ import errno
 import http
 import http.client
 import logging
+import re
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -29,7 +30,7 @@ from urllib3.exceptions import (
 from urllib3.util import SKIP_HEADER
 
 from proxy.errors import BadGateway, BadRequest, GatewayTimeout, PayloadTooLarge
-from proxy.headers import install as install_header_parser
+from proxy.response_framing import HOP_BY_HOP, AnswerHead
 from proxy.sockets import sendall
 from resolvers.base import Upstream
 
@@ -37,11 +38,8 @@ log = logging.getLogger(__name__)
 
 BLOCK = 64 * 1024
 
-# RFC 9110 §7.6.1, plus the Proxy-* family (SPEC §2.5). `Expect` is answered by our own
-# server (100-continue), so the backend must not see it either.
-HOP_BY_HOP = frozenset(
-    {"connection", "keep-alive", "te", "trailer", "trailers", "transfer-encoding", "upgrade"}
-)
+# Hop-by-hop (RFC 9110 §7.6.1, and the Proxy-* family) are not forwarded. `Expect` is
+# answered by our own server (100-continue), so the backend must not see it either.
 
 
 def _is_hop_by_hop(lower_name: str) -> bool:
@@ -51,10 +49,16 @@ def _is_hop_by_hop(lower_name: str) -> bool:
 _NO_TOKENS: frozenset[str] = frozenset()
 
 
+# What a Connection header may never remove on the way to the backend: the client's Host
+# (the backend's routing depends on it) and the framing gogeta writes itself.
+_ALWAYS_SENT = frozenset({"host", "content-length", "content-type"})
+
+
 def _connection_tokens(value: str) -> frozenset[str]:
     if not value:
         return _NO_TOKENS  # nearly always: no Connection header, nothing to build
-    return frozenset(t.strip().lower() for t in value.split(",") if t.strip())
+    tokens = (t.strip(" \t").lower() for t in value.split(","))
+    return frozenset(t for t in tokens if t) - _ALWAYS_SENT
 
 
 _NAME_CACHE: dict[str, tuple[str, str]] = {}
@@ -115,12 +119,6 @@ def request_headers(environ: dict[str, Any], url_header: str = "") -> dict[str, 
     port = headers.setdefault("X-Forwarded-Port", str(environ.get("SERVER_PORT", "")))
     if url_header:
         headers[url_header] = public_base_url(proto, host, port)
-    # Without these, urllib3 and http.client would add their own (`User-Agent:
-    # python-urllib3/…`, `Accept-Encoding: identity`): the backend must see the client's.
-    if "User-Agent" not in headers:
-        headers["User-Agent"] = SKIP_HEADER
-    if "Accept-Encoding" not in headers:
-        headers["Accept-Encoding"] = SKIP_HEADER
     return headers
 
 
@@ -181,6 +179,8 @@ def request_body(environ: dict[str, Any], limit: int = 0) -> ClientBody | None:
 def target_of(environ: dict[str, Any], upstream: Upstream) -> str:
     """The request target to send upstream: the raw path, joined to the upstream's own."""
     raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+    if raw == "*":  # OPTIONS * (asterisk-form): about the server, no path to join
+        return "*"
     if raw and raw.startswith("/"):
         path, _, query = raw.partition("?")
     else:
@@ -195,68 +195,16 @@ def target_of(environ: dict[str, Any], upstream: Upstream) -> str:
     return f"{path}?{query}" if query else path
 
 
-def status_line(code: int, reason: str | None) -> str:
-    """`200 OK`: the backend's reason phrase, or the standard one when it sent none."""
-    if not reason:
-        try:
-            reason = http.HTTPStatus(code).phrase
-        except ValueError:
-            reason = "Unknown"
-    return f"{code} {reason}"
-
-
-# Answers that never have a body (RFC 9110 §6.4.1).
-_BODILESS = frozenset({204, 304})
-
-
-def response_headers(headers: Any, code: int = 200) -> list[tuple[str, str]]:
-    """The backend's headers minus hop-by-hop ones; repeated headers stay separate."""
-    dropped = _connection_tokens(headers.get("Connection", ""))
-    if code in _BODILESS:
-        # A 304 may carry the Content-Length a 200 would have (RFC 9110 §8.6), but
-        # pywsgi refuses any non-zero one there; without a body it tells the client nothing.
-        dropped |= {"content-length"}
-    return [
-        (name, value)
-        for name, value in headers.items()
-        if not _is_hop_by_hop(name.lower()) and name.lower() not in dropped
-    ]
-
-
-# http.client's own checks for a header line (a name with no colon or whitespace, a value
-# with no line break that is not a folded continuation).
-_legal_header_name = http.client._is_legal_header_name  # type: ignore[attr-defined]
-_illegal_header_value = http.client._is_illegal_header_value  # type: ignore[attr-defined]
-
-
-MAX_INTERIM = 32  # 1xx answers skipped before the final one; more: a broken backend
-
-
-class _Response(http.client.HTTPResponse):
-    def _read_status(self) -> tuple[str, int, str]:
-        """The final answer's status line, interim (1xx) answers skipped.
-
-        http.client skips only `100 Continue`: a `103 Early Hints` or `102 Processing`
-        would be taken for the answer (with no body), and the real answer left unread on
-        a connection going back to the pool, for the next request to receive. They are
-        dropped here, headers included (not relayed to the client). `101 Switching
-        Protocols` is final: upgrades go through proxy.tunnel, not here.
-        """
-        for _ in range(MAX_INTERIM):
-            version, status, reason = super()._read_status()  # type: ignore[misc]
-            if not 100 <= status < 200 or status == 101:
-                return version, status, reason
-            while True:  # the interim answer's header block
-                line = self.fp.readline(http.client._MAXLINE + 1)  # type: ignore[attr-defined]
-                if len(line) > http.client._MAXLINE:  # type: ignore[attr-defined]
-                    raise http.client.LineTooLong("header line")
-                if line in (b"\r\n", b"\n", b""):
-                    break
-        raise http.client.HTTPException(f"more than {MAX_INTERIM} interim (1xx) answers")
+# The checks of http.client's `putheader`, made as strict as proxy.guard's: a name is a
+# token (RFC 9110 §5.6.2), a value holds no control byte but HTAB (RFC 9110 §5.5). What
+# reaches here already passed proxy.guard; these keep a bug of ours from writing a header
+# line the backend would split differently.
+_legal_header_name = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+").fullmatch
+_illegal_header_value = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]").search
 
 
 class _Connection(urllib3.connection.HTTPConnection):
-    response_class = _Response
+    response_class = AnswerHead
 
     @property
     def is_connected(self) -> bool:
@@ -330,7 +278,6 @@ class Forwarder:
         self.pools.pool_classes_by_scheme = {"http": _Pool, "https": urllib3.HTTPSConnectionPool}
         # The manager's lookup builds a normalised key per call; ours is one dict access.
         self._pool_of: dict[tuple[str, str, int], urllib3.HTTPConnectionPool] = {}
-        install_header_parser()  # backend response headers without the email parser
 
     def close(self) -> None:
         self._pool_of.clear()
@@ -357,6 +304,14 @@ class Forwarder:
         method = environ["REQUEST_METHOD"]
         body = request_body(environ, self.max_body)
         headers = request_headers(environ, url_header)
+        # Without these, urllib3 and http.client would add their own (`User-Agent:
+        # python-urllib3/…`, `Accept-Encoding: identity`): the backend must see the client's.
+        # urllib3's marker for "send none", so only on this path (proxy.tunnel writes its
+        # handshake itself and would send the marker as text).
+        if "User-Agent" not in headers:
+            headers["User-Agent"] = SKIP_HEADER
+        if "Accept-Encoding" not in headers:
+            headers["Accept-Encoding"] = SKIP_HEADER
         target = target_of(environ, upstream)
         # Without a body and with an idempotent method, sending twice is harmless: a pooled
         # keep-alive connection the backend closed while idle is retried once on a fresh
@@ -414,12 +369,15 @@ def _is_disconnect(exc: ProtocolError) -> bool:
     )
 
 
-def stream_body(response: urllib3.BaseHTTPResponse, label: str) -> Iterator[bytes]:
+def stream_body(
+    response: urllib3.BaseHTTPResponse, label: str, reuse: bool = True
+) -> Iterator[bytes]:
     """The backend's body as it comes, its first block already read.
 
     Reading the first block before the answer starts means a backend that fails before
     sending any of its body still gets a 502 or 504 page: nothing was sent to the client yet.
-    On error here the caller must close and release the response.
+    On error here the caller must close and release the response. `reuse=False`: the
+    backend connection is closed after the body instead of going back to the pool.
     """
     blocks = _blocks(response)
     try:
@@ -428,7 +386,7 @@ def stream_body(response: urllib3.BaseHTTPResponse, label: str) -> Iterator[byte
         raise GatewayTimeout(f"timed out before the body: {exc}", label) from exc
     except (HTTPError, OSError) as exc:
         raise BadGateway(f"failed before the body: {exc}", label) from exc
-    return _relay(response, label, first, blocks)
+    return _relay(response, label, first, blocks, reuse)
 
 
 def _blocks(response: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
@@ -446,7 +404,11 @@ def _blocks(response: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
 
 
 def _relay(
-    response: urllib3.BaseHTTPResponse, label: str, first: bytes, blocks: Iterator[bytes]
+    response: urllib3.BaseHTTPResponse,
+    label: str,
+    first: bytes,
+    blocks: Iterator[bytes],
+    reuse: bool,
 ) -> Iterator[bytes]:
     """Yield the body; always give the connection back.
 
@@ -464,6 +426,6 @@ def _relay(
         log.warning("upstream %s failed mid-body: %s", label, exc)
         raise ConnectionResetError(errno.ECONNRESET, "upstream failed mid-body") from exc
     finally:
-        if not complete:
-            response.close()  # unread data: this connection cannot be reused
+        if not complete or not reuse:
+            response.close()  # unread data, or framing not to be trusted: not reused
         response.release_conn()

@@ -20,7 +20,8 @@ from typing import Any
 import gevent
 
 from proxy.errors import BadGateway, GatewayTimeout
-from proxy.forward import request_headers, response_headers, status_line, target_of
+from proxy.forward import request_headers, target_of
+from proxy.response_framing import AnswerHead, relay_head
 from resolvers.base import Upstream
 
 log = logging.getLogger(__name__)
@@ -36,8 +37,12 @@ def wants_upgrade(environ: dict[str, Any]) -> bool:
 class _Reader:
     """What http.client.HTTPResponse needs of a socket: one buffered reader we keep."""
 
-    def __init__(self, reader: Any) -> None:
+    def __init__(self, reader: Any, timeout: float | None) -> None:
         self.reader = reader
+        self.timeout = timeout
+
+    def gettimeout(self) -> float | None:  # the deadline for the answer head (AnswerHead)
+        return self.timeout
 
     def makefile(self, *args: Any, **kwargs: Any) -> Any:
         return self.reader
@@ -73,8 +78,21 @@ class Tunnels:
             backend.settimeout(self.read_timeout)
             backend.sendall(self._handshake(environ, upstream))
             reader = backend.makefile("rb")
-            response = http.client.HTTPResponse(_Reader(reader), method=environ["REQUEST_METHOD"])  # type: ignore[arg-type]
+            response = AnswerHead(
+                _Reader(reader, self.read_timeout), method=environ["REQUEST_METHOD"]
+            )
             response.begin()
+            # The same framing rules as any answer (proxy.response_framing): a declined
+            # upgrade is relayed like a plain answer, and must be framed like one.
+            head = relay_head(
+                response.status,
+                response.reason,
+                response.version,
+                response.headers.items(),
+                method=environ["REQUEST_METHOD"],
+                client_version=environ.get("SERVER_PROTOCOL", "HTTP/1.1"),
+                upgrade=True,
+            )
         except TimeoutError as exc:
             backend.close()
             raise GatewayTimeout(f"no answer to the upgrade: {exc}", upstream.label) from exc
@@ -82,14 +100,12 @@ class Tunnels:
             backend.close()
             raise BadGateway(f"upgrade failed: {exc}", upstream.label) from exc
 
-        headers = response_headers(response.headers, response.status)
         if response.status != 101:
-            start_response(status_line(response.status, response.reason), headers)
+            start_response(head.status, head.headers)
             return self._relay(response, backend)
         upgrade = response.headers.get("Upgrade", environ.get("HTTP_UPGRADE", ""))
         write = start_response(
-            status_line(101, response.reason),
-            [*headers, ("Connection", "Upgrade"), ("Upgrade", upgrade)],
+            head.status, [*head.headers, ("Connection", "Upgrade"), ("Upgrade", upgrade)]
         )
         write(b"")  # the 101 head goes out now: the client waits for it before sending
         self._splice(environ, reader, backend, upstream)
@@ -98,7 +114,7 @@ class Tunnels:
     def _handshake(self, environ: dict[str, Any], upstream: Upstream) -> bytes:
         headers = request_headers(environ, self.url_header)
         lines = [f"{environ['REQUEST_METHOD']} {target_of(environ, upstream)} HTTP/1.1"]
-        lines += [f"{k}: {v}" for k, v in headers.items() if isinstance(v, str)]
+        lines += [f"{k}: {v}" for k, v in headers.items()]
         lines += ["Connection: Upgrade", f"Upgrade: {environ['HTTP_UPGRADE']}", "", ""]
         return "\r\n".join(lines).encode("latin-1")
 
