@@ -91,6 +91,7 @@ def build_app(config: settings.Config) -> "Front":
         force_ssl=config.forceFwSsl,
         url_header=config.UrlHeaderParam,
         wake_hold=config.wakeHoldSeconds,
+        trusted_proxies=config.trustedProxies,
     )
     metrics = Metrics()
     app.tunnels.on_count = metrics.count_tunnel

@@ -253,7 +253,16 @@ SETTINGS: tuple[Setting, ...] = (
         "trustedNetworks",
         "127.0.0.0/8,::1/128",
         _networks,
-        "clients allowed /__gogeta/routes and /__gogeta/metrics (comma-separated CIDRs)",
+        "clients allowed /__gogeta/routes and /__gogeta/metrics (comma-separated CIDRs;"
+        " not -trustedProxies)",
+    ),
+    Setting(
+        "trustedProxies",
+        "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7",
+        _networks,
+        "peers whose X-Forwarded-For/Proto/Host/Port are believed (comma-separated CIDRs;"
+        " empty: none); from others gogeta writes its own. Not -trustedNetworks, which"
+        " guards the admin paths",
     ),
     Setting(
         "dummyTarget",

@@ -21,6 +21,7 @@ from proxy.forward import Forwarder, response_headers, status_line, stream_body
 from proxy.pages import FALLBACK_PAGE, Page, StatusPages, wants_json
 from proxy.static import PREFIX as STATIC_PREFIX
 from proxy.static import StaticFiles
+from proxy.trust import Network, TrustedPeers
 from proxy.tunnel import Tunnels, wants_upgrade
 from resolvers.base import Resolver, RoutingError, Status, Upstream
 
@@ -77,8 +78,10 @@ class Gogeta:
         force_ssl: bool = False,
         url_header: str = "",
         wake_hold: float = 0.0,
+        trusted_proxies: Iterable[Network] = (),
     ) -> None:
         self.wake_hold = wake_hold
+        self.proxies = TrustedPeers(trusted_proxies)
         self.resolver = resolver
         self.pages = pages
         self.forwarder = forwarder
@@ -137,8 +140,10 @@ class Gogeta:
         self, environ: dict[str, Any], start_response: StartResponse, hostname: str
     ) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
+        # One answer per request, for the redirect below and every header sent upstream.
+        trusted = environ.get("REMOTE_ADDR") in self.proxies
 
-        if self.force_ssl and environ.get("HTTP_X_FORWARDED_PROTO", "") != "https":
+        if self.force_ssl and self._proto(environ, trusted) != "https":
             query = environ.get("QUERY_STRING", "")
             raw_path = (environ.get("RAW_URI") or path).partition("?")[0]
             location = f"https://{hostname}{raw_path}" + (f"?{query}" if query else "")
@@ -166,10 +171,10 @@ class Gogeta:
         if wants_upgrade(environ):
             upstream = self.resolver.resolve(hostname)
             environ["gogeta.upstream"] = upstream
-            return self.tunnels.open(environ, start_response, upstream)
+            return self.tunnels.open(environ, start_response, upstream, trusted)
 
         sent = time.perf_counter()
-        upstream, response = self._send_upstream(environ, hostname)
+        upstream, response = self._send_upstream(environ, hostname, trusted)
         environ["gogeta.upstream_seconds"] = time.perf_counter() - sent
         try:
             body = stream_body(response, upstream.label)
@@ -182,6 +187,12 @@ class Gogeta:
             response.release_conn()
             raise
         return body
+
+    @staticmethod
+    def _proto(environ: dict[str, Any], trusted: bool) -> str:
+        """The scheme the client used: a trusted proxy's X-Forwarded-Proto, else ours."""
+        scheme: str = environ.get("wsgi.url_scheme", "http")
+        return environ.get("HTTP_X_FORWARDED_PROTO", scheme) if trusted else scheme
 
     def _resolve_holding(self, hostname: str) -> Upstream:
         """`resolve`, but with `-wakeHoldSeconds` a request that finds its application
@@ -207,7 +218,7 @@ class Gogeta:
         raise first  # still not up: the wait page, which reloads itself
 
     def _send_upstream(
-        self, environ: dict[str, Any], hostname: str
+        self, environ: dict[str, Any], hostname: str, trusted: bool
     ) -> tuple[Upstream, urllib3.BaseHTTPResponse]:
         """Send to an instance; when it fails in a way that is safe to replay, try the next.
 
@@ -232,7 +243,7 @@ class Gogeta:
             # For the access log and the metrics (proxy.front): where it went.
             environ["gogeta.upstream"] = upstream
             try:
-                return upstream, self.forwarder.send(environ, upstream, self.url_header)
+                return upstream, self.forwarder.send(environ, upstream, self.url_header, trusted)
             except UpstreamError as exc:
                 if exc.connect_failed or isinstance(exc, BadGateway):
                     self.resolver.failed(upstream)  # not for a slow answer: maybe one slow URL

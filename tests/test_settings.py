@@ -50,6 +50,14 @@ DEFAULTS: list[tuple[str, Any]] = [
     ("accessLog", "combined"),
     ("healthGraceSeconds", 30.0),
     ("trustedNetworks", (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))),
+    (
+        "trustedProxies",
+        tuple(
+            ipaddress.ip_network(n)
+            for n in ("127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12")
+            + ("192.168.0.0/16", "fc00::/7")
+        ),
+    ),
 ]
 
 
@@ -185,6 +193,13 @@ def test_comma_separated_etcd_addresses() -> None:
         ("GOGETA_CONNECT_TIMEOUT", "1.5", "connectTimeout", 1.5),
         ("GOGETA_READ_TIMEOUT", "7", "readTimeout", 7.0),
         ("GOGETA_LOG_LEVEL", "WARNING", "logLevel", "WARNING"),
+        (
+            "GOGETA_TRUSTED_PROXIES",
+            "10.1.2.3/32",
+            "trustedProxies",
+            (ipaddress.ip_network("10.1.2.3/32"),),
+        ),
+        ("GOGETA_TRUSTED_PROXIES", "", "trustedProxies", ()),
     ],
 )
 def test_environment_variable(variable: str, value: str, name: str, expected: Any) -> None:
@@ -244,6 +259,8 @@ def test_last_flag_wins() -> None:
         (["-readTimeout", "soon"], "-readTimeout"),
         (["-listenAddress", "example.com"], "-listenAddress"),
         (["-logLevel", "LOUD"], "-logLevel"),
+        (["-trustedProxies", "10.0.0.0/33"], "-trustedProxies"),
+        (["-trustedProxies", "lb.example.com"], "-trustedProxies"),
     ],
 )
 def test_bad_value_names_the_flag(argv: list[str], names: str | None) -> None:
