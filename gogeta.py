@@ -92,6 +92,7 @@ def build_app(config: settings.Config) -> "Front":
         url_header=config.UrlHeaderParam,
         wake_hold=config.wakeHoldSeconds,
         trusted_proxies=config.trustedProxies,
+        no_wake_agents=config.noWakeUserAgents,
     )
     metrics = Metrics()
     app.tunnels.on_count = metrics.count_tunnel

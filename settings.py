@@ -169,6 +169,22 @@ def _networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network,
     return tuple(networks)
 
 
+def _pattern(text: str) -> re.Pattern[str] | None:
+    """A regular expression searched case-insensitively; empty: None (match nothing)."""
+    if not text.strip():
+        return None
+    try:
+        return re.compile(text, re.IGNORECASE)
+    except re.error as exc:
+        raise ValueError(f"must be a regular expression ({exc})") from None
+
+
+# Crawlers and scanners (README, "Wake-ups"): `bot\b` takes Googlebot, bingbot, AhrefsBot...
+NO_WAKE_USER_AGENTS = (
+    r"bot\b|crawl|spider|slurp|facebookexternalhit|zgrab|masscan|nmap|nikto|sqlmap|censys"
+)
+
+
 @dataclass(frozen=True)
 class Setting:
     """One flag: its name as the original spelt it, default, parser and help line."""
@@ -286,6 +302,13 @@ SETTINGS: tuple[Setting, ...] = (
         " (0: answer 503 with the wait page at once)",
     ),
     Setting(
+        "noWakeUserAgents",
+        NO_WAKE_USER_AGENTS,
+        _pattern,
+        "User-Agents that never wake a passivated application (a case-insensitive regular"
+        " expression; empty: every one may); HEAD, OPTIONS and /favicon.ico never do",
+    ),
+    Setting(
         "maxBodySize",
         "0",
         _size,
@@ -329,7 +352,7 @@ def usage() -> str:
     for s in SETTINGS:
         kind = "" if s.boolean else " value"
         lines.append(f"  -{s.name}{kind}")
-        lines.append(f"        {s.help} (default {s.default!r}; env {s.env_name})")
+        lines.append(f"        {s.help} (default '{s.default}'; env {s.env_name})")
     return "\n".join(lines)
 
 

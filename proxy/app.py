@@ -23,6 +23,7 @@ from proxy.static import PREFIX as STATIC_PREFIX
 from proxy.static import StaticFiles
 from proxy.trust import Network, TrustedPeers
 from proxy.tunnel import Tunnels, wants_upgrade
+from proxy.wake import WakeFilter
 from resolvers.base import Resolver, RoutingError, Status, Upstream
 
 log = logging.getLogger(__name__)
@@ -79,8 +80,10 @@ class Gogeta:
         url_header: str = "",
         wake_hold: float = 0.0,
         trusted_proxies: Iterable[Network] = (),
+        no_wake_agents: re.Pattern[str] | None = None,
     ) -> None:
         self.wake_hold = wake_hold
+        self.wake_filter = WakeFilter(no_wake_agents)
         self.proxies = TrustedPeers(trusted_proxies)
         self.resolver = resolver
         self.pages = pages
@@ -168,13 +171,17 @@ class Gogeta:
                 )
                 return [data]
 
+        # Only a visitor wakes a sleeping application (README, "Wake-ups").
+        wake = self.wake_filter.wakes(
+            environ.get("REQUEST_METHOD", ""), path, environ.get("HTTP_USER_AGENT", "")
+        )
         if wants_upgrade(environ):
-            upstream = self.resolver.resolve(hostname)
+            upstream = self.resolver.resolve(hostname, wake=wake)
             environ["gogeta.upstream"] = upstream
             return self.tunnels.open(environ, start_response, upstream, trusted)
 
         sent = time.perf_counter()
-        upstream, response = self._send_upstream(environ, hostname, trusted)
+        upstream, response = self._send_upstream(environ, hostname, trusted, wake)
         environ["gogeta.upstream_seconds"] = time.perf_counter() - sent
         try:
             body = stream_body(response, upstream.label)
@@ -194,15 +201,17 @@ class Gogeta:
         scheme: str = environ.get("wsgi.url_scheme", "http")
         return environ.get("HTTP_X_FORWARDED_PROTO", scheme) if trusted else scheme
 
-    def _resolve_holding(self, hostname: str) -> Upstream:
+    def _resolve_holding(self, hostname: str, wake: bool) -> Upstream:
         """`resolve`, but with `-wakeHoldSeconds` a request that finds its application
         starting or asleep waits for it (up to that long) and is then forwarded, instead
         of answering 503 at once. The wait follows the routing table's changes, no polling.
+        A request that may not wake the application (`wake` False) is never held: it
+        would wait for a start it did not ask for.
         """
         try:
-            return self.resolver.resolve(hostname)
+            return self.resolver.resolve(hostname, wake=wake)
         except RoutingError as exc:
-            if self.wake_hold <= 0 or exc.status not in WAITING:
+            if not wake or self.wake_hold <= 0 or exc.status not in WAITING:
                 raise
             first = exc
         deadline = time.monotonic() + self.wake_hold
@@ -218,7 +227,7 @@ class Gogeta:
         raise first  # still not up: the wait page, which reloads itself
 
     def _send_upstream(
-        self, environ: dict[str, Any], hostname: str, trusted: bool
+        self, environ: dict[str, Any], hostname: str, trusted: bool, wake: bool
     ) -> tuple[Upstream, urllib3.BaseHTTPResponse]:
         """Send to an instance; when it fails in a way that is safe to replay, try the next.
 
@@ -231,9 +240,9 @@ class Gogeta:
         while True:
             try:
                 if tried:
-                    upstream = self.resolver.resolve(hostname, tried)
+                    upstream = self.resolver.resolve(hostname, tried, wake)
                 else:
-                    upstream = self._resolve_holding(hostname)
+                    upstream = self._resolve_holding(hostname, wake)
             except RoutingError:
                 if failure is not None:
                     raise failure from None  # every instance failed: say how the last did
