@@ -15,6 +15,8 @@ from collections.abc import Iterator
 
 import pytest
 
+import settings
+from proxy.trust import MAX_REMEMBERED, TrustedPeers
 from tests.support import (
     ROOT,
     Backend,
@@ -71,6 +73,43 @@ def ssl_stranger(backend: Backend) -> Iterator[GogetaProcess]:
 @pytest.fixture(scope="module")
 def ssl_behind_proxy(backend: Backend) -> Iterator[GogetaProcess]:
     yield from started(backend, "-forceFwSsl")
+
+
+# --------------------------------------------------------------------------- the check itself
+
+
+@pytest.mark.parametrize(
+    ("address", "trusted"),
+    [
+        ("10.1.2.3", True),
+        ("::ffff:10.1.2.3", True),  # IPv4 through a dual-stack listener
+        ("fd12:3456::1", True),
+        ("fe80::1%eth0", False),  # a zone is not an address of the list
+        ("11.0.0.1", False),
+        ("", False),
+        (None, False),
+        ("not an address", False),
+    ],
+)
+def test_trusted_peers(address: str | None, trusted: bool) -> None:
+    peers = TrustedPeers(
+        settings.parse(["-trustedProxies", "10.0.0.0/8,fc00::/7"], {}).trustedProxies
+    )
+    assert (address in peers) is trusted
+    assert (address in peers) is trusted  # the remembered answer is the same
+
+
+def test_trusted_peers_remember_a_bounded_number_of_addresses() -> None:
+    peers = TrustedPeers(settings.parse([], {}).trustedProxies)
+    for i in range(3 * MAX_REMEMBERED):
+        assert f"198.18.{i // 256 % 256}.{i % 256}" not in peers
+    assert "192.168.1.1" in peers
+    assert len(peers._known) <= MAX_REMEMBERED
+
+
+def test_an_empty_list_trusts_nobody() -> None:
+    peers = TrustedPeers(settings.parse(["-trustedProxies="], {}).trustedProxies)
+    assert "127.0.0.1" not in peers
 
 
 # --------------------------------------------------------------------------- an untrusted peer

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 import settings
+from proxy.wake import MAX_REMEMBERED, WakeFilter
 from tests.etcd_routes import (
     Barrier,
     key_writes,
@@ -87,6 +88,15 @@ def test_the_default_pattern_catches_crawlers_and_scanners(agent: str) -> None:
 def test_the_default_pattern_leaves_browsers_and_api_clients(agent: str) -> None:
     pattern = settings.parse([], {}).noWakeUserAgents
     assert not pattern.search(agent), agent
+
+
+def test_the_filter_remembers_a_bounded_number_of_user_agents() -> None:
+    wake_filter = WakeFilter(settings.parse([], {}).noWakeUserAgents)
+    for i in range(3 * MAX_REMEMBERED):
+        assert wake_filter.wakes("GET", "/", f"Browser/{i}")
+    assert not wake_filter.wakes("GET", "/", GOOGLEBOT)
+    assert not wake_filter.wakes("GET", "/", GOOGLEBOT)
+    assert len(wake_filter._known) <= MAX_REMEMBERED
 
 
 # --------------------------------------------------------------------------- against etcd
@@ -236,6 +246,21 @@ def test_a_crawler_after_a_visitor_sees_the_same_wait_page(
     sync(proxy)  # gogeta has seen its own write: stopped/started, being woken
     resp = proxy.get(host=sleeper.host, headers={"User-Agent": GOOGLEBOT})
     assert (resp.status, page_of(resp)) == (503, "passivated")
+
+
+def test_the_env_resolver_filters_too(
+    gogeta: Start, etcd: EtcdServer, templates: Path, client: Any, app: Backend, sync: Barrier
+) -> None:
+    # Env: the service is the hostname's first label, no /domains needed.
+    proxy = etcd_proxy(gogeta, etcd, templates, "-resolverType", "Env")
+    crawled, visited = Sleeper(client, app), Sleeper(client, app)
+    wait_until(lambda: proxy.get(host=f"{visited.name}.env.test").status == 503)
+    assert_woken(visited)
+    resp = proxy.get(host=f"{crawled.name}.env.test", headers={"User-Agent": GOOGLEBOT})
+    assert (resp.status, page_of(resp)) == (503, "passivated")
+    # The witness: sync's barrier, which the Env resolver routes by its first label too.
+    sync(proxy, writer=True)
+    assert crawled.writes() == []
 
 
 # --------------------------------------------------------------------------- the flags
