@@ -90,6 +90,10 @@ def test_the_default_pattern_leaves_browsers_and_api_clients(agent: str) -> None
     assert not pattern.search(agent), agent
 
 
+def test_the_readme_shows_the_default_pattern() -> None:
+    assert f"\n  {settings.NO_WAKE_USER_AGENTS}\n" in (ROOT / "README.md").read_text()
+
+
 def test_the_filter_remembers_a_bounded_number_of_user_agents() -> None:
     wake_filter = WakeFilter(settings.parse([], {}).noWakeUserAgents)
     for i in range(3 * MAX_REMEMBERED):
