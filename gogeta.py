@@ -91,6 +91,8 @@ def build_app(config: settings.Config) -> "Front":
         force_ssl=config.forceFwSsl,
         url_header=config.UrlHeaderParam,
         wake_hold=config.wakeHoldSeconds,
+        trusted_proxies=config.trustedProxies,
+        no_wake_agents=config.noWakeUserAgents,
     )
     metrics = Metrics()
     app.tunnels.on_count = metrics.count_tunnel

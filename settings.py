@@ -169,6 +169,22 @@ def _networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network,
     return tuple(networks)
 
 
+def _pattern(text: str) -> re.Pattern[str] | None:
+    """A regular expression searched case-insensitively; empty: None (match nothing)."""
+    if not text.strip():
+        return None
+    try:
+        return re.compile(text, re.IGNORECASE)
+    except re.error as exc:
+        raise ValueError(f"must be a regular expression ({exc})") from None
+
+
+# Crawlers and scanners (README, "Wake-ups"): `bot\b` takes Googlebot, bingbot, AhrefsBot...
+NO_WAKE_USER_AGENTS = (
+    r"bot\b|crawl|spider|slurp|facebookexternalhit|zgrab|masscan|nmap|nikto|sqlmap|censys"
+)
+
+
 @dataclass(frozen=True)
 class Setting:
     """One flag: its name as the original spelt it, default, parser and help line."""
@@ -253,7 +269,16 @@ SETTINGS: tuple[Setting, ...] = (
         "trustedNetworks",
         "127.0.0.0/8,::1/128",
         _networks,
-        "clients allowed /__gogeta/routes and /__gogeta/metrics (comma-separated CIDRs)",
+        "clients allowed /__gogeta/routes and /__gogeta/metrics (comma-separated CIDRs;"
+        " not -trustedProxies)",
+    ),
+    Setting(
+        "trustedProxies",
+        "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7",
+        _networks,
+        "peers whose X-Forwarded-For/Proto/Host/Port are believed (comma-separated CIDRs;"
+        " empty: none); from others gogeta writes its own. Not -trustedNetworks, which"
+        " guards the admin paths",
     ),
     Setting(
         "dummyTarget",
@@ -275,6 +300,13 @@ SETTINGS: tuple[Setting, ...] = (
         _non_negative_seconds,
         "hold a request this long while its application starts or wakes, then forward it"
         " (0: answer 503 with the wait page at once)",
+    ),
+    Setting(
+        "noWakeUserAgents",
+        NO_WAKE_USER_AGENTS,
+        _pattern,
+        "User-Agents that never wake a passivated application (a case-insensitive regular"
+        " expression; empty: every one may); HEAD, OPTIONS and /favicon.ico never do",
     ),
     Setting(
         "maxBodySize",
@@ -320,7 +352,7 @@ def usage() -> str:
     for s in SETTINGS:
         kind = "" if s.boolean else " value"
         lines.append(f"  -{s.name}{kind}")
-        lines.append(f"        {s.help} (default {s.default!r}; env {s.env_name})")
+        lines.append(f"        {s.help} (default '{s.default}'; env {s.env_name})")
     return "\n".join(lines)
 
 

@@ -13,7 +13,6 @@ Every answer is JSON or text and carries `Cache-Control: no-store`.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import time
@@ -22,22 +21,12 @@ from typing import Any
 
 from proxy.metrics import Metrics
 from proxy.pages import StatusPages
+from proxy.trust import Network, is_trusted
 from resolvers.base import Resolver
 
 PREFIX = "/__gogeta/"
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 StartResponse = Callable[..., Any]
-
-
-def is_trusted(address: str | None, networks: Sequence[Network]) -> bool:
-    try:
-        ip = ipaddress.ip_address((address or "").split("%")[0])
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 from a dual-stack listener
-    return any(ip in net for net in networks)
 
 
 def health_of(described: dict[str, Any], grace: float, now: float) -> tuple[int, dict[str, Any]]:

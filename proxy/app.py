@@ -22,7 +22,9 @@ from proxy.pages import FALLBACK_PAGE, Page, StatusPages, wants_json
 from proxy.response_framing import InvalidAnswer, relay_head
 from proxy.static import PREFIX as STATIC_PREFIX
 from proxy.static import StaticFiles
+from proxy.trust import Network, TrustedPeers
 from proxy.tunnel import Tunnels, wants_upgrade
+from proxy.wake import WakeFilter
 from resolvers.base import Resolver, RoutingError, Status, Upstream
 
 log = logging.getLogger(__name__)
@@ -78,8 +80,12 @@ class Gogeta:
         force_ssl: bool = False,
         url_header: str = "",
         wake_hold: float = 0.0,
+        trusted_proxies: Iterable[Network] = (),
+        no_wake_agents: re.Pattern[str] | None = None,
     ) -> None:
         self.wake_hold = wake_hold
+        self.wake_filter = WakeFilter(no_wake_agents)
+        self.proxies = TrustedPeers(trusted_proxies)
         self.resolver = resolver
         self.pages = pages
         self.forwarder = forwarder
@@ -138,8 +144,10 @@ class Gogeta:
         self, environ: dict[str, Any], start_response: StartResponse, hostname: str
     ) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
+        # One answer per request, for the redirect below and every header sent upstream.
+        trusted = environ.get("REMOTE_ADDR") in self.proxies
 
-        if self.force_ssl and environ.get("HTTP_X_FORWARDED_PROTO", "") != "https":
+        if self.force_ssl and self._proto(environ, trusted) != "https":
             query = environ.get("QUERY_STRING", "")
             raw_path = (environ.get("RAW_URI") or path).partition("?")[0]
             location = f"https://{hostname}{raw_path}" + (f"?{query}" if query else "")
@@ -164,13 +172,17 @@ class Gogeta:
                 )
                 return [data]
 
+        # Only a visitor wakes a sleeping application (README, "Wake-ups").
+        wake = self.wake_filter.wakes(
+            environ.get("REQUEST_METHOD", ""), path, environ.get("HTTP_USER_AGENT", "")
+        )
         if wants_upgrade(environ):
-            upstream = self.resolver.resolve(hostname)
+            upstream = self.resolver.resolve(hostname, wake=wake)
             environ["gogeta.upstream"] = upstream
-            return self.tunnels.open(environ, start_response, upstream)
+            return self.tunnels.open(environ, start_response, upstream, trusted)
 
         sent = time.perf_counter()
-        upstream, response = self._send_upstream(environ, hostname)
+        upstream, response = self._send_upstream(environ, hostname, trusted, wake)
         environ["gogeta.upstream_seconds"] = time.perf_counter() - sent
         try:
             try:
@@ -192,15 +204,23 @@ class Gogeta:
             raise
         return body
 
-    def _resolve_holding(self, hostname: str) -> Upstream:
+    @staticmethod
+    def _proto(environ: dict[str, Any], trusted: bool) -> str:
+        """The scheme the client used: a trusted proxy's X-Forwarded-Proto, else ours."""
+        scheme: str = environ.get("wsgi.url_scheme", "http")
+        return environ.get("HTTP_X_FORWARDED_PROTO", scheme) if trusted else scheme
+
+    def _resolve_holding(self, hostname: str, wake: bool) -> Upstream:
         """`resolve`, but with `-wakeHoldSeconds` a request that finds its application
         starting or asleep waits for it (up to that long) and is then forwarded, instead
         of answering 503 at once. The wait follows the routing table's changes, no polling.
+        A request that may not wake the application (`wake` False) is never held: it
+        would wait for a start it did not ask for.
         """
         try:
-            return self.resolver.resolve(hostname)
+            return self.resolver.resolve(hostname, wake=wake)
         except RoutingError as exc:
-            if self.wake_hold <= 0 or exc.status not in WAITING:
+            if not wake or self.wake_hold <= 0 or exc.status not in WAITING:
                 raise
             first = exc
         deadline = time.monotonic() + self.wake_hold
@@ -216,7 +236,7 @@ class Gogeta:
         raise first  # still not up: the wait page, which reloads itself
 
     def _send_upstream(
-        self, environ: dict[str, Any], hostname: str
+        self, environ: dict[str, Any], hostname: str, trusted: bool, wake: bool
     ) -> tuple[Upstream, urllib3.BaseHTTPResponse]:
         """Send to an instance; when it fails in a way that is safe to replay, try the next.
 
@@ -229,9 +249,9 @@ class Gogeta:
         while True:
             try:
                 if tried:
-                    upstream = self.resolver.resolve(hostname, tried)
+                    upstream = self.resolver.resolve(hostname, tried, wake)
                 else:
-                    upstream = self._resolve_holding(hostname)
+                    upstream = self._resolve_holding(hostname, wake)
             except RoutingError:
                 if failure is not None:
                     raise failure from None  # every instance failed: say how the last did
@@ -241,7 +261,7 @@ class Gogeta:
             # For the access log and the metrics (proxy.front): where it went.
             environ["gogeta.upstream"] = upstream
             try:
-                return upstream, self.forwarder.send(environ, upstream, self.url_header)
+                return upstream, self.forwarder.send(environ, upstream, self.url_header, trusted)
             except UpstreamError as exc:
                 if exc.connect_failed or isinstance(exc, BadGateway):
                     self.resolver.failed(upstream)  # not for a slow answer: maybe one slow URL

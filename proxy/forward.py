@@ -89,8 +89,13 @@ def public_base_url(proto: str, host: str, port: str) -> str:
     return f"{proto}://{host}/" if default or not port else f"{proto}://{host}:{port}/"
 
 
-def request_headers(environ: dict[str, Any], url_header: str = "") -> dict[str, str]:
-    """The headers to send upstream, built in one pass over the WSGI environ."""
+def request_headers(
+    environ: dict[str, Any], url_header: str = "", trusted: bool = False
+) -> dict[str, str]:
+    """The headers to send upstream, built in one pass over the WSGI environ.
+
+    `trusted`: the peer is one of `-trustedProxies`, so its X-Forwarded-* are believed.
+    """
     headers: dict[str, str] = {}
     dropped = _connection_tokens(environ.get("HTTP_CONNECTION", ""))
     url_header_lower = url_header.lower()
@@ -111,12 +116,20 @@ def request_headers(environ: dict[str, Any], url_header: str = "") -> dict[str, 
         headers["Content-Length"] = content_length
 
     remote = environ.get("REMOTE_ADDR", "")
-    forwarded_for = headers.get("X-Forwarded-For")
-    headers["X-Forwarded-For"] = f"{forwarded_for}, {remote}" if forwarded_for else remote
-    proto = headers.setdefault("X-Forwarded-Proto", environ.get("wsgi.url_scheme", "http"))
+    scheme = environ.get("wsgi.url_scheme", "http")
     host = environ.get("HTTP_HOST", "")
-    headers.setdefault("X-Forwarded-Host", host)
-    port = headers.setdefault("X-Forwarded-Port", str(environ.get("SERVER_PORT", "")))
+    own_port = str(environ.get("SERVER_PORT", ""))
+    if trusted:  # a proxy of ours: what it says it saw, then where it came from
+        forwarded_for = headers.get("X-Forwarded-For")
+        headers["X-Forwarded-For"] = f"{forwarded_for}, {remote}" if forwarded_for else remote
+        proto = headers.setdefault("X-Forwarded-Proto", scheme)
+        headers.setdefault("X-Forwarded-Host", host)
+        port = headers.setdefault("X-Forwarded-Port", own_port)
+    else:  # anyone else: only what gogeta saw itself, whatever the client claimed
+        headers["X-Forwarded-For"] = remote
+        headers["X-Forwarded-Proto"] = proto = scheme
+        headers["X-Forwarded-Host"] = host
+        headers["X-Forwarded-Port"] = port = own_port
     if url_header:
         headers[url_header] = public_base_url(proto, host, port)
     return headers
@@ -294,7 +307,11 @@ class Forwarder:
         return pool
 
     def send(
-        self, environ: dict[str, Any], upstream: Upstream, url_header: str = ""
+        self,
+        environ: dict[str, Any],
+        upstream: Upstream,
+        url_header: str = "",
+        trusted: bool = False,
     ) -> urllib3.BaseHTTPResponse:
         """Send the request upstream and return the response with its body unread.
 
@@ -303,7 +320,7 @@ class Forwarder:
         pool = self._pool(upstream)
         method = environ["REQUEST_METHOD"]
         body = request_body(environ, self.max_body)
-        headers = request_headers(environ, url_header)
+        headers = request_headers(environ, url_header, trusted)
         # Without these, urllib3 and http.client would add their own (`User-Agent:
         # python-urllib3/…`, `Accept-Encoding: identity`): the backend must see the client's.
         # urllib3's marker for "send none", so only on this path (proxy.tunnel writes its

@@ -64,8 +64,12 @@ class Tunnels:
         environ: dict[str, Any],
         start_response: Callable[..., Any],
         upstream: Upstream,
+        trusted: bool = False,
     ) -> Iterable[bytes]:
-        """Forward the handshake; on 101 splice until one side closes. Raises UpstreamError."""
+        """Forward the handshake; on 101 splice until one side closes. Raises UpstreamError.
+
+        `trusted`: the peer is one of `-trustedProxies` (see `request_headers`).
+        """
         try:
             backend = socket.create_connection(
                 (upstream.host, upstream.port), timeout=self.connect_timeout
@@ -76,7 +80,7 @@ class Tunnels:
             raise BadGateway(f"cannot connect: {exc}", upstream.label, True) from exc
         try:
             backend.settimeout(self.read_timeout)
-            backend.sendall(self._handshake(environ, upstream))
+            backend.sendall(self._handshake(environ, upstream, trusted))
             reader = backend.makefile("rb")
             response = AnswerHead(
                 _Reader(reader, self.read_timeout), method=environ["REQUEST_METHOD"]
@@ -111,8 +115,8 @@ class Tunnels:
         self._splice(environ, reader, backend, upstream)
         return []
 
-    def _handshake(self, environ: dict[str, Any], upstream: Upstream) -> bytes:
-        headers = request_headers(environ, self.url_header)
+    def _handshake(self, environ: dict[str, Any], upstream: Upstream, trusted: bool) -> bytes:
+        headers = request_headers(environ, self.url_header, trusted)
         lines = [f"{environ['REQUEST_METHOD']} {target_of(environ, upstream)} HTTP/1.1"]
         lines += [f"{k}: {v}" for k, v in headers.items()]
         lines += ["Connection: Upgrade", f"Upgrade: {environ['HTTP_UPGRADE']}", "", ""]

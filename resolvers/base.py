@@ -69,10 +69,14 @@ class Resolver(Protocol):
     def stop(self) -> None:
         """End background work."""
 
-    def resolve(self, hostname: str, avoid: Collection[Upstream] = ()) -> Upstream:
+    def resolve(
+        self, hostname: str, avoid: Collection[Upstream] = (), wake: bool = True
+    ) -> Upstream:
         """The upstream for this hostname, or raise RoutingError.
 
         `avoid`: upstreams this request already tried; another is chosen when one can serve.
+        `wake`: a passivated application may be asked to start; when False it is left
+        asleep and the RoutingError is the same.
         """
         ...
 

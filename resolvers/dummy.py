@@ -36,7 +36,9 @@ class DummyResolver:
     def stop(self) -> None:
         pass
 
-    def resolve(self, hostname: str, avoid: Collection[Upstream] = ()) -> Upstream:
+    def resolve(
+        self, hostname: str, avoid: Collection[Upstream] = (), wake: bool = True
+    ) -> Upstream:
         return self._upstream
 
     def failed(self, upstream: Upstream) -> None:

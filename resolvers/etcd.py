@@ -298,7 +298,9 @@ class EtcdResolver:
             return None, domain.upstream, False
         return self.services.services.get(domain.value), None, True
 
-    def resolve(self, hostname: str, avoid: Collection[Upstream] = ()) -> Upstream:
+    def resolve(
+        self, hostname: str, avoid: Collection[Upstream] = (), wake: bool = True
+    ) -> Upstream:
         service, upstream, _ = self._service_for(hostname)
         if upstream is not None:
             return upstream
@@ -314,7 +316,8 @@ class EtcdResolver:
         if chosen is None:
             last = service.instances[position]
             if last.status is Status.PASSIVATED:
-                self.writer.wake(last)
+                if wake:
+                    self.writer.wake(last)
             elif last.status is Status.ERROR and self.writer.recently_woken(last):
                 # Deliberately beyond SPEC §3: once we set `expected` to `started`, the
                 # instance reads stopped/started ("error") until its orchestrator moves it

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -50,6 +51,15 @@ DEFAULTS: list[tuple[str, Any]] = [
     ("accessLog", "combined"),
     ("healthGraceSeconds", 30.0),
     ("trustedNetworks", (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))),
+    ("noWakeUserAgents", re.compile(settings.NO_WAKE_USER_AGENTS, re.IGNORECASE)),
+    (
+        "trustedProxies",
+        tuple(
+            ipaddress.ip_network(n)
+            for n in ("127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12")
+            + ("192.168.0.0/16", "fc00::/7")
+        ),
+    ),
 ]
 
 
@@ -185,6 +195,15 @@ def test_comma_separated_etcd_addresses() -> None:
         ("GOGETA_CONNECT_TIMEOUT", "1.5", "connectTimeout", 1.5),
         ("GOGETA_READ_TIMEOUT", "7", "readTimeout", 7.0),
         ("GOGETA_LOG_LEVEL", "WARNING", "logLevel", "WARNING"),
+        (
+            "GOGETA_TRUSTED_PROXIES",
+            "10.1.2.3/32",
+            "trustedProxies",
+            (ipaddress.ip_network("10.1.2.3/32"),),
+        ),
+        ("GOGETA_TRUSTED_PROXIES", "", "trustedProxies", ()),
+        ("GOGETA_NO_WAKE_USER_AGENTS", "^Probe/", "noWakeUserAgents", re.compile("^Probe/", re.I)),
+        ("GOGETA_NO_WAKE_USER_AGENTS", " ", "noWakeUserAgents", None),
     ],
 )
 def test_environment_variable(variable: str, value: str, name: str, expected: Any) -> None:
@@ -244,6 +263,9 @@ def test_last_flag_wins() -> None:
         (["-readTimeout", "soon"], "-readTimeout"),
         (["-listenAddress", "example.com"], "-listenAddress"),
         (["-logLevel", "LOUD"], "-logLevel"),
+        (["-trustedProxies", "10.0.0.0/33"], "-trustedProxies"),
+        (["-trustedProxies", "lb.example.com"], "-trustedProxies"),
+        (["-noWakeUserAgents", "(bot"], "-noWakeUserAgents"),
     ],
 )
 def test_bad_value_names_the_flag(argv: list[str], names: str | None) -> None:
