@@ -55,6 +55,11 @@ def configure_logging(level: str, access_log: str = "combined") -> None:
         access.addHandler(handler)
 
 
+def warn_unknown_variables() -> None:
+    for message in settings.unknown_variable_warnings():
+        log.warning("%s", message)
+
+
 def check_templates(config: settings.Config) -> None:
     from proxy.pages import StatusPages, TemplateError
 
@@ -149,6 +154,7 @@ def create_app(*argv: str) -> "Front | DeferredApp":
     try:
         config = settings.parse(list(argv))
         configure_logging(config.logLevel, config.accessLog)
+        warn_unknown_variables()
         if not monkey.is_module_patched("socket"):
             check_templates(config)
             return DeferredApp(config)
@@ -225,6 +231,7 @@ def serve(config: settings.Config, app: "Front") -> None:
 def main(argv: Sequence[str]) -> int:
     config = settings.parse_or_exit(argv)
     configure_logging(config.logLevel, config.accessLog)
+    warn_unknown_variables()
     try:
         app = build_app(config)
     except settings.SettingError as exc:
