@@ -241,5 +241,14 @@ def main(argv: Sequence[str]) -> int:
     return 0
 
 
+def cli() -> None:
+    """The installed `gogeta` command: what `python gogeta.py` runs."""
+    from gevent import monkey
+
+    # This module's own imports load neither ssl, urllib3 nor etcd, so it is not too late.
+    monkey.patch_all()
+    sys.exit(main(sys.argv[1:]))
+
+
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

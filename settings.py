@@ -23,6 +23,11 @@ from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 HERE = Path(__file__).resolve().parent
+# Beside this file in a checkout; inside the proxy package once pip-installed (pyproject.toml).
+TEMPLATES = next(
+    (d for d in (HERE / "templates", HERE / "proxy" / "templates") if d.is_dir()),
+    HERE / "templates",
+)
 
 
 class SettingError(ValueError):
@@ -211,7 +216,7 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "templateDir",
-        str(HERE / "templates"),
+        str(TEMPLATES),
         _directory,
         "directory of the status page templates and __static__ assets",
     ),
