@@ -55,6 +55,11 @@ def configure_logging(level: str, access_log: str = "combined") -> None:
         access.addHandler(handler)
 
 
+def warn_unknown_variables() -> None:
+    for message in settings.unknown_variable_warnings():
+        log.warning("%s", message)
+
+
 def check_templates(config: settings.Config) -> None:
     from proxy.pages import StatusPages, TemplateError
 
@@ -151,6 +156,7 @@ def create_app(*argv: str) -> "Front | DeferredApp":
     try:
         config = settings.parse(list(argv))
         configure_logging(config.logLevel, config.accessLog)
+        warn_unknown_variables()
         if not monkey.is_module_patched("socket"):
             check_templates(config)
             return DeferredApp(config)
@@ -227,6 +233,7 @@ def serve(config: settings.Config, app: "Front") -> None:
 def main(argv: Sequence[str]) -> int:
     config = settings.parse_or_exit(argv)
     configure_logging(config.logLevel, config.accessLog)
+    warn_unknown_variables()
     try:
         app = build_app(config)
     except settings.SettingError as exc:
@@ -234,6 +241,15 @@ def main(argv: Sequence[str]) -> int:
         return 2
     serve(config, app)
     return 0
+
+
+def cli() -> None:
+    """The installed `gogeta` command: what `python gogeta.py` runs."""
+    from gevent import monkey
+
+    # This module's own imports load neither ssl, urllib3 nor etcd, so it is not too late.
+    monkey.patch_all()
+    sys.exit(main(sys.argv[1:]))
 
 
 if __name__ == "__main__":

@@ -3,15 +3,19 @@
 Flags keep the original's names and Go syntax (`-port 7777`, `-port=7777`, `-forceFwSsl`,
 `--port` too) so gogeta stays a drop-in replacement (SPEC §6). Each flag can also come from
 `GOGETA_<FLAG>` in the environment (`-etcdAddress` → `GOGETA_ETCD_ADDRESS`); a flag on the
-command line wins over the environment. This module does no I/O beyond reading its inputs.
+command line wins over the environment. This module does no I/O beyond reading its inputs
+(and `pyproject.toml` for `-version`).
 """
 
 from __future__ import annotations
 
+import difflib
+import importlib.metadata
 import ipaddress
 import os
 import re
 import sys
+import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +23,11 @@ from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 HERE = Path(__file__).resolve().parent
+# Beside this file in a checkout; inside the proxy package once pip-installed (pyproject.toml).
+TEMPLATES = next(
+    (d for d in (HERE / "templates", HERE / "proxy" / "templates") if d.is_dir()),
+    HERE / "templates",
+)
 
 
 class SettingError(ValueError):
@@ -223,7 +232,7 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "templateDir",
-        str(HERE / "templates"),
+        str(TEMPLATES),
         _directory,
         "directory of the status page templates and __static__ assets",
     ),
@@ -347,12 +356,46 @@ class Config:
         return Config({**self.values, **changes})
 
 
+# GOGETA_* variables that are not settings but are read on purpose: the image's entrypoint
+# runs gunicorn with GOGETA_WORKERS workers.
+OTHER_VARIABLES = frozenset({"GOGETA_WORKERS"})
+
+
+def unknown_variable_warnings(environ: Mapping[str, str] | None = None) -> list[str]:
+    """One message per `GOGETA_*` variable nothing reads: a typo would go unnoticed."""
+    env = os.environ if environ is None else environ
+    known = {s.env_name for s in SETTINGS} | OTHER_VARIABLES
+    # Compared without the prefix every name shares, which would make any two look alike.
+    suffixes = {name.removeprefix("GOGETA_"): name for name in known}
+    messages = []
+    for name in sorted(n for n in env if n.startswith("GOGETA_") and n not in known):
+        close = difflib.get_close_matches(name.removeprefix("GOGETA_"), sorted(suffixes), n=1)
+        hint = f" (did you mean {suffixes[close[0]]}?)" if close else ""
+        messages.append(f"unknown environment variable {name}{hint}: ignored")
+    return messages
+
+
+def version() -> str:
+    """pyproject.toml's version in a checkout, the installed distribution's otherwise."""
+    try:
+        project = tomllib.loads((HERE / "pyproject.toml").read_text())["project"]
+        if project.get("name") == "gogeta":
+            return str(project["version"])
+    except (OSError, KeyError, tomllib.TOMLDecodeError):
+        pass
+    try:
+        return importlib.metadata.version("gogeta")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def usage() -> str:
     lines = ["usage: gogeta [flags]", "", "flags (Go syntax -flag value, -flag=value, or --flag):"]
     for s in SETTINGS:
         kind = "" if s.boolean else " value"
         lines.append(f"  -{s.name}{kind}")
         lines.append(f"        {s.help} (default '{s.default}'; env {s.env_name})")
+    lines += ["  -version", "        print the version and exit", "  -h", "        this list"]
     return "\n".join(lines)
 
 
@@ -403,6 +446,9 @@ def parse_or_exit(argv: Sequence[str], environ: Mapping[str, str] | None = None)
     """`parse`, but as a command line does it: `-h` prints usage, an error exits 2."""
     if any(a in ("-h", "-help", "--help") for a in argv):
         print(usage())
+        sys.exit(0)
+    if any(a in ("-version", "--version") for a in argv):
+        print(f"gogeta {version()}")
         sys.exit(0)
     try:
         return parse(argv, environ)

@@ -13,12 +13,26 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
+RESULTS = ROOT / "bench" / "results"  # the recorded results, tracked by git
+RUNS = RESULTS / "runs"  # every run's own copy, git-ignored
+
+
+def recording(variable: str, environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether this run was asked to record its results in the tree (`BENCH_RECORD=1`)."""
+    return environ.get(variable, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def result_stems(name: str, record: bool, stamp: str) -> list[Path]:
+    """Where a run writes `.json` and `.md`: its own copy under runs/, always, and over the
+    tracked `name` only when recording, so a quick or noisy run leaves the tree clean."""
+    own = RUNS / f"{name}-{stamp}"
+    return [RESULTS / name, own] if record else [own]
 
 
 def free_port() -> int:

@@ -7,7 +7,7 @@ ratio to a reference measured in the same run, because the machine is shared and
    pywsgi app; 2. propagation of an etcd change; 3. scale with many domains; 4. RSS with
    many idle keep-alive connections. See bench/README.md for what each part measures and
    the BENCH_* variables that bound it. Results: a table on stdout, JSON and Markdown in
-   bench/results/.
+   bench/results/runs/ (git-ignored), and in bench/results/latest.* with BENCH_RECORD=1.
 """
 
 from __future__ import annotations
@@ -38,10 +38,19 @@ from typing import Any
 from urllib.parse import urlencode
 
 import psutil
-from common import PYTHON, ROOT, Processes, etcd_argv, free_port, wait_for, wait_listening
+from common import (
+    PYTHON,
+    ROOT,
+    Processes,
+    etcd_argv,
+    free_port,
+    recording,
+    result_stems,
+    wait_for,
+    wait_listening,
+)
 
 BENCH = ROOT / "bench"
-RESULTS = BENCH / "results"
 VENV_BIN = Path(sys.executable).parent
 
 SMALL_BODY = b"hello world\n"  # what the nginx backend answers on its first port
@@ -1217,16 +1226,19 @@ def main() -> int:
 
 
 def write_results(results: dict[str, Any]) -> None:
-    """A timestamped copy always; `latest` only for a run of every part."""
-    RESULTS.mkdir(exist_ok=True)
+    """A timestamped copy, git-ignored, always; `latest` only when recording every part."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     text = json.dumps(results, indent=2, default=str) + "\n"
     md = markdown(results)
     complete = set(results["options"]["parts"]) >= {1, 2, 3, 4}
-    names = ("latest", stamp) if complete else (stamp,)
-    for name in names:
-        (RESULTS / f"{name}.json").write_text(text)
-        (RESULTS / f"{name}.md").write_text(md)
+    record = recording("BENCH_RECORD")
+    if record and not complete:
+        say("BENCH_RECORD: only a run of every part replaces bench/results/latest.*")
+    stems = result_stems("latest", record and complete, stamp)
+    for stem in stems:
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        stem.with_name(stem.name + ".json").write_text(text)
+        stem.with_name(stem.name + ".md").write_text(md)
     print()
     for title, header, rows, notes in tables(results):
         print(f"== {title}")
@@ -1234,7 +1246,7 @@ def write_results(results: dict[str, Any]) -> None:
         for note in notes:
             print(f"   {note}")
         print()
-    print(f"written: {RESULTS / names[0]}.md and .json")
+    print(f"written: {stems[0]}.md and .json")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ gogeta's log, or gogeta's table not matching etcd once the churn stops.
 
 RSS of gogeta (psutil) is read after the warm-up, every 10 s, and at the end. Exit code 1
 when anything unexpected happened or RSS grew more than 20 % + 10 MB from warm-up to end.
-Results: a table on stdout, bench/results/soak.json and soak.md.
+Results: a table on stdout and in bench/results/runs/ (git-ignored); with SOAK_RECORD=1
+also in bench/results/soak.json and soak.md.
 
 Variables: SOAK_MINUTES (2), SOAK_CONCURRENCY (20), SOAK_BACKENDS (4), SOAK_CHURN_MS (100),
 SOAK_WARMUP_SECONDS (15), SOAK_SEED (random).
@@ -60,10 +61,8 @@ from typing import Any
 
 import etcd
 import psutil
-from common import PYTHON, ROOT, Processes, etcd_argv, free_port, listening
+from common import PYTHON, ROOT, Processes, etcd_argv, free_port, listening, recording, result_stems
 from common import wait_for as _wait_for
-
-RESULTS = ROOT / "bench" / "results"
 
 STABLE_SERVICES = 3
 CHURN_SERVICES = 4
@@ -1019,10 +1018,13 @@ def main() -> int:
         raise
     finally:
         procs.stop_all()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "soak.json").write_text(json.dumps(results, indent=1) + "\n")
     text = render(results)
-    (RESULTS / "soak.md").write_text(text)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    for stem in result_stems("soak", recording("SOAK_RECORD"), stamp):
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        stem.with_name(stem.name + ".json").write_text(json.dumps(results, indent=1) + "\n")
+        stem.with_name(stem.name + ".md").write_text(text)
+        say(f"written: {stem}.md and .json")
     print(text)
     if results["passed"]:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -5,7 +5,12 @@ http://127.0.0.1:4001) and, when nothing answers there, starts one from the virt
 (`etcd --enable-v2`, data under `.run/etcd`). It serves a two-instance example backend from
 this process, writes the route to it in etcd (SPEC §1), starts gogeta, and prints the curl
 commands that show a routed request and the "not found" page. SIGINT or SIGTERM stops
-everything it started, gogeta first, then etcd, then the backend.
+everything it started, gogeta first, then etcd, then the backend. Arguments it does not
+know are gogeta's own flags, checked here and passed on.
+
+Before starting anything it refuses, in one line, a taken gogeta or etcd port (naming the
+process that holds it when /proc tells) and a route in etcd whose example instances still
+answer: another example owns it, and rewriting it would leave that one answering 502.
 
 Children run in their own process group, so a Ctrl-C in the terminal reaches this script
 only and the shutdown order stays ours; on Linux they are also told to die with it.
@@ -33,6 +38,10 @@ from urllib.parse import urlsplit
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import settings  # noqa: E402  (gogeta's flags: checked here before they are passed on)
+
 DOMAIN = "example.localhost"
 SERVICE = "example"
 DEFAULT_ETCD = "http://127.0.0.1:4001"
@@ -77,12 +86,46 @@ def port_open(host: str, port: int) -> bool:
 
 
 def port_free(port: int) -> bool:
+    """Nothing listens on 127.0.0.1:port. Connections of an earlier run in TIME_WAIT do not
+    count: the servers started here bind with SO_REUSEADDR, as this check does."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
             return False
         return True
+
+
+def holder_of(port: int) -> str:
+    """Who listens on a TCP port, as far as /proc tells without privileges: "pid N (argv)"."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()  # local address is HEXIP:HEXPORT, state 0A is LISTEN
+            if len(fields) > 9 and fields[3] == "0A" and fields[1].endswith(f":{port:04X}"):
+                inodes.add(f"socket:[{fields[9]}]")
+    if not inodes:
+        return "a process this script cannot see"
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        try:
+            if not any(os.readlink(fd) in inodes for fd in fd_dir.iterdir()):
+                continue
+            argv = (fd_dir.parent / "cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+        except OSError:  # gone, or another user's
+            continue
+        command = " ".join(" ".join(a.decode(errors="replace") for a in argv).split())
+        return f"pid {fd_dir.parent.name} ({command[:120]})"
+    return "a process of another user"
+
+
+def check_free(port: int, whose: str, fix: str) -> None:
+    if not port_free(port):
+        raise RuntimeError(f"{whose} port {port} is taken by {holder_of(port)}: {fix}")
 
 
 def free_port() -> int:
@@ -176,6 +219,8 @@ def start_etcd(host: str, port: int, data_dir: Path, run_dir: Path) -> Any:
             f"nothing answers at {host}:{port} and it is not a loopback address: start etcd"
             " there, or leave GOGETA_ETCD_ADDRESS unset for a local one"
         )
+    fix = "no etcd v2 API answers there; stop it, or name another etcd with --etcd-address"
+    check_free(port, "etcd's", fix)
     client = f"http://127.0.0.1:{port}"
     peer = f"http://127.0.0.1:{free_port()}"
     log(f"no etcd at {client}: starting one (data in {data_dir})")
@@ -266,6 +311,29 @@ def backend_ports(requested: Sequence[int]) -> list[int]:
 # --------------------------------------------------------------------------- etcd keys
 
 
+def live_instances(host: str, port: int, service_dir: str) -> list[str]:
+    """The example's instances in etcd that accept a connection: another example's."""
+    import etcd  # python-etcd: untyped, its Any stays in this function
+
+    client = etcd.Client(host=host, port=port, read_timeout=5)
+    try:
+        nodes = list(client.read(f"{service_dir}/{SERVICE}", recursive=True).leaves)
+    except etcd.EtcdKeyNotFound:
+        return []
+    live = []
+    for node in nodes:
+        if not node.key.endswith("/location"):
+            continue
+        try:
+            location = json.loads(node.value)
+            where = (str(location["host"]), int(location["port"]))
+        except (TypeError, ValueError, KeyError):
+            continue
+        if port_open(*where):
+            live.append(f"{where[0]}:{where[1]}")
+    return live
+
+
 def write_route(host: str, port: int, domain_dir: str, service_dir: str, ports: list[int]) -> None:
     """The example route (SPEC §1): one service domain, one service, one instance per port."""
     import etcd  # python-etcd: untyped, its Any stays in this function
@@ -288,15 +356,25 @@ def write_route(host: str, port: int, domain_dir: str, service_dir: str, ports: 
 # --------------------------------------------------------------------------- main
 
 
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+    """This script's options, and the rest: gogeta's own flags."""
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        epilog="Any other argument is one of gogeta's own flags (`python gogeta.py -h`),"
+        ' passed on: make run RUN_ARGS="-accessLog json". -port and -etcdAddress are'
+        " --port and --etcd-address.",
+        allow_abbrev=False,  # --r must not become --run-dir when it is meant for gogeta
+    )
     parser.add_argument(
         "--etcd-address",
+        "-etcdAddress",
         default=os.environ.get("GOGETA_ETCD_ADDRESS") or DEFAULT_ETCD,
         help="etcd to use, started here when nothing answers (default $GOGETA_ETCD_ADDRESS"
         f" or {DEFAULT_ETCD})",
     )
-    parser.add_argument("--port", type=int, default=7777, help="gogeta's port (default 7777)")
+    parser.add_argument(
+        "--port", "-port", type=int, default=7777, help="gogeta's port (default 7777)"
+    )
     parser.add_argument(
         "--backend-ports",
         default=",".join(map(str, DEFAULT_BACKEND_PORTS)),
@@ -308,11 +386,17 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         default=ROOT / ".run",
         help="logs and etcd data (default .run/, git-ignored)",
     )
-    return parser.parse_args(argv)
+    return parser.parse_known_args(argv)
 
 
 def main(argv: Sequence[str]) -> int:
-    args = parse_args(argv)
+    args, gogeta_flags = parse_args(argv)
+    try:
+        # As gogeta will read them (flags over GOGETA_* variables), for the etcd prefixes.
+        config = settings.parse(gogeta_flags)
+    except settings.SettingError as exc:
+        log(f"error: gogeta: {exc}")
+        return 2
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _on_signal)
 
@@ -320,20 +404,33 @@ def main(argv: Sequence[str]) -> int:
     parsed = urlsplit(first if "://" in first else "http://" + first)
     etcd_host, etcd_port = parsed.hostname or "127.0.0.1", parsed.port or 4001
     run_dir: Path = args.run_dir.resolve()
-    ports = backend_ports([int(p) for p in args.backend_ports.split(",")])
-    # The gogeta flags and GOGETA_* variables for the etcd prefixes, like gogeta reads them.
-    domain_dir = os.environ.get("GOGETA_DOMAIN_DIR", "/domains").rstrip("/") or "/domains"
-    service_dir = os.environ.get("GOGETA_SERVICE_DIR", "/services").rstrip("/") or "/services"
+    domain_dir: str = config.domainDir
+    service_dir: str = config.serviceDir
 
     etcd_proc: Any = None
     gogeta: Any = None
     backends: list[WSGIServer] = []
     code = 0
     try:
+        check_free(args.port, "gogeta's", 'stop it, or choose another port: RUN_ARGS="--port N"')
         if etcd_answers(etcd_host, etcd_port):
+            live = live_instances(etcd_host, etcd_port, service_dir)
+            if live:
+                holders = ", ".join(
+                    f"{w} held by {holder_of(int(w.rpartition(':')[2]))}"
+                    if w.startswith(("127.0.0.1:", "localhost:"))
+                    else w
+                    for w in live
+                )
+                raise RuntimeError(
+                    f"{service_dir}/{SERVICE} in the etcd at {first} has instances that answer"
+                    f" ({holders}): another example is running; stop it first, or give this"
+                    " one its own etcd with --etcd-address and its own --run-dir"
+                )
             log(f"using the etcd that answers at {first}")
         else:
             etcd_proc = start_etcd(etcd_host, etcd_port, run_dir / "etcd", run_dir)
+        ports = backend_ports([int(p) for p in args.backend_ports.split(",")])
         for index, p in enumerate(ports, start=1):
             backends.append(start_backend(str(index), p))
             log(f"example instance {index} listening on http://127.0.0.1:{p}/")
@@ -349,6 +446,7 @@ def main(argv: Sequence[str]) -> int:
             str(args.port),
             "-etcdAddress",
             args.etcd_address,
+            *gogeta_flags,
         ]
         log("starting " + " ".join(argv_gogeta[1:]) + f" (log in {gogeta_log})")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -362,16 +460,17 @@ def main(argv: Sequence[str]) -> int:
 
         wait_for(listening, 20, "gogeta to listen")
 
-        def routed() -> bool:
+        def loaded() -> bool:
+            # Not a request to the example: it would take instance 1's turn.
             listening()
             try:
-                status, _ = http_get("127.0.0.1", args.port, "/", {"Host": DOMAIN})
+                status, _ = http_get("127.0.0.1", args.port, "/__gogeta/health", {})
             except OSError:
                 return False
             return status == 200
 
         try:
-            wait_for(routed, 15, f"gogeta to route {DOMAIN}")
+            wait_for(loaded, 15, "gogeta to load the routes from etcd")
         except RuntimeError as exc:
             log(f"warning: {exc}; see {gogeta_log}")
 
@@ -379,7 +478,8 @@ def main(argv: Sequence[str]) -> int:
         print(
             "\ngogeta is running. A routed request (run it twice: the instances alternate):\n\n"
             f"    curl -H 'Host: {DOMAIN}' {base}\n\n"
-            "A hostname that etcd does not know gets the 'not found' page:\n\n"
+            "A hostname that etcd does not know gets 404 'not found', as JSON for curl"
+            " (its Accept is */*),\nas the HTML page with -H 'Accept: text/html':\n\n"
             f"    curl -i -H 'Host: nowhere.localhost' {base}\n\n"
             "Ctrl-C stops gogeta, the example instances and the etcd started here.\n",
             flush=True,

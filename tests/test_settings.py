@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 import settings
-from tests.support import ROOT
+from tests.support import ROOT, wait_until
 
 NO_ENV: dict[str, str] = {}
 
@@ -347,3 +347,59 @@ def test_bad_environment_variable_exits_2_naming_it() -> None:
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1, result.stderr
     assert "GOGETA_PORT" in result.stderr
+
+
+def project_version() -> str:
+    import tomllib
+
+    return str(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"])
+
+
+@pytest.mark.parametrize("flag", ["-version", "--version"])
+def test_version_prints_the_project_version_and_exits_0(flag: str) -> None:
+    result = run_gogeta(flag)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"gogeta {project_version()}\n"
+    assert result.stderr == ""
+
+
+def test_help_lists_version() -> None:
+    assert "-version" in run_gogeta("-h").stdout
+
+
+@pytest.mark.parametrize(
+    ("variable", "suggestion"),
+    [
+        ("GOGETA_PROT", "GOGETA_PORT"),
+        ("GOGETA_ETCD_ADRESS", "GOGETA_ETCD_ADDRESS"),
+        ("GOGETA_WORKER", "GOGETA_WORKERS"),
+        ("GOGETA_FROBNICATE", None),
+    ],
+)
+def test_unknown_variable_is_named_with_the_closest_known_one(
+    variable: str, suggestion: str | None
+) -> None:
+    (warning,) = settings.unknown_variable_warnings({variable: "1", "GOGETA_PORT": "1"})
+    assert variable in warning
+    if suggestion is None:
+        assert "did you mean" not in warning
+    else:
+        assert f"did you mean {suggestion}?" in warning
+
+
+def test_known_and_image_variables_are_not_warned_about() -> None:
+    env = {s.env_name: s.default for s in settings.SETTINGS}
+    env.update(GOGETA_WORKERS="2", PATH="/bin", GOGETAWAY="1")
+    assert settings.unknown_variable_warnings(env) == []
+
+
+def test_gogeta_warns_once_at_start_about_an_unknown_variable(gogeta: Any) -> None:
+    proc = gogeta("-resolverType", "Dummy", env={"GOGETA_PROT": "8000", "GOGETA_WORKERS": "2"})
+    lines = wait_until(
+        lambda: [line for line in proc.log().splitlines() if "GOGETA_" in line],
+        what="the warning",
+    )
+    assert proc.get("/__gogeta/health").status == 200
+    (line,) = [line for line in proc.log().splitlines() if "GOGETA_" in line]
+    assert lines == [line]
+    assert " WARNING " in line and "GOGETA_PROT" in line and "GOGETA_PORT" in line

@@ -1,0 +1,65 @@
+"""`make bench` and `make soak` leave the tree clean unless asked to record their results.
+
+The benchmarks take minutes, so this checks the one function that picks where results are
+written, against git itself: unrecorded paths must be ignored, recorded ones tracked.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from tests.support import ROOT
+
+
+def load_common() -> ModuleType:
+    # The bench scripts import it as `common`, from their own directory.
+    spec = importlib.util.spec_from_file_location("bench_common", ROOT / "bench" / "common.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+common = load_common()
+
+
+def git(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True)
+
+
+def files_of(stems: list[Path]) -> list[Path]:
+    return [stem.with_name(stem.name + ext) for stem in stems for ext in (".json", ".md")]
+
+
+@pytest.mark.parametrize("name", ["latest", "soak"])
+def test_an_unrecorded_run_writes_only_ignored_files(name: str) -> None:
+    paths = files_of(common.result_stems(name, record=False, stamp="20260101-000000"))
+    assert paths
+    for path in paths:
+        relative = str(path.relative_to(ROOT))
+        assert git("check-ignore", "-q", relative).returncode == 0, f"{relative} not ignored"
+        assert git("ls-files", "--error-unmatch", relative).returncode != 0
+
+
+@pytest.mark.parametrize("name", ["latest", "soak"])
+def test_a_recorded_run_writes_the_tracked_results(name: str) -> None:
+    paths = files_of(common.result_stems(name, record=True, stamp="20260101-000000"))
+    tracked = [p for p in paths if git("ls-files", "--error-unmatch", str(p)).returncode == 0]
+    assert sorted(tracked) == sorted(
+        ROOT / "bench" / "results" / f"{name}{ext}" for ext in (".json", ".md")
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [("1", True), ("yes", True), ("", False), ("0", False), (None, False)]
+)
+def test_recording_is_asked_for_by_a_variable(value: str | None, expected: bool) -> None:
+    environ = {} if value is None else {"BENCH_RECORD": value}
+    assert common.recording("BENCH_RECORD", environ) is expected
