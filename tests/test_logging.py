@@ -7,7 +7,14 @@ import json
 import re
 from typing import Any
 
-from tests.support import Backend, GogetaProcess, refused_port, through, wait_until
+from tests.support import (
+    Backend,
+    EtcdServer,
+    GogetaProcess,
+    refused_port,
+    through,
+    wait_until,
+)
 
 COMBINED = re.compile(
     r'(?P<client>\S+) - - \[(?P<time>[^\]]+)\] "(?P<method>\S+) (?P<target>\S+) (?P<proto>[^"]+)" '
@@ -132,3 +139,44 @@ def test_normal_traffic_logs_nothing_at_warning(gogeta, etcd) -> None:
     levels = re.findall(r"^\S+ \S+ (DEBUG|INFO|WARNING|ERROR|CRITICAL) ", proxy.log(), re.M)
     assert "INFO" in levels and "DEBUG" in levels  # the pattern does match the log format
     assert not {"WARNING", "ERROR", "CRITICAL"} & set(levels), proxy.log()
+
+
+def warnings_of(proxy: GogetaProcess) -> list[str]:
+    return re.findall(r"^\S+ \S+ (?:WARNING|ERROR|CRITICAL) (.*)$", proxy.log(), re.M)
+
+
+def test_an_etcd_outage_logs_one_line_going_and_one_coming_back(gogeta, tmp_path) -> None:
+    etcd = EtcdServer(tmp_path / "etcd").start()
+    try:
+        with Backend() as backend:
+            route(etcd, "shop.example.com", "shop", backend.port)
+            proxy = gogeta("-etcdAddress", etcd.url, "-lastAccessInterval", "0")
+            wait_until(lambda: proxy.get("/", host="shop.example.com").status == 200)
+            etcd.kill()
+
+            def down_for(seconds: float) -> bool:
+                since = json.loads(proxy.get("/__gogeta/health").body)["etcd_unreachable_seconds"]
+                return since is not None and since >= seconds
+
+            # Long enough for several reconnection rounds (backoff 50 ms, 100 ms...).
+            wait_until(lambda: down_for(2.5), timeout=30, what="etcd down for a while")
+            for _ in range(3):  # lastAccess writes that cannot be made meanwhile
+                assert proxy.get("/", host="shop.example.com").status == 200
+            etcd.start()
+            wait_until(
+                lambda: (
+                    json.loads(proxy.get("/__gogeta/health").body)["etcd_unreachable_seconds"]
+                    is None
+                ),
+                timeout=30,
+                what="etcd back",
+            )
+            assert proxy.get("/", host="shop.example.com").status == 200
+            proxy.stop()
+    finally:
+        etcd.stop()
+    warned = warnings_of(proxy)
+    assert not [w for w in warned if "Retrying" in w], warned
+    assert len([w for w in warned if "etcd unreachable" in w]) == 1, warned
+    assert len([w for w in warned if "etcd reachable again" in w]) == 1, warned
+    assert len(warned) == 2, warned
