@@ -92,7 +92,7 @@ def build_app(config: settings.Config) -> "Front":
         url_header=config.UrlHeaderParam,
         wake_hold=config.wakeHoldSeconds,
     )
-    metrics = Metrics()
+    metrics = Metrics(resolver.stats)
     app.tunnels.on_count = metrics.count_tunnel
     admin = Admin(resolver, pages, metrics, config.trustedNetworks, config.healthGraceSeconds)
     front = Front(app, formatter(config.accessLog), admin, metrics)
