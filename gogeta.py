@@ -95,7 +95,7 @@ def build_app(config: settings.Config) -> "Front":
     metrics = Metrics(resolver.stats)
     app.tunnels.on_count = metrics.count_tunnel
     admin = Admin(resolver, pages, metrics, config.trustedNetworks, config.healthGraceSeconds)
-    front = Front(app, formatter(config.accessLog), admin, metrics)
+    front = Front(app, formatter(config.accessLog), admin, metrics, config.accessLogHealth)
     front.client_timeout = config.clientTimeout
     return front
 

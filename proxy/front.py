@@ -27,6 +27,7 @@ from proxy.metrics import Metrics
 access_log = logging.getLogger("gogeta.access")
 log = logging.getLogger(__name__)
 
+HEALTH_PATH = ADMIN_PREFIX + "health"
 # Under gunicorn, how often a worker copies its resolver and process figures to the
 # shared metrics files at the latest (a routing change copies them at once).
 PUBLISH_SECONDS = 1.0
@@ -109,10 +110,12 @@ class Front:
         access_line: Callable[[Exchange], str] | None,
         admin: Admin | None = None,
         metrics: Metrics | None = None,
+        log_health: bool = True,
     ) -> None:
         self.app = app
         self.resolver = app.resolver
         self.access_line = access_line
+        self.log_health = log_health  # -accessLogHealth
         self.admin = admin
         self.metrics = metrics
         self.upstreams = UpstreamStates()
@@ -185,8 +188,10 @@ class Front:
         path = environ.get("PATH_INFO", "")
         if self.admin is not None and path.startswith(ADMIN_PREFIX):
             body = self.admin(environ, capture)
+            logged = self.log_health or path != HEALTH_PATH
             return _Body(
-                body, lambda sent, error: self._finish(environ, ex, began, sent, None, True)
+                body,
+                lambda sent, error: self._finish(environ, ex, began, sent, None, True, logged),
             )
         body = self.app(environ, capture)
         return _Body(
@@ -204,6 +209,7 @@ class Front:
         sent: int,
         error: BaseException | None,
         admin: bool = False,
+        logged: bool = True,
         received: int = 0,
     ) -> None:
         ex.seconds = time.perf_counter() - began
@@ -212,7 +218,7 @@ class Front:
         if upstream is not None:
             ex.upstream = upstream.label
             ex.upstream_seconds = environ.get("gogeta.upstream_seconds")
-        if self.access_line is not None:
+        if self.access_line is not None and logged:
             access_log.info(self.access_line(ex))
         if admin:
             return  # scrapes and probes are not traffic

@@ -220,3 +220,17 @@ def test_a_long_failure_is_summed_up_once_a_minute(caplog) -> None:
     assert 9 <= len(summaries) <= 10, messages
     assert "recovered after 600 failed requests over 600" in messages[-1]
     assert len(messages) == 2 + len(summaries)
+
+
+def test_health_checks_can_be_left_out_of_the_access_log(gogeta) -> None:
+    with Backend() as backend:
+        quiet = through(gogeta, backend.url + "/", "-accessLogHealth=false")
+        loud = through(gogeta, backend.url + "/")
+        for proxy in (quiet, loud):
+            for _ in range(3):
+                assert proxy.get("/__gogeta/health").status == 200
+            assert proxy.get("/after").status == 200
+            access_lines(proxy, 1, lambda line: "/after" in line and COMBINED.match(line))
+            proxy.stop()
+    assert "/__gogeta/health" not in quiet.log()
+    assert len([line for line in loud.log().splitlines() if "/__gogeta/health" in line]) == 3
