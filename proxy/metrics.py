@@ -6,8 +6,9 @@ the standard `process_*` ones, read when scraped. Every label value is bounded, 
 clients inventing Host headers or a churning etcd cannot grow the series without end:
 a code outside 100–599 is `other`; a domain has its own label only when the resolver knew
 it and for the first `MAX_DOMAINS` a process sees (an unknown hostname is `unknown`,
-later ones `other`); likewise the first `MAX_SERVICES` services and `MAX_INSTANCES`
-instances, then `other`.
+later ones `other`); likewise the first `MAX_SERVICES` services and `MAX_UPSTREAMS`
+upstreams, then `other`. An upstream is labelled as in the access log (`service/index`,
+or `host:port` for a URL): Prometheus keeps `instance` for the scraped target.
 
 Under gunicorn, metrics cover every worker: with `PROMETHEUS_MULTIPROC_DIR` set (by
 `gunicorn.conf.py`) each process writes its values to files there and a scrape, answered
@@ -40,7 +41,7 @@ from resolvers.base import Upstream
 
 MAX_DOMAINS = 200
 MAX_SERVICES = 200
-MAX_INSTANCES = 400
+MAX_UPSTREAMS = 400
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 FAILURE_KINDS = ("connect_refused", "connect_timeout", "timeout", "reset", "bad_answer")
 # The `class` label by `status // 100`; index 0 for any code outside 100–599.
@@ -89,22 +90,22 @@ class _Upstream:
 
     __slots__ = (
         "failures",
-        "instance",
-        "instance_labels",
-        "instance_latency",
         "retries",
         "service",
         "service_label",
         "service_latency",
+        "upstream",
+        "upstream_labels",
+        "upstream_latency",
     )
 
-    def __init__(self, metrics: Metrics, service: str, instance: tuple[str, str]) -> None:
+    def __init__(self, metrics: Metrics, service: str, upstream: tuple[str, str]) -> None:
         self.service_label = service
-        self.instance_labels = instance
+        self.upstream_labels = upstream
         self.service: list[Any] = [None] * len(CLASSES)  # requests by class, made on first use
-        self.instance: list[Any] = [None] * len(CLASSES)
+        self.upstream: list[Any] = [None] * len(CLASSES)
         self.service_latency = metrics.service_latency.labels(service)
-        self.instance_latency = metrics.instance_latency.labels(*instance)
+        self.upstream_latency = metrics.upstream_latency.labels(*upstream)
         self.failures: dict[str, Any] = {}  # by kind, made on first use
         self.retries = metrics.retries.labels(service)
 
@@ -130,30 +131,30 @@ class Metrics:
             ["service", "class"],
             registry=r,
         )
-        self.instance_requests = Counter(
-            "gogeta_instance_requests",
-            "Requests sent to an instance, by the status class of the answer",
-            ["service", "instance", "class"],
+        self.upstream_requests = Counter(
+            "gogeta_upstream_requests",
+            "Requests sent to an upstream (instance or URL), by the status class of the answer",
+            ["service", "upstream", "class"],
             registry=r,
         )
         self.service_latency = Histogram(
-            "gogeta_service_upstream_latency_seconds",
+            "gogeta_service_latency_seconds",
             "From sending a request to a service to its response headers",
             ["service"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.instance_latency = Histogram(
-            "gogeta_instance_upstream_latency_seconds",
-            "From sending a request to an instance to its response headers",
-            ["service", "instance"],
+        self.upstream_latency = Histogram(
+            "gogeta_upstream_latency_seconds",
+            "From sending a request upstream to its response headers",
+            ["service", "upstream"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.failures = Counter(
             "gogeta_upstream_failures",
             "Failed exchanges with an upstream, by kind",
-            ["service", "instance", "kind"],
+            ["service", "upstream", "kind"],
             registry=r,
         )
         self.retries = Counter(
@@ -198,7 +199,7 @@ class Metrics:
         self._domains = 0  # domains with their own label
         self._by_upstream: dict[Upstream, _Upstream] = {}
         self._services: set[str] = set()  # services with their own label
-        self._instances: set[tuple[str, str]] = set()
+        self._upstreams: set[tuple[str, str]] = set()
 
     def count_request(self, status: int, domain: str, received: int = 0, sent: int = 0) -> None:
         cls = class_index(status)
@@ -229,22 +230,21 @@ class Metrics:
     def _upstream(self, upstream: Upstream) -> _Upstream:
         found = self._by_upstream.get(upstream)
         if found is None:
-            # A `uri` domain's URL has no service: `-`, and host:port for its instance.
-            service = upstream.service or "-"
-            instance = (service, upstream.instance or f"{upstream.host}:{upstream.port}")
+            service = upstream.service or "-"  # a `uri` domain's URL has no service
+            labels = (service, upstream.label)
             if service not in self._services:
                 if len(self._services) < MAX_SERVICES:
                     self._services.add(service)
                 else:
                     service = "other"
-            if instance not in self._instances:
-                if len(self._instances) < MAX_INSTANCES:
-                    self._instances.add(instance)
+            if labels not in self._upstreams:
+                if len(self._upstreams) < MAX_UPSTREAMS:
+                    self._upstreams.add(labels)
                 else:
-                    instance = ("other", "other")
+                    labels = ("other", "other")
             if len(self._by_upstream) >= 4096:  # upstreams come and go (moved instances)
                 self._by_upstream.clear()
-            found = self._by_upstream[upstream] = _Upstream(self, service, instance)
+            found = self._by_upstream[upstream] = _Upstream(self, service, labels)
         return found
 
     def count_upstream(self, upstream: Upstream, status: int, seconds: float | None = None) -> None:
@@ -257,22 +257,22 @@ class Metrics:
                 series.service_label, CLASSES[cls]
             )
         child.inc()
-        child = series.instance[cls]
+        child = series.upstream[cls]
         if child is None:
-            child = series.instance[cls] = self.instance_requests.labels(
-                *series.instance_labels, CLASSES[cls]
+            child = series.upstream[cls] = self.upstream_requests.labels(
+                *series.upstream_labels, CLASSES[cls]
             )
         child.inc()
         if seconds is not None:
             series.service_latency.observe(seconds)
-            series.instance_latency.observe(seconds)
+            series.upstream_latency.observe(seconds)
 
     def count_failure(self, upstream: Upstream, kind: str) -> None:
         """A failed exchange with `upstream`; `kind` is one of FAILURE_KINDS."""
         series = self._upstream(upstream)
         child = series.failures.get(kind)
         if child is None:
-            child = series.failures[kind] = self.failures.labels(*series.instance_labels, kind)
+            child = series.failures[kind] = self.failures.labels(*series.upstream_labels, kind)
         child.inc()
 
     def count_retry(self, upstream: Upstream) -> None:

@@ -138,11 +138,10 @@ def test_error_ratio_per_domain_service_and_instance(gogeta, etcd) -> None:
     assert delta("gogeta_domain_requests_total", domain="dead.example.com", **failed) == 3
     assert delta("gogeta_service_requests_total", service="shop", **ok) == 4
     assert delta("gogeta_service_requests_total", service="dead", **failed) == 3
-    assert delta("gogeta_instance_requests_total", service="shop", instance="1", **ok) == 4
-    latency = "gogeta_instance_upstream_latency_seconds_count"
-    assert delta("gogeta_service_upstream_latency_seconds_count", service="shop") == 4
-    assert delta(latency, service="shop", instance="1") == 4
-    failures = {"service": "dead", "instance": "1", "kind": "connect_refused"}
+    assert delta("gogeta_upstream_requests_total", service="shop", upstream="shop/1", **ok) == 4
+    assert delta("gogeta_service_latency_seconds_count", service="shop") == 4
+    assert delta("gogeta_upstream_latency_seconds_count", service="shop", upstream="shop/1") == 4
+    failures = {"service": "dead", "upstream": "dead/1", "kind": "connect_refused"}
     assert delta("gogeta_upstream_failures_total", **failures) == 3
     assert types["gogeta_upstream_failures"] == "counter"
 
@@ -170,7 +169,7 @@ def test_failure_kinds(gogeta) -> None:
             upstream = f"127.0.0.1:{server.port}"
             failed = {labels["kind"]: value(found, "gogeta_upstream_failures_total", **labels)
                       for labels in labels_of(found, "gogeta_upstream_failures_total")
-                      if labels["instance"] == upstream}  # fmt: skip
+                      if labels["upstream"] == upstream}  # fmt: skip
             assert failed == {kind: 1.0}, (kind, failed)
             proxy.stop()
 
@@ -201,11 +200,11 @@ def test_retries_ejections_bytes_and_process(gogeta, etcd) -> None:
     assert value(after, "process_open_fds") > 0
 
 
-def test_service_and_instance_labels_are_bounded() -> None:
-    """Past MAX_SERVICES services or MAX_INSTANCES instances, the rest count as `other`."""
+def test_service_and_upstream_labels_are_bounded() -> None:
+    """Past MAX_SERVICES services or MAX_UPSTREAMS upstreams, the rest count as `other`."""
     import os
 
-    from proxy.metrics import MAX_INSTANCES, MAX_SERVICES, Metrics
+    from proxy.metrics import MAX_SERVICES, MAX_UPSTREAMS, Metrics
     from resolvers.base import Upstream
 
     assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ
@@ -220,6 +219,7 @@ def test_service_and_instance_labels_are_bounded() -> None:
             found.setdefault(s.name, set()).add(tuple(sorted(s.labels.items())))
     services = {dict(labels)["service"] for labels in found["gogeta_service_requests_total"]}
     assert len(services) == MAX_SERVICES + 1 and "other" in services
-    instances = found["gogeta_instance_requests_total"]
-    assert len(instances) == MAX_INSTANCES + 1
-    assert (("class", "2xx"), ("instance", "other"), ("service", "other")) in instances
+    upstreams = found["gogeta_upstream_requests_total"]
+    assert len(upstreams) == MAX_UPSTREAMS + 1
+    assert (("class", "2xx"), ("service", "other"), ("upstream", "other")) in upstreams
+    assert (("class", "2xx"), ("service", "s0"), ("upstream", "s0/1")) in upstreams
