@@ -288,7 +288,7 @@ def test_metrics_cover_every_worker(gunicorn, etcd) -> None:
             lambda: (
                 (f := scrape())["gogeta_resolver_events_applied_total"][()] >= applied + 10 and f
             ),
-            timeout=3,  # well under the 5 s refresh period workers once had
+            timeout=3,  # published on change: no period of seconds to wait for
             what="both workers' 5 events in the summed counter",
         )
         assert found["gogeta_resolver_reloads_total"][()] >= 4  # 2 directories, 2 workers
