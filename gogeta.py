@@ -99,10 +99,10 @@ def build_app(config: settings.Config) -> "Front":
         trusted_proxies=config.trustedProxies,
         no_wake_agents=config.noWakeUserAgents,
     )
-    metrics = Metrics()
+    metrics = Metrics(resolver.stats)
     app.tunnels.on_count = metrics.count_tunnel
     admin = Admin(resolver, pages, metrics, config.trustedNetworks, config.healthGraceSeconds)
-    front = Front(app, formatter(config.accessLog), admin, metrics)
+    front = Front(app, formatter(config.accessLog), admin, metrics, config.accessLogHealth)
     front.client_timeout = config.clientTimeout
     return front
 

@@ -269,6 +269,13 @@ SETTINGS: tuple[Setting, ...] = (
         "access log lines on stdout: combined (+ host, upstream, times), json or off",
     ),
     Setting(
+        "accessLogHealth",
+        "true",
+        _bool,
+        "access lines for /__gogeta/health probes too (-accessLogHealth=false: left out)",
+        boolean=True,
+    ),
+    Setting(
         "healthGraceSeconds",
         "30",
         _seconds,

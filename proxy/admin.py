@@ -30,7 +30,7 @@ StartResponse = Callable[..., Any]
 
 
 def health_of(described: dict[str, Any], grace: float, now: float) -> tuple[int, dict[str, Any]]:
-    """HTTP code and JSON body of `health` for a resolver's `describe()`."""
+    """HTTP code and JSON body of `health` for a resolver's `stats()`."""
     since = described.get("unreachable_since")
     body: dict[str, Any] = {
         "status": "ok",
@@ -80,11 +80,10 @@ class Admin:
                     [("Allow", "GET, HEAD")],
                 )
             if name == "health":
-                code, body = health_of(self.resolver.describe(), self.health_grace, time.time())
+                code, body = health_of(self.resolver.stats(), self.health_grace, time.time())
                 return self._json(start_response, code, body, method)
             if name == "routes":
                 return self._json(start_response, 200, self.resolver.describe(), method)
-            self.metrics.update_resolver(self.resolver.describe())
             content_type, data = self.metrics.render()
             return self._send(start_response, 200, content_type, data, method)
         page = self.pages.render("notfound", 404)

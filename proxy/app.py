@@ -68,6 +68,14 @@ def _parse_hostname(host_header: str) -> str:
     return hostname
 
 
+def _note_failure(environ: dict[str, Any], upstream: Upstream, exc: UpstreamError) -> None:
+    """For proxy.front (metrics, the upstreams' failing state): which upstream failed how."""
+    failures = environ.get("gogeta.failures")
+    if failures is None:
+        failures = environ["gogeta.failures"] = []
+    failures.append((upstream, exc))
+
+
 class Gogeta:
     """The WSGI callable. Holds no routing state of its own: the resolver does."""
 
@@ -112,7 +120,11 @@ class Gogeta:
             if isinstance(exc, RoutingError):
                 return self.pages.render(exc.status.value, code_of(exc.status), hostname, as_json)
             if isinstance(exc, UpstreamError):
-                log.warning("%s %s: upstream %s %s", hostname, exc.code, exc.upstream, exc.detail)
+                # Not logged per request: proxy.front logs each upstream's failing state.
+                failures = environ.get("gogeta.failures")
+                upstream = environ.get("gogeta.upstream")
+                if upstream is not None and (not failures or failures[-1][1] is not exc):
+                    _note_failure(environ, upstream, exc)  # failed after _send_upstream
                 return self.pages.render(exc.page, exc.code, hostname, as_json)
             if isinstance(exc, ProxyError):
                 log.info("%s %s: %s", hostname, exc.code, exc.detail)
@@ -258,16 +270,19 @@ class Gogeta:
                 raise
             if failure is not None and upstream in tried:
                 raise failure  # a single upstream (a URL): nothing else to try
+            if failure is not None:
+                environ["gogeta.retries"] = len(tried)  # replayed on another instance
             # For the access log and the metrics (proxy.front): where it went.
             environ["gogeta.upstream"] = upstream
             try:
                 return upstream, self.forwarder.send(environ, upstream, self.url_header, trusted)
             except UpstreamError as exc:
+                _note_failure(environ, upstream, exc)
                 if exc.connect_failed or isinstance(exc, BadGateway):
                     self.resolver.failed(upstream)  # not for a slow answer: maybe one slow URL
                 if not exc.replayable:
                     raise
-                log.info("%s: %s failed (%s), trying another", hostname, upstream.label, exc)
+                log.debug("%s: %s failed (%s), trying another", hostname, upstream.label, exc)
                 tried.append(upstream)
                 failure = exc
 

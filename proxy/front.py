@@ -2,8 +2,9 @@
 
 It answers gogeta's own paths under `/__gogeta/` for any Host (`proxy.admin`), hands
 everything else to `proxy.app.Gogeta`, and once the last byte is sent writes the access
-line and counts the request in the metrics. It reads what the app recorded in the environ
-(`gogeta.upstream`, `gogeta.upstream_seconds`) and never changes an answer.
+line, counts the request in the metrics and follows each upstream's failing state. It
+reads what the app recorded in the environ (`gogeta.upstream`, `gogeta.upstream_seconds`,
+`gogeta.failures`, `gogeta.retries`) and never changes an answer.
 """
 
 from __future__ import annotations
@@ -20,11 +21,83 @@ from proxy.access_log import Exchange
 from proxy.admin import PREFIX as ADMIN_PREFIX
 from proxy.admin import Admin
 from proxy.app import Gogeta, StartResponse, hostname_of
-from proxy.errors import BadRequest
-from proxy.metrics import REFRESH_SECONDS, Metrics
+from proxy.errors import BadRequest, failure_kind
+from proxy.metrics import Metrics
 
 access_log = logging.getLogger("gogeta.access")
 log = logging.getLogger(__name__)
+
+HEALTH_PATH = ADMIN_PREFIX + "health"
+# Under gunicorn, how often a worker copies its resolver and process figures to the
+# shared metrics files at the latest (a routing change copies them at once).
+PUBLISH_SECONDS = 1.0
+SUMMARY_SECONDS = 60.0  # at most one "still failing" line per upstream this often
+MAX_FAILING = 1024  # upstreams followed at once; the oldest is forgotten beyond
+
+
+class _Failing:
+    __slots__ = ("count", "error", "since", "since_wall", "summarised", "window")
+
+    def __init__(self, now: float, error: str) -> None:
+        self.since = self.summarised = now
+        self.since_wall = time.time()
+        self.count = self.window = 1
+        self.error = error
+
+
+class UpstreamStates:
+    """Each upstream's failing state, logged when it changes rather than per request.
+
+    A backend that fails fails for every request, and the access log has each of them:
+    the application log says when an upstream started failing (WARNING, with the error),
+    at most once a minute that it still is (WARNING, with counts), and when it answered
+    again (INFO, with how many requests failed over how long). Falsy while nothing fails,
+    so the request path pays one truth test.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._failing: dict[str, _Failing] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._failing)
+
+    def failed(self, label: str, error: str) -> None:
+        now = self._clock()
+        state = self._failing.get(label)
+        if state is None:
+            if len(self._failing) >= MAX_FAILING:  # upstreams that left while failing
+                del self._failing[next(iter(self._failing))]
+            self._failing[label] = _Failing(now, error)
+            log.warning("upstream %s failing: %s", label, error)
+            return
+        state.count += 1
+        state.window += 1
+        state.error = error
+        if now - state.summarised >= SUMMARY_SECONDS:
+            log.warning(
+                "upstream %s still failing, since %s: %d failed requests in the last %.0f s"
+                " (%d in all), last error: %s",
+                label,
+                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(state.since_wall)),
+                state.window,
+                now - state.summarised,
+                state.count,
+                error,
+            )
+            state.summarised = now
+            state.window = 0
+
+    def succeeded(self, label: str) -> None:
+        state = self._failing.pop(label, None)
+        if state is not None:
+            log.info(
+                "upstream %s recovered after %d failed request%s over %.1f s",
+                label,
+                state.count,
+                "" if state.count == 1 else "s",
+                self._clock() - state.since,
+            )
 
 
 class Front:
@@ -37,12 +110,15 @@ class Front:
         access_line: Callable[[Exchange], str] | None,
         admin: Admin | None = None,
         metrics: Metrics | None = None,
+        log_health: bool = True,
     ) -> None:
         self.app = app
         self.resolver = app.resolver
         self.access_line = access_line
+        self.log_health = log_health  # -accessLogHealth
         self.admin = admin
         self.metrics = metrics
+        self.upstreams = UpstreamStates()
         self._started_in: int | None = None
         self._refresher: gevent.Greenlet | None = None
 
@@ -70,14 +146,22 @@ class Front:
             self.metrics.count_connection(delta)
 
     def _refresh_metrics(self, metrics: Metrics) -> None:
-        # Under gunicorn a scrape reaches one worker: every worker keeps its resolver's
-        # numbers in the shared files so the scrape shows them all.
+        # Under gunicorn a scrape reaches one worker: every worker keeps its figures in the
+        # shared files so the scrape shows them all, fresh: at once after each change of
+        # the routing table (the load included), and every PUBLISH_SECONDS for the rest
+        # (lastAccess writes, etcd going away, memory...).
+        process_due = 0.0
         while True:
+            started = time.monotonic()
             try:
-                metrics.update_resolver(self.resolver.describe())
+                metrics.publish(process=started >= process_due)
             except Exception:
-                log.exception("cannot update the resolver metrics")
-            gevent.sleep(REFRESH_SECONDS)
+                log.exception("cannot publish the metrics")
+            if started >= process_due:
+                process_due = started + PUBLISH_SECONDS
+            if not self.resolver.wait_for_change(PUBLISH_SECONDS):
+                # Timed out, or a resolver whose table never changes returned at once.
+                gevent.sleep(max(0.0, PUBLISH_SECONDS - (time.monotonic() - started)))
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         if self._started_in != os.getpid():
@@ -93,19 +177,40 @@ class Front:
             user_agent=environ.get("HTTP_USER_AGENT", ""),
         )
         began = time.perf_counter()
+        received: _Input | None = None
+        if environ.get("CONTENT_LENGTH") or environ.get("HTTP_TRANSFER_ENCODING"):
+            received = environ["wsgi.input"] = _Input(environ["wsgi.input"])
 
         def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             ex.status = int(status[:3])
             return start_response(status, headers, exc_info)
 
-        if self.admin is not None and environ.get("PATH_INFO", "").startswith(ADMIN_PREFIX):
+        path = environ.get("PATH_INFO", "")
+        if self.admin is not None and path.startswith(ADMIN_PREFIX):
             body = self.admin(environ, capture)
-            return _Body(body, lambda sent: self._finish(environ, ex, began, sent, admin=True))
+            logged = self.log_health or path != HEALTH_PATH
+            return _Body(
+                body,
+                lambda sent, error: self._finish(environ, ex, began, sent, None, True, logged),
+            )
         body = self.app(environ, capture)
-        return _Body(body, lambda sent: self._finish(environ, ex, began, sent))
+        return _Body(
+            body,
+            lambda sent, error: self._finish(
+                environ, ex, began, sent, error, received=received.count if received else 0
+            ),
+        )
 
     def _finish(
-        self, environ: dict[str, Any], ex: Exchange, began: float, sent: int, admin: bool = False
+        self,
+        environ: dict[str, Any],
+        ex: Exchange,
+        began: float,
+        sent: int,
+        error: BaseException | None,
+        admin: bool = False,
+        logged: bool = True,
+        received: int = 0,
     ) -> None:
         ex.seconds = time.perf_counter() - began
         ex.bytes_sent = sent
@@ -113,12 +218,36 @@ class Front:
         if upstream is not None:
             ex.upstream = upstream.label
             ex.upstream_seconds = environ.get("gogeta.upstream_seconds")
-        if self.access_line is not None:
+        if self.access_line is not None and logged:
             access_log.info(self.access_line(ex))
-        if self.metrics is not None and not admin:  # scrapes and probes are not traffic
-            self.metrics.count_request(ex.status, self._domain_label(ex, upstream is not None))
-            if ex.upstream_seconds is not None:
-                self.metrics.observe_upstream(ex.upstream_seconds)
+        if admin:
+            return  # scrapes and probes are not traffic
+        failures: list[tuple[Any, BaseException]] | None = environ.get("gogeta.failures")
+        if error is not None and upstream is not None and error.__cause__ is not None:
+            # The backend failed mid-body (proxy.forward cut the client): a failure too.
+            failures = [*(failures or ()), (upstream, error)]
+        if failures or self.upstreams:
+            self._follow_upstreams(upstream, failures)
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.count_request(
+                ex.status, self._domain_label(ex, upstream is not None), received, sent
+            )
+            if upstream is not None:
+                metrics.count_upstream(upstream, ex.status, ex.upstream_seconds)
+                if environ.get("gogeta.retries"):
+                    metrics.count_retry(upstream)
+            for failed, exc in failures or ():
+                metrics.count_failure(failed, failure_kind(exc))
+
+    def _follow_upstreams(
+        self, upstream: Any, failures: list[tuple[Any, BaseException]] | None
+    ) -> None:
+        for failed, exc in failures or ():
+            self.upstreams.failed(failed.label, str(exc))
+        # The last upstream tried answered, unless it is the last one that failed.
+        if upstream is not None and (not failures or failures[-1][0] is not upstream):
+            self.upstreams.succeeded(upstream.label)
 
     @staticmethod
     def _domain_label(ex: Exchange, routed: bool) -> str:
@@ -133,19 +262,27 @@ class Front:
 
 
 class _Body:
-    """The app's body, counted as it is sent; `close` (called by the server) finishes it."""
+    """The app's body, counted as it is sent; `close` (called by the server) finishes it,
+    with the error that cut it, if any."""
 
-    __slots__ = ("_body", "_done", "_sent")
+    __slots__ = ("_body", "_done", "_error", "_sent")
 
-    def __init__(self, body: Iterable[bytes], done: Callable[[int], None]) -> None:
+    def __init__(
+        self, body: Iterable[bytes], done: Callable[[int, BaseException | None], None]
+    ) -> None:
         self._body = body
         self._done = done
         self._sent = 0
+        self._error: BaseException | None = None
 
     def __iter__(self) -> Iterator[bytes]:
-        for chunk in self._body:
-            self._sent += len(chunk)
-            yield chunk
+        try:
+            for chunk in self._body:
+                self._sent += len(chunk)
+                yield chunk
+        except Exception as exc:
+            self._error = exc
+            raise
 
     def close(self) -> None:
         try:
@@ -153,4 +290,36 @@ class _Body:
             if close is not None:
                 close()
         finally:
-            self._done(self._sent)
+            self._done(self._sent, self._error)
+
+
+class _Input:
+    """The client's body stream (`wsgi.input`), counting the bytes read from it."""
+
+    __slots__ = ("_stream", "count")
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self.count = 0
+
+    def read(self, *args: Any) -> bytes:
+        data: bytes = self._stream.read(*args)
+        self.count += len(data)
+        return data
+
+    def readline(self, *args: Any) -> bytes:
+        data: bytes = self._stream.readline(*args)
+        self.count += len(data)
+        return data
+
+    def readlines(self, *args: Any) -> list[bytes]:
+        lines: list[bytes] = self._stream.readlines(*args)
+        self.count += sum(len(line) for line in lines)
+        return lines
+
+    def __iter__(self) -> Iterator[bytes]:
+        while line := self.readline():
+            yield line
+
+    def __getattr__(self, name: str) -> Any:  # anything else the server's stream has
+        return getattr(self._stream, name)

@@ -1,21 +1,26 @@
 """Prometheus metrics, rendered at /__gogeta/metrics by prometheus-client.
 
-Requests by status class and by domain, upstream latency, open connections, and the
-resolver's own counters (events applied, reloads, wake-ups...) read from `describe()`.
-Label values are bounded: a domain is a label only when the resolver knew it and only
-for the first `MAX_DOMAINS` domains a process sees (then `other`); an unknown hostname
-counts as `unknown`, so a scanner inventing Host headers cannot grow the series.
+Requests by status code, by domain, service and instance (with the status class), upstream
+latency, failures by kind, retries, bytes, open connections; the resolver's figures and
+the standard `process_*` ones, read when scraped. Every label value is bounded, so that
+clients inventing Host headers or a churning etcd cannot grow the series without end:
+a code outside 100–599 is `other`; a domain has its own label only when the resolver knew
+it and for the first `MAX_DOMAINS` a process sees (an unknown hostname is `unknown`,
+later ones `other`); likewise the first `MAX_SERVICES` services and `MAX_UPSTREAMS`
+upstreams, then `other`. An upstream is labelled as in the access log (`service/index`,
+or `host:port` for a URL): Prometheus keeps `instance` for the scraped target.
 
 Under gunicorn, metrics cover every worker: with `PROMETHEUS_MULTIPROC_DIR` set (by
 `gunicorn.conf.py`) each process writes its values to files there and a scrape, answered
-by any worker, merges them. The resolver's numbers are per worker (label `pid`), copied
-into those files every few seconds by each worker and at scrape time by the scraping one.
+by any worker, merges them. Custom collectors are not read in that mode, so each worker
+copies its resolver and process figures into those files (`publish`): counters summed
+over the workers, gauges one per worker (label `pid`).
 """
 
 from __future__ import annotations
 
 import os
-import re
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import (
@@ -24,50 +29,148 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     disable_created_metrics,
     generate_latest,
     multiprocess,
 )
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from resolvers.base import Upstream
 
 MAX_DOMAINS = 200
-REFRESH_SECONDS = 5.0
+MAX_SERVICES = 200
+MAX_UPSTREAMS = 400
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+FAILURE_KINDS = ("connect_refused", "connect_timeout", "timeout", "reset", "bad_answer")
+# The `class` label by `status // 100`; index 0 for any code outside 100–599.
+CLASSES = ("other", "1xx", "2xx", "3xx", "4xx", "5xx")
+
+Stats = Callable[[], dict[str, Any]]
+
+
+def class_index(status: int) -> int:
+    return status // 100 if 100 <= status <= 599 else 0
+
+
+class ResolverCollector(Collector):
+    """The resolver's figures (`Resolver.stats()`), read at scrape time."""
+
+    def __init__(self, stats: Stats) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterable[Metric]:
+        stats = self.stats()
+        if stats.get("etcd_index") is not None:
+            yield GaugeMetricFamily(
+                "gogeta_etcd_index", "etcd index the routing table is at", stats["etcd_index"]
+            )
+        yield GaugeMetricFamily(
+            "gogeta_etcd_unreachable",
+            "1 while etcd does not answer the resolver",
+            1 if stats.get("unreachable_since") else 0,
+        )
+        yield GaugeMetricFamily(
+            "gogeta_resolver_loaded", "1 once the routing table is loaded", int(stats["loaded"])
+        )
+        for name, number in (stats.get("counters") or {}).items():
+            yield CounterMetricFamily(
+                f"gogeta_resolver_{name}", f"Resolver: {name.replace('_', ' ')}", number
+            )
+        for name, number in (stats.get("gauges") or {}).items():
+            yield GaugeMetricFamily(
+                f"gogeta_resolver_{name}", f"Resolver: {name.replace('_', ' ')}", number
+            )
+
+
+class _Upstream:
+    """One upstream's labelled children, looked up once (`labels()` takes a lock and
+    builds a key): requests by class, latency, failures by kind, retries."""
+
+    __slots__ = (
+        "failures",
+        "retries",
+        "service",
+        "service_label",
+        "service_latency",
+        "upstream",
+        "upstream_labels",
+        "upstream_latency",
+    )
+
+    def __init__(self, metrics: Metrics, service: str, upstream: tuple[str, str]) -> None:
+        self.service_label = service
+        self.upstream_labels = upstream
+        self.service: list[Any] = [None] * len(CLASSES)  # requests by class, made on first use
+        self.upstream: list[Any] = [None] * len(CLASSES)
+        self.service_latency = metrics.service_latency.labels(service)
+        self.upstream_latency = metrics.upstream_latency.labels(*upstream)
+        self.failures: dict[str, Any] = {}  # by kind, made on first use
+        self.retries = metrics.retries.labels(service)
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, stats: Stats | None = None) -> None:
         disable_created_metrics()  # type: ignore[no-untyped-call]  # `*_created`: noise
         self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
-            "gogeta_requests", "Requests answered, by status class", ["code"], registry=r
+            "gogeta_requests", "Requests answered, by status code", ["code"], registry=r
         )
         self.domain_requests = Counter(
-            "gogeta_domain_requests", "Requests answered, by domain", ["domain"], registry=r
+            "gogeta_domain_requests",
+            "Requests answered, by domain and status class",
+            ["domain", "class"],
+            registry=r,
+        )
+        self.service_requests = Counter(
+            "gogeta_service_requests",
+            "Requests sent to a service, by the status class of the answer",
+            ["service", "class"],
+            registry=r,
+        )
+        self.upstream_requests = Counter(
+            "gogeta_upstream_requests",
+            "Requests sent to an upstream (instance or URL), by the status class of the answer",
+            ["service", "upstream", "class"],
+            registry=r,
+        )
+        self.service_latency = Histogram(
+            "gogeta_service_latency_seconds",
+            "From sending a request to a service to its response headers",
+            ["service"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.upstream_latency = Histogram(
             "gogeta_upstream_latency_seconds",
             "From sending a request upstream to its response headers",
+            ["service", "upstream"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.failures = Counter(
+            "gogeta_upstream_failures",
+            "Failed exchanges with an upstream, by kind",
+            ["service", "upstream", "kind"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "gogeta_retries",
+            "Requests replayed on another instance after a failure",
+            ["service"],
+            registry=r,
+        )
+        self.received = Counter(
+            "gogeta_received_bytes", "Request body bytes read from clients", registry=r
+        )
+        self.sent = Counter("gogeta_sent_bytes", "Response body bytes sent to clients", registry=r)
         self.open_connections = Gauge(
             "gogeta_open_connections",
             "Client connections open",
             multiprocess_mode="livesum",
-            registry=r,
-        )
-        self.etcd_index = Gauge(
-            "gogeta_etcd_index",
-            "etcd index the routing table is at",
-            multiprocess_mode="liveall",
-            registry=r,
-        )
-        self.etcd_unreachable = Gauge(
-            "gogeta_etcd_unreachable",
-            "1 while etcd does not answer the resolver",
-            multiprocess_mode="liveall",
             registry=r,
         )
         self.tunnels = Counter(
@@ -79,19 +182,32 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=r,
         )
-        self._resolver_counters: dict[str, Gauge] = {}
-        # The labelled children, looked up once (`labels()` costs a lock and a key build):
-        # by status class, and by domain (at most MAX_DOMAINS of them, and the two
-        # catch-all labels).
-        self._by_class: dict[int, Any] = {}
-        self._by_domain: dict[str, Any] = {}
-        self._domains = 0  # domains with their own label
+        # Figures read when scraped: registered in the registry when standalone; under
+        # gunicorn copied into the shared files by `publish`.
+        self._local: list[Collector] = [ProcessCollector(registry=None)]
+        if stats is not None:
+            self._local.insert(0, ResolverCollector(stats))
+        if not self.multiprocess:
+            for collector in self._local:
+                r.register(collector)
+        self._published: dict[str, Any] = {}  # family name → Gauge or Counter
+        self._counted: dict[str, float] = {}  # counter name → value already added
 
-    def count_request(self, status: int, domain: str) -> None:
-        by_class = self._by_class.get(status // 100)
-        if by_class is None:
-            by_class = self._by_class[status // 100] = self.requests.labels(f"{status // 100}xx")
-        by_class.inc()
+        # The labelled children, looked up once per label value and bounded.
+        self._by_code: dict[int, Any] = {}
+        self._by_domain: dict[str, list[Any]] = {}
+        self._domains = 0  # domains with their own label
+        self._by_upstream: dict[Upstream, _Upstream] = {}
+        self._services: set[str] = set()  # services with their own label
+        self._upstreams: set[tuple[str, str]] = set()
+
+    def count_request(self, status: int, domain: str, received: int = 0, sent: int = 0) -> None:
+        cls = class_index(status)
+        code = status if cls else 0
+        by_code = self._by_code.get(code)
+        if by_code is None:
+            by_code = self._by_code[code] = self.requests.labels(str(code) if cls else "other")
+        by_code.inc()
         by_domain = self._by_domain.get(domain)
         if by_domain is None:
             if domain not in ("unknown", "other"):
@@ -101,11 +217,67 @@ class Metrics:
                     self._domains += 1
             by_domain = self._by_domain.get(domain)
             if by_domain is None:
-                by_domain = self._by_domain[domain] = self.domain_requests.labels(domain)
-        by_domain.inc()
+                by_domain = self._by_domain[domain] = [None] * len(CLASSES)
+        child = by_domain[cls]
+        if child is None:
+            child = by_domain[cls] = self.domain_requests.labels(domain, CLASSES[cls])
+        child.inc()
+        if received:
+            self.received.inc(received)
+        if sent:
+            self.sent.inc(sent)
 
-    def observe_upstream(self, seconds: float) -> None:
-        self.upstream_latency.observe(seconds)
+    def _upstream(self, upstream: Upstream) -> _Upstream:
+        found = self._by_upstream.get(upstream)
+        if found is None:
+            service = upstream.service or "-"  # a `uri` domain's URL has no service
+            labels = (service, upstream.label)
+            if service not in self._services:
+                if len(self._services) < MAX_SERVICES:
+                    self._services.add(service)
+                else:
+                    service = "other"
+            if labels not in self._upstreams:
+                if len(self._upstreams) < MAX_UPSTREAMS:
+                    self._upstreams.add(labels)
+                else:
+                    labels = ("other", "other")
+            if len(self._by_upstream) >= 4096:  # upstreams come and go (moved instances)
+                self._by_upstream.clear()
+            found = self._by_upstream[upstream] = _Upstream(self, service, labels)
+        return found
+
+    def count_upstream(self, upstream: Upstream, status: int, seconds: float | None = None) -> None:
+        """A request answered after being sent to `upstream` (the last one it was sent to)."""
+        series = self._upstream(upstream)
+        cls = class_index(status)
+        child = series.service[cls]
+        if child is None:
+            child = series.service[cls] = self.service_requests.labels(
+                series.service_label, CLASSES[cls]
+            )
+        child.inc()
+        child = series.upstream[cls]
+        if child is None:
+            child = series.upstream[cls] = self.upstream_requests.labels(
+                *series.upstream_labels, CLASSES[cls]
+            )
+        child.inc()
+        if seconds is not None:
+            series.service_latency.observe(seconds)
+            series.upstream_latency.observe(seconds)
+
+    def count_failure(self, upstream: Upstream, kind: str) -> None:
+        """A failed exchange with `upstream`; `kind` is one of FAILURE_KINDS."""
+        series = self._upstream(upstream)
+        child = series.failures.get(kind)
+        if child is None:
+            child = series.failures[kind] = self.failures.labels(*series.upstream_labels, kind)
+        child.inc()
+
+    def count_retry(self, upstream: Upstream) -> None:
+        """A request replayed on `upstream` after another instance failed."""
+        self._upstream(upstream).retries.inc()
 
     def count_connection(self, delta: int) -> None:
         self.open_connections.inc(delta)
@@ -116,26 +288,42 @@ class Metrics:
             self.tunnels.inc(delta)
         self.open_tunnels.inc(delta)
 
-    def update_resolver(self, described: dict[str, Any]) -> None:
-        """Copy the resolver's sync state and counters (`Resolver.describe()`)."""
-        if described.get("etcd_index") is not None:
-            self.etcd_index.set(described["etcd_index"])
-        self.etcd_unreachable.set(1 if described.get("unreachable_since") else 0)
-        for name, value in (described.get("counters") or {}).items():
-            gauge = self._resolver_counters.get(name)
-            if gauge is None:
-                gauge = Gauge(
-                    "gogeta_resolver_" + re.sub(r"[^A-Za-z0-9_]", "_", name),
-                    f"Resolver counter {name} (since this process started)",
-                    multiprocess_mode="liveall",
-                    registry=self.registry,
+    def publish(self, process: bool = True) -> None:
+        """Under gunicorn, copy this worker's resolver (and process) figures to the files.
+
+        Gauges are per worker (`liveall`: the scrape adds a `pid` label and forgets a dead
+        worker's); counters grow by what this worker counted since it last published, so
+        their sum over the workers, dead ones included, only grows.
+        """
+        if not self.multiprocess:
+            return
+        for collector in self._local if process else self._local[:1]:
+            for family in collector.collect():
+                for sample in family.samples:
+                    self._publish(family, sample.value)
+
+    def _publish(self, family: Metric, number: float) -> None:
+        metric = self._published.get(family.name)
+        if family.type == "counter":
+            if metric is None:
+                metric = self._published[family.name] = Counter(
+                    family.name, family.documentation, registry=None
                 )
-                self._resolver_counters[name] = gauge
-            gauge.set(value)
+            added = number - self._counted.get(family.name, 0.0)
+            if added > 0:
+                metric.inc(added)
+                self._counted[family.name] = number
+            return
+        if metric is None:
+            metric = self._published[family.name] = Gauge(
+                family.name, family.documentation, multiprocess_mode="liveall", registry=None
+            )
+        metric.set(number)
 
     def render(self) -> tuple[str, bytes]:
         """Content type and body of the Prometheus text exposition."""
         if self.multiprocess:
+            self.publish()  # this worker's figures as of now
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
             return CONTENT_TYPE_LATEST, generate_latest(registry)

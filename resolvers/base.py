@@ -98,12 +98,17 @@ class Resolver(Protocol):
         """True once the routing table has been loaded at least once."""
         ...
 
-    def describe(self) -> dict[str, Any]:
-        """The live table and sync state, JSON-ready, for the admin paths.
+    def stats(self) -> dict[str, Any]:
+        """The sync state and figures, JSON-ready and cheap (no table), for health and metrics.
 
         Keys: `resolver` (name), `loaded` (bool), `etcd_index` (int or None),
         `unreachable_since` (epoch seconds since etcd stopped answering, or None),
-        `last_error` (str or None), `counters` (name → number: `events_applied`,
-        `reloads`, `wakeups`...), `domains` and `services` (the routing table).
+        `last_error` (str or None), `counters` (name → number that only grows since the
+        process started: `events_applied`, `reloads`, `wakeups`...), `gauges` (name →
+        number that goes up and down: `watch_lag_events`).
         """
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """`stats()` plus `domains` and `services` (the live routing table), for `routes`."""
         ...

@@ -53,8 +53,7 @@ class DummyResolver:
     def ready(self) -> bool:
         return True
 
-    def describe(self) -> dict[str, Any]:
-        u = self._upstream
+    def stats(self) -> dict[str, Any]:
         return {
             "resolver": "Dummy",
             "loaded": True,
@@ -62,6 +61,13 @@ class DummyResolver:
             "unreachable_since": None,
             "last_error": None,
             "counters": {},
+            "gauges": {},
+        }
+
+    def describe(self) -> dict[str, Any]:
+        u = self._upstream
+        return {
+            **self.stats(),
             "domains": {"*": {"type": "uri", "value": f"{u.scheme}://{u.host}:{u.port}{u.path}"}},
             "services": {},
         }

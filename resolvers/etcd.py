@@ -20,7 +20,7 @@ import gevent.queue
 from resolvers.base import DEFAULT_ROBOTS, RoutingError, Status, Upstream
 from resolvers.model import Instance, Service, next_instance
 from resolvers.tree import DomainTree, ServiceTree
-from resolvers.watcher import ETCD_DOWN, Background, Backoff, Endpoints, Watcher
+from resolvers.watcher import ETCD_DOWN, Background, Backoff, Endpoints, Reachability, Watcher
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,14 @@ def _listed(services: dict[str, Service], key: tuple[str, str]) -> bool:
 class Writer(Background):
     """Writes `lastAccess` and wake-ups from one greenlet, best effort, in order."""
 
-    def __init__(self, endpoints: Endpoints, service_dir: str, interval: float) -> None:
+    def __init__(
+        self,
+        endpoints: Endpoints,
+        service_dir: str,
+        interval: float,
+        reachability: Reachability | None = None,
+    ) -> None:
+        self.reachability = reachability or Reachability()
         self.endpoints = endpoints
         self.service_dir = service_dir
         self.interval = interval
@@ -107,7 +114,11 @@ class Writer(Background):
                 else:
                     self.last_touch.pop(key, None)
                 if not self.failing:
-                    log.warning("cannot write to etcd (%s): %s skipped until it answers", exc, kind)
+                    # During an outage the watchers have said so already, at WARNING.
+                    level = logging.INFO if self.reachability.unreachable else logging.WARNING
+                    log.log(
+                        level, "cannot write to etcd (%s): %s skipped until it answers", exc, kind
+                    )
                     self.failing = True
                 gevent.sleep(backoff.next())
                 continue
@@ -192,6 +203,7 @@ class Ejections:
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self._until: dict[Upstream, float] = {}
+        self.count = 0  # instances ejected since the process started
 
     def __bool__(self) -> bool:
         return bool(self._until)
@@ -200,9 +212,9 @@ class Ejections:
         if self.seconds <= 0:
             return
         if upstream not in self._until:
-            log.warning(
-                "%s failed: preferring other instances for %gs", upstream.label, self.seconds
-            )
+            # INFO: proxy.front logs the upstream's failing state, once, at WARNING.
+            log.info("%s failed: preferring other instances for %gs", upstream.label, self.seconds)
+            self.count += 1
         self._until[upstream] = time.monotonic() + self.seconds
 
     def prune(self) -> None:
@@ -231,10 +243,17 @@ class EtcdResolver:
         self.domains = DomainTree(config.domainDir)
         self.services = ServiceTree(config.serviceDir)
         self._changed = gevent.event.Event()
-        self.watchers = [Watcher(Endpoints(urls), self.services, self._on_change)]
+        reachability = Reachability()  # one line per outage, however many watchers see it
+        self.watchers = [
+            Watcher(Endpoints(urls), self.services, self._on_change, reachability=reachability)
+        ]
         if not env:
-            self.watchers.append(Watcher(Endpoints(urls), self.domains, self._on_change))
-        self.writer = Writer(Endpoints(urls), config.serviceDir, config.lastAccessInterval)
+            self.watchers.append(
+                Watcher(Endpoints(urls), self.domains, self._on_change, reachability=reachability)
+            )
+        self.writer = Writer(
+            Endpoints(urls), config.serviceDir, config.lastAccessInterval, reachability
+        )
         self._positions: dict[str, int] = {}  # round robin: the only per-request state
         self.ejections = Ejections(config.ejectSeconds)
         self._sweeper: gevent.Greenlet | None = None
@@ -346,9 +365,26 @@ class EtcdResolver:
         robots = service.robots if service is not None else None
         return robots if robots is not None else DEFAULT_ROBOTS
 
-    def describe(self) -> dict[str, Any]:
+    def stats(self) -> dict[str, Any]:
         unreachable = [w.unreachable_since for w in self.watchers if w.unreachable_since]
         errors = [w.last_error for w in self.watchers if w.last_error]
+        return {
+            "resolver": self.name,
+            "loaded": self.ready(),
+            "etcd_index": min((w.index or 1) - 1 for w in self.watchers),
+            "unreachable_since": min(unreachable) if unreachable else None,
+            "last_error": errors[-1] if errors else None,
+            "counters": {
+                "events_applied": sum(w.events_applied for w in self.watchers),
+                "reloads": sum(w.reloads for w in self.watchers),
+                "wakeups": self.writer.wakeups,
+                "last_access_writes": self.writer.last_access_writes,
+                "ejections": self.ejections.count,
+            },
+            "gauges": {"watch_lag_events": max(w.lag for w in self.watchers)},
+        }
+
+    def describe(self) -> dict[str, Any]:
         services = {
             name: [
                 {
@@ -366,19 +402,4 @@ class EtcdResolver:
         domains = {
             host: {"type": d.type, "value": d.value} for host, d in self.domains.domains.items()
         }
-        return {
-            "resolver": self.name,
-            "loaded": self.ready(),
-            "etcd_index": min((w.index or 1) - 1 for w in self.watchers),
-            "unreachable_since": min(unreachable) if unreachable else None,
-            "last_error": errors[-1] if errors else None,
-            "counters": {
-                "events_applied": sum(w.events_applied for w in self.watchers),
-                "watch_lag_events": max(w.lag for w in self.watchers),
-                "reloads": sum(w.reloads for w in self.watchers),
-                "wakeups": self.writer.wakeups,
-                "last_access_writes": self.writer.last_access_writes,
-            },
-            "domains": domains,
-            "services": services,
-        }
+        return {**self.stats(), "domains": domains, "services": services}

@@ -33,6 +33,27 @@ log = logging.getLogger(__name__)
 # python-etcd logs every failed request at ERROR; we log state changes ourselves.
 logging.getLogger("etcd.client").setLevel(logging.CRITICAL)
 
+_ETCD_HOSTS: set[str] = set()  # hosts of every etcd endpoint this process talks to
+
+
+class _RetriesAtDebug(logging.Filter):
+    """urllib3's "Retrying (...)" lines for etcd's hosts, turned into DEBUG lines.
+
+    python-etcd's client keeps urllib3's default of 3 retries per request, each logged at
+    WARNING: an outage would log dozens of them while `Reachability` logs one line. The
+    forwarder never retries through urllib3, so the lines it would log are left alone.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        retry = getattr(record, "__urllib3-retry-warning", None)
+        if not isinstance(retry, dict) or retry.get("host") not in _ETCD_HOSTS:
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return log.isEnabledFor(logging.DEBUG)
+
+
+logging.getLogger("urllib3.connectionpool").addFilter(_RetriesAtDebug())
+
 WATCH_TIMEOUT = 55.0  # seconds a long poll may stay silent before we re-open it
 REQUEST_TIMEOUT = 10.0
 BACKOFF_FIRST = 0.05
@@ -61,6 +82,7 @@ class Endpoints:
 
     def __init__(self, urls: Sequence[str], read_timeout: float = REQUEST_TIMEOUT) -> None:
         self.urls = list(urls)
+        _ETCD_HOSTS.update(urlsplit(url).hostname or "" for url in self.urls)
         self.read_timeout = read_timeout
         self._position = 0
         self._client: Any = None
@@ -151,6 +173,39 @@ class Background:
             self._greenlet = None
 
 
+class Reachability:
+    """Whether etcd answers, as one resolver's watchers see it, logged once per change.
+
+    A resolver watches with one greenlet per directory and each one notices an outage: the
+    first to fail logs that etcd went away, the last to get an answer again that it is back.
+    """
+
+    def __init__(self) -> None:
+        self._failing: set[str] = set()
+        self._since = 0.0
+
+    @property
+    def unreachable(self) -> bool:
+        return bool(self._failing)
+
+    def failed(self, who: str, endpoint: str, exc: BaseException) -> None:
+        if not self._failing:
+            self._since = time.monotonic()
+            log.warning(
+                "etcd unreachable (%s: %s); serving the last table, retrying", endpoint, exc
+            )
+        self._failing.add(who)
+
+    def answered(self, who: str, endpoint: str) -> None:
+        if who not in self._failing:
+            return
+        self._failing.discard(who)
+        if not self._failing:
+            log.warning(
+                "etcd reachable again at %s after %.1f s", endpoint, time.monotonic() - self._since
+            )
+
+
 class Watcher(Background):
     """Mirrors one directory (`mirror.prefix`) of etcd into `mirror`, forever."""
 
@@ -160,7 +215,9 @@ class Watcher(Background):
         mirror: Mirror,
         on_change: Callable[[str, Any], None] = lambda event, detail: None,
         watch_timeout: float = WATCH_TIMEOUT,
+        reachability: Reachability | None = None,
     ) -> None:
+        self.reachability = reachability or Reachability()
         self.endpoints = endpoints
         self.mirror = mirror
         self.prefix = mirror.prefix
@@ -285,19 +342,14 @@ class Watcher(Background):
     def _set_reachable(self, reachable: bool, exc: BaseException | None = None) -> None:
         if reachable:
             if self.reachable is False:
-                log.warning(
-                    "%s: etcd reachable again at %s, resuming from index %s",
-                    self.prefix,
-                    self.endpoints.current,
-                    self.index,
-                )
+                log.info("%s: resuming from index %s", self.prefix, self.index)
+                self.reachability.answered(self.prefix, self.endpoints.current)
             self.reachable = True
             self.unreachable_since = None
             return
         self.last_error = f"{self.endpoints.current}: {exc}"
         if self.reachable is not False:
-            log.warning(
-                "%s: etcd unreachable (%s); serving the last table, retrying", self.prefix, exc
-            )
+            assert exc is not None
+            self.reachability.failed(self.prefix, self.endpoints.current, exc)
             self.unreachable_since = time.time()
         self.reachable = False

@@ -162,7 +162,7 @@ def test_etcd_killed_and_restarted_while_serving(
     def noticed_and_still_serving() -> bool:
         resp = proxy.get(host="steady.test")
         assert (resp.status, resp.text) == (200, "app")  # fails the test at once if not
-        return log_count(proxy, "etcd unreachable") == 2  # one per watched directory
+        return log_count(proxy, "etcd unreachable") >= 1
 
     wait_until(noticed_and_still_serving, timeout=10, what="gogeta to notice etcd is gone")
     for _ in range(10):
@@ -174,9 +174,11 @@ def test_etcd_killed_and_restarted_while_serving(
     write_domain(client, "comeback.test", "service", "steady")
     routed(proxy, "comeback.test", timeout=20)
     routed(proxy, "steady.test")
+    # One line each way for the outage, however many directories are watched.
+    assert log_count(proxy, "etcd unreachable") == 1, proxy.log()
+    assert log_count(proxy, "etcd reachable again") == 1, proxy.log()
     for prefix in ("/domains", "/services"):
-        assert log_count(proxy, f"{prefix}: etcd unreachable") == 1, proxy.log()
-        assert log_count(proxy, f"{prefix}: etcd reachable again") == 1, proxy.log()
+        assert log_count(proxy, f"{prefix}: resuming from index") == 1, proxy.log()
 
 
 def test_gogeta_started_before_etcd_picks_routes_up(
@@ -185,7 +187,7 @@ def test_gogeta_started_before_etcd_picks_routes_up(
     proxy = gogeta("-etcdAddress", own_etcd.url)  # nothing listens there yet
     assert proxy.get(host="early.test").status == 404
     wait_until(
-        lambda: log_count(proxy, "etcd unreachable") == 2,
+        lambda: log_count(proxy, "etcd unreachable") >= 1,
         timeout=10,
         what="gogeta to report etcd unreachable",
     )
@@ -196,8 +198,7 @@ def test_gogeta_started_before_etcd_picks_routes_up(
     write_instance(client, "early", "1", app.port)
     write_domain(client, "early.test", "service", "early")
     routed(proxy, "early.test", timeout=20)
-    for prefix in ("/domains", "/services"):
-        assert log_count(proxy, f"{prefix}: etcd unreachable") == 1, proxy.log()
+    assert log_count(proxy, "etcd unreachable") == 1, proxy.log()
 
 
 def test_first_endpoint_refusing_connections(gogeta: Start, etcd: EtcdServer, app: Backend) -> None:

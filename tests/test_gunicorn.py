@@ -259,17 +259,37 @@ def test_metrics_cover_every_worker(gunicorn, etcd) -> None:
                     found.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
             return found
 
-        before = scrape()["gogeta_requests_total"].get((("code", "2xx"),), 0)
+        before = scrape()["gogeta_requests_total"].get((("code", "200"),), 0)
         pids = [ask(server.port, "shop.example.com")[2] for _ in range(20)]
         assert set(pids) == server.worker_pids(), "both workers must have served some"
         for _ in range(4):  # whichever worker answers the scrape, it counts all 20
-            after = scrape()["gogeta_requests_total"][(("code", "2xx"),)]
+            found = scrape()
+            after = found["gogeta_requests_total"][(("code", "200"),)]
             assert after - before == 20
-        # Each worker's resolver, labelled by pid, copied into the shared files.
-        wait_until(
-            lambda: {int(dict(labels)["pid"]) for labels in
-                     scrape().get("gogeta_resolver_events_applied", {})} == server.worker_pids(),
-            timeout=20,
-            what="both workers' resolver counters",
-        )  # fmt: skip
+            # Each worker's gauges, labelled by pid, fresh from its load on: every worker
+            # is at the index of the last write (not 0 until some refresh period is over).
+            indexes = {int(dict(k)["pid"]): v for k, v in found["gogeta_etcd_index"].items()}
+            assert set(indexes) == server.worker_pids()
+            assert min(indexes.values()) > 0, indexes
+            rss = found["process_resident_memory_bytes"]
+            assert {int(dict(k)["pid"]) for k in rss} == server.worker_pids()
+            assert found["process_cpu_seconds_total"][()] > 0  # summed over the workers
+
+        # Counters are summed over the workers, and reach the files as the change
+        # happens: no refresh period to wait for.
+        applied = scrape()["gogeta_resolver_events_applied_total"][()]
+        for port in (a.port, a.port + 1, a.port):
+            location = json.dumps({"host": "127.0.0.1", "port": port})
+            client.write("/services/shop/2/location", location)
+        client.write("/services/shop/2/location", json.dumps({"host": "127.0.0.1", "port": 1}))
+        client.delete("/services/shop/2", recursive=True, dir=True)
+        every_worker_answers(server, "shop.example.com", 200, b"A")
+        found = wait_until(
+            lambda: (
+                (f := scrape())["gogeta_resolver_events_applied_total"][()] >= applied + 10 and f
+            ),
+            timeout=3,  # published on change: no period of seconds to wait for
+            what="both workers' 5 events in the summed counter",
+        )
+        assert found["gogeta_resolver_reloads_total"][()] >= 4  # 2 directories, 2 workers
     assert server.stop() == 0

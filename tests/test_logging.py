@@ -7,7 +7,14 @@ import json
 import re
 from typing import Any
 
-from tests.support import Backend, GogetaProcess, refused_port, through, wait_until
+from tests.support import (
+    Backend,
+    EtcdServer,
+    GogetaProcess,
+    refused_port,
+    through,
+    wait_until,
+)
 
 COMBINED = re.compile(
     r'(?P<client>\S+) - - \[(?P<time>[^\]]+)\] "(?P<method>\S+) (?P<target>\S+) (?P<proto>[^"]+)" '
@@ -132,3 +139,98 @@ def test_normal_traffic_logs_nothing_at_warning(gogeta, etcd) -> None:
     levels = re.findall(r"^\S+ \S+ (DEBUG|INFO|WARNING|ERROR|CRITICAL) ", proxy.log(), re.M)
     assert "INFO" in levels and "DEBUG" in levels  # the pattern does match the log format
     assert not {"WARNING", "ERROR", "CRITICAL"} & set(levels), proxy.log()
+
+
+def warnings_of(proxy: GogetaProcess) -> list[str]:
+    return re.findall(r"^\S+ \S+ (?:WARNING|ERROR|CRITICAL) (.*)$", proxy.log(), re.M)
+
+
+def test_an_etcd_outage_logs_one_line_going_and_one_coming_back(gogeta, tmp_path) -> None:
+    etcd = EtcdServer(tmp_path / "etcd").start()
+    try:
+        with Backend() as backend:
+            route(etcd, "shop.example.com", "shop", backend.port)
+            proxy = gogeta("-etcdAddress", etcd.url, "-lastAccessInterval", "0")
+            wait_until(lambda: proxy.get("/", host="shop.example.com").status == 200)
+            etcd.kill()
+
+            def down_for(seconds: float) -> bool:
+                since = json.loads(proxy.get("/__gogeta/health").body)["etcd_unreachable_seconds"]
+                return since is not None and since >= seconds
+
+            # Long enough for several reconnection rounds (backoff 50 ms, 100 ms...).
+            wait_until(lambda: down_for(2.5), timeout=30, what="etcd down for a while")
+            for _ in range(3):  # lastAccess writes that cannot be made meanwhile
+                assert proxy.get("/", host="shop.example.com").status == 200
+            etcd.start()
+            wait_until(
+                lambda: (
+                    json.loads(proxy.get("/__gogeta/health").body)["etcd_unreachable_seconds"]
+                    is None
+                ),
+                timeout=30,
+                what="etcd back",
+            )
+            assert proxy.get("/", host="shop.example.com").status == 200
+            proxy.stop()
+    finally:
+        etcd.stop()
+    warned = warnings_of(proxy)
+    assert not [w for w in warned if "Retrying" in w], warned
+    assert len([w for w in warned if "etcd unreachable" in w]) == 1, warned
+    assert len([w for w in warned if "etcd reachable again" in w]) == 1, warned
+    assert len(warned) == 2, warned
+
+
+def test_a_failing_upstream_logs_its_state_changes_not_each_request(gogeta, etcd) -> None:
+    with Backend() as backend:
+        client = etcd.client()
+        route(etcd, "shop.example.com", "shop", refused_port())
+        proxy = gogeta("-etcdAddress", etcd.url, "-ejectSeconds", "0")
+        wait_until(lambda: proxy.get("/", host="shop.example.com").status == 502)
+        for _ in range(20):
+            assert proxy.get("/", host="shop.example.com").status == 502
+        location = json.dumps({"host": "127.0.0.1", "port": backend.port})
+        client.write("/services/shop/1/location", location)
+        wait_until(lambda: proxy.get("/", host="shop.example.com").status == 200)
+        access_lines(proxy, 22, COMBINED.match)  # every request is in the access log
+        proxy.stop()
+    warned = warnings_of(proxy)
+    assert len(warned) == 1, warned
+    assert "shop/1" in warned[0] and "failing" in warned[0] and "connect" in warned[0]
+    recovered = [line for line in proxy.log().splitlines() if "shop/1 recovered after" in line]
+    assert len(recovered) == 1, proxy.log()
+    found = re.search(r"recovered after (\d+) failed requests over [\d.]+ s", recovered[0])
+    assert found is not None and int(found[1]) >= 21, recovered
+
+
+def test_a_long_failure_is_summed_up_once_a_minute(caplog) -> None:
+    from proxy.front import UpstreamStates
+
+    now = [1000.0]
+    states = UpstreamStates(clock=lambda: now[0])
+    with caplog.at_level("INFO", logger="proxy.front"):
+        for _ in range(600):  # 10 minutes of one failure a second
+            states.failed("shop/1", "cannot connect: refused")
+            now[0] += 1.0
+        states.succeeded("shop/1")
+    messages = [r.getMessage() for r in caplog.records]
+    assert "failing" in messages[0] and "cannot connect: refused" in messages[0]
+    summaries = [m for m in messages if "still failing" in m]
+    assert 9 <= len(summaries) <= 10, messages
+    assert "recovered after 600 failed requests over 600" in messages[-1]
+    assert len(messages) == 2 + len(summaries)
+
+
+def test_health_checks_can_be_left_out_of_the_access_log(gogeta) -> None:
+    with Backend() as backend:
+        quiet = through(gogeta, backend.url + "/", "-accessLogHealth=false")
+        loud = through(gogeta, backend.url + "/")
+        for proxy in (quiet, loud):
+            for _ in range(3):
+                assert proxy.get("/__gogeta/health").status == 200
+            assert proxy.get("/after").status == 200
+            access_lines(proxy, 1, lambda line: "/after" in line and COMBINED.match(line))
+            proxy.stop()
+    assert "/__gogeta/health" not in quiet.log()
+    assert len([line for line in loud.log().splitlines() if "/__gogeta/health" in line]) == 3

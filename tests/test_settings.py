@@ -49,6 +49,7 @@ DEFAULTS: list[tuple[str, Any]] = [
     ("logLevel", "INFO"),
     ("drainTimeout", 10.0),
     ("accessLog", "combined"),
+    ("accessLogHealth", True),
     ("healthGraceSeconds", 30.0),
     ("trustedNetworks", (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))),
     ("noWakeUserAgents", re.compile(settings.NO_WAKE_USER_AGENTS, re.IGNORECASE)),

@@ -1,0 +1,225 @@
+"""What an operator alerts on, scraped from a real gogeta at `/__gogeta/metrics`.
+
+Counters are real counters (`_total`, TYPE counter), the `code` label is the status code,
+per-domain, per-service and per-instance series carry the status class, upstream failures
+are counted by kind. The text is parsed with prometheus-client's parser, as Prometheus does.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support import (
+    Backend,
+    GogetaProcess,
+    RawServer,
+    Response,
+    read_request_head,
+    refused_port,
+    through,
+    wait_until,
+)
+
+Found = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(proxy: GogetaProcess) -> tuple[Found, dict[str, str]]:
+    """(`{(sample name, sorted labels): value}`, `{family name: type}`)."""
+    resp = proxy.get("/__gogeta/metrics")
+    assert resp.status == 200
+    found: Found = {}
+    types: dict[str, str] = {}
+    for family in text_string_to_metric_families(resp.text):
+        types[family.name] = family.type
+        for s in family.samples:
+            found[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return found, types
+
+
+def value(found: Found, name: str, **labels: str) -> float:
+    return found.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def labels_of(found: Found, name: str) -> list[dict[str, str]]:
+    return [dict(labels) for (n, labels) in found if n == name]
+
+
+def route(etcd: Any, host: str, service: str, ports: dict[str, int]) -> None:
+    client = etcd.client()
+    client.write(f"/domains/{host}/type", "service")
+    client.write(f"/domains/{host}/value", service)
+    for index, port in ports.items():
+        location = json.dumps({"host": "127.0.0.1", "port": port})
+        client.write(f"/services/{service}/{index}/location", location)
+
+
+def routed(proxy: GogetaProcess, host: str, status: int = 200) -> Response:
+    return wait_until(
+        lambda: (r := proxy.get("/", host=host)).status == status and r,
+        what=f"{host} to answer {status}",
+    )
+
+
+def test_resolver_figures_are_counters_read_at_scrape_time(gogeta, etcd) -> None:
+    with Backend() as backend:
+        route(etcd, "shop.example.com", "shop", {"1": backend.port})
+        proxy = gogeta("-etcdAddress", etcd.url, "-lastAccessInterval", "0")
+        routed(proxy, "shop.example.com")
+        before, types = scrape(proxy)
+        for name in ("reloads", "events_applied", "wakeups", "last_access_writes", "ejections"):
+            assert types.get(f"gogeta_resolver_{name}") == "counter", name
+            assert (f"gogeta_resolver_{name}_total", ()) in before, name
+            assert (f"gogeta_resolver_{name}", ()) not in before, name  # no gauge copy
+        assert value(before, "gogeta_resolver_reloads_total") == 2  # /domains and /services
+        assert types["gogeta_etcd_index"] == "gauge"
+        assert types["gogeta_resolver_watch_lag_events"] == "gauge"
+
+        # Changes reach the scrape without waiting for any refresh period.
+        etcd.client().write("/services/shop/2/location", json.dumps({"port": 1}))
+        etcd.client().write("/services/shop/2/location", json.dumps({"port": 2}))
+
+        def applied() -> Found:
+            found, _ = scrape(proxy)
+            grown = value(found, "gogeta_resolver_events_applied_total") - value(
+                before, "gogeta_resolver_events_applied_total"
+            )
+            return found if grown >= 2 else {}
+
+        after = wait_until(applied, timeout=5, what="the two events in the counter")
+    assert value(after, "gogeta_etcd_index") >= etcd.client().read("/").etcd_index - 10
+    assert value(after, "gogeta_resolver_last_access_writes_total") >= 1
+
+
+def test_code_is_the_status_code_and_bounded(gogeta, etcd) -> None:
+    def odd(conn: socket.socket) -> None:
+        while read_request_head(conn):
+            conn.sendall(b"HTTP/1.1 799 Odd\r\nContent-Length: 0\r\n\r\n")
+
+    with Backend() as backend, RawServer(odd) as weird:
+        route(etcd, "shop.example.com", "shop", {"1": backend.port})
+        route(etcd, "dead.example.com", "dead", {"1": refused_port()})
+        route(etcd, "odd.example.com", "odd", {"1": weird.port})
+        proxy = gogeta("-etcdAddress", etcd.url)
+        routed(proxy, "shop.example.com")
+        routed(proxy, "dead.example.com", 502)
+        routed(proxy, "odd.example.com", 799)
+        assert proxy.get("/", host="nowhere.example.com").status == 404
+        found, types = scrape(proxy)
+    assert types["gogeta_requests"] == "counter"
+    codes = {labels["code"] for labels in labels_of(found, "gogeta_requests_total")}
+    assert {"200", "502", "404", "other"} <= codes
+    assert not {"2xx", "5xx", "799"} & codes
+
+
+def test_error_ratio_per_domain_service_and_instance(gogeta, etcd) -> None:
+    with Backend() as backend:
+        dead = refused_port()
+        route(etcd, "shop.example.com", "shop", {"1": backend.port})
+        route(etcd, "dead.example.com", "dead", {"1": dead})
+        proxy = gogeta("-etcdAddress", etcd.url, "-ejectSeconds", "0")
+        routed(proxy, "shop.example.com")
+        routed(proxy, "dead.example.com", 502)
+        before, types = scrape(proxy)
+        for _ in range(4):
+            assert proxy.get("/", host="shop.example.com").status == 200
+        for _ in range(3):
+            assert proxy.get("/", host="dead.example.com").status == 502
+        after, _ = scrape(proxy)
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    ok, failed = {"class": "2xx"}, {"class": "5xx"}
+    assert delta("gogeta_domain_requests_total", domain="shop.example.com", **ok) == 4
+    assert delta("gogeta_domain_requests_total", domain="dead.example.com", **failed) == 3
+    assert delta("gogeta_service_requests_total", service="shop", **ok) == 4
+    assert delta("gogeta_service_requests_total", service="dead", **failed) == 3
+    assert delta("gogeta_upstream_requests_total", service="shop", upstream="shop/1", **ok) == 4
+    assert delta("gogeta_service_latency_seconds_count", service="shop") == 4
+    assert delta("gogeta_upstream_latency_seconds_count", service="shop", upstream="shop/1") == 4
+    failures = {"service": "dead", "upstream": "dead/1", "kind": "connect_refused"}
+    assert delta("gogeta_upstream_failures_total", **failures) == 3
+    assert types["gogeta_upstream_failures"] == "counter"
+
+
+def test_failure_kinds(gogeta) -> None:
+    def resets(conn: socket.socket) -> None:
+        read_request_head(conn)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        conn.close()
+
+    def nonsense(conn: socket.socket) -> None:
+        read_request_head(conn)
+        conn.sendall(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
+        conn.close()
+
+    def silent(conn: socket.socket) -> None:
+        conn.recv(1)
+
+    cases = {"reset": (resets, 502), "bad_answer": (nonsense, 502), "timeout": (silent, 504)}
+    for kind, (handle, status) in cases.items():
+        with RawServer(handle) as server:
+            proxy = through(gogeta, server.url + "/", "-readTimeout", "0.5")
+            assert proxy.get("/").status == status
+            found, _ = scrape(proxy)
+            upstream = f"127.0.0.1:{server.port}"
+            failed = {labels["kind"]: value(found, "gogeta_upstream_failures_total", **labels)
+                      for labels in labels_of(found, "gogeta_upstream_failures_total")
+                      if labels["upstream"] == upstream}  # fmt: skip
+            assert failed == {kind: 1.0}, (kind, failed)
+            proxy.stop()
+
+
+def test_retries_ejections_bytes_and_process(gogeta, etcd) -> None:
+    with Backend() as backend:
+        # Instance 1 refuses: the first request to it is replayed on instance 2.
+        route(etcd, "shop.example.com", "shop", {"1": refused_port(), "2": backend.port})
+        proxy = gogeta("-etcdAddress", etcd.url)
+        routed(proxy, "shop.example.com")
+        before, types = scrape(proxy)
+        for _ in range(4):
+            assert proxy.get("/", host="shop.example.com").status == 200
+        body = b"x" * 1000
+        resp = proxy.get("/up", host="shop.example.com", method="POST", body=body)
+        assert resp.status == 200
+        after, _ = scrape(proxy)
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert value(after, "gogeta_retries_total", service="shop") >= 1
+    assert value(after, "gogeta_resolver_ejections_total") >= 1
+    assert delta("gogeta_received_bytes_total") == len(body)
+    assert delta("gogeta_sent_bytes_total") == 4 * len(b"GET /") + len(b"POST /up")
+    assert types["process_cpu_seconds"] == "counter"
+    assert value(after, "process_resident_memory_bytes") > 0
+    assert value(after, "process_open_fds") > 0
+
+
+def test_service_and_upstream_labels_are_bounded() -> None:
+    """Past MAX_SERVICES services or MAX_UPSTREAMS upstreams, the rest count as `other`."""
+    import os
+
+    from proxy.metrics import MAX_SERVICES, MAX_UPSTREAMS, Metrics
+    from resolvers.base import Upstream
+
+    assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+    metrics = Metrics()
+    for i in range(MAX_SERVICES + 20):
+        for j in range(3):
+            metrics.count_upstream(Upstream("http", "h", 1, service=f"s{i}", instance=str(j)), 200)
+    _, text = metrics.render()
+    found: dict[str, set[tuple[str, ...]]] = {}
+    for family in text_string_to_metric_families(text.decode()):
+        for s in family.samples:
+            found.setdefault(s.name, set()).add(tuple(sorted(s.labels.items())))
+    services = {dict(labels)["service"] for labels in found["gogeta_service_requests_total"]}
+    assert len(services) == MAX_SERVICES + 1 and "other" in services
+    upstreams = found["gogeta_upstream_requests_total"]
+    assert len(upstreams) == MAX_UPSTREAMS + 1
+    assert (("class", "2xx"), ("service", "other"), ("upstream", "other")) in upstreams
+    assert (("class", "2xx"), ("service", "s0"), ("upstream", "s0/1")) in upstreams
