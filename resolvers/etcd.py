@@ -169,17 +169,10 @@ class Writer(Background):
         except (etcd.EtcdKeyNotFound, etcd.EtcdCompareFailed, etcd.EtcdDirNotEmpty):
             pass  # written to meanwhile: it exists again for real
 
-    def being_woken(self, instance: Instance) -> bool:
-        """Whether `instance` is on its way up after a wake-up, for less than WAKE_GRACE
-        seconds: asked to start by this process, or found asked by another gogeta of the
-        fleet (`waking`), which counts from the first time this process saw it so."""
-        key = (instance.service, instance.index)
-        asked = self.woken.get(key)
-        if asked is None:
-            if not instance.waking:
-                return False
-            self.woken[key] = asked = (instance, time.monotonic())
-        return time.monotonic() - asked[1] < WAKE_GRACE
+    def recently_woken(self, instance: Instance) -> bool:
+        """Whether this process asked `instance` to start less than WAKE_GRACE seconds ago."""
+        asked = self.woken.get((instance.service, instance.index))
+        return asked is not None and time.monotonic() - asked[1] < WAKE_GRACE
 
     def _wake(self, base: str, instance: Instance) -> None:
         # Compare-and-swap, so that many gogeta processes wake an instance once.
@@ -344,11 +337,11 @@ class EtcdResolver:
             if last.status is Status.PASSIVATED:
                 if wake:
                     self.writer.wake(last)
-            elif last.status is Status.ERROR and self.writer.being_woken(last):
-                # Deliberately beyond SPEC §3: once a gogeta sets `expected` to `started`,
-                # the instance reads stopped/started ("error") until its orchestrator moves
-                # it to starting. Visitors keep the self-reloading wake-up page meanwhile
-                # instead of a dead-end error page, whichever gogeta of the fleet they reach.
+            elif last.status is Status.ERROR and self.writer.recently_woken(last):
+                # Deliberately beyond SPEC §3: once we set `expected` to `started`, the
+                # instance reads stopped/started ("error") until its orchestrator moves it
+                # to starting. Visitors keep the self-reloading wake-up page meanwhile
+                # instead of a dead-end error page.
                 raise RoutingError(Status.PASSIVATED, hostname)
             raise RoutingError(last.refusal, hostname)
         self.writer.touch(chosen)

@@ -107,9 +107,6 @@ class Instance:
     location: Location | None
     robots: str | None
     upstream: Upstream | None
-    # Stopped with `expected` started: asked to start (woken, by any gogeta of the fleet),
-    # its orchestrator not there yet. An error by SPEC §3, but worth a wait page a while.
-    waking: bool = False
 
     @property
     def refusal(self) -> Status:
@@ -134,8 +131,7 @@ def make_instance(
     upstream = None
     if status is Status.STARTED and location is not None:
         upstream = Upstream("http", location.host, location.port, service=service, instance=index)
-    waking = status is Status.ERROR and current == "stopped" and expected == "started"
-    return Instance(service, index, status, location, robots, upstream, waking)
+    return Instance(service, index, status, location, robots, upstream)
 
 
 def index_order(index: str) -> tuple[int, int, str]:

@@ -58,25 +58,6 @@ def test_two_proxies_wake_an_application_once(etcd, gogeta) -> None:
         assert not backend.seen
 
 
-def test_a_proxy_that_finds_an_application_woken_by_another_shows_the_wait_page(
-    etcd, gogeta
-) -> None:
-    with Backend() as backend:
-        passivated(etcd, "woken.test", "woken", backend.port)
-        first = gogeta("-etcdAddress", etcd.url)
-        wait_until(lambda: first.get("/", host="woken.test").status == 503)
-        wait_until(lambda: expected_of(etcd, "woken")[0] == "started", what="wake-up write")
-        # Started after the wake-up: it loads stopped/started, which no request of its own
-        # caused, and its visitors still get the wait page, not the error page.
-        second = gogeta("-etcdAddress", etcd.url)
-        resp = wait_until(
-            lambda: r if (r := second.get("/", host="woken.test")).status != 404 else None,
-            what="the second proxy to load the route",
-        )
-        assert resp.status == 503 and b'http-equiv="refresh"' in resp.body
-        assert not backend.seen
-
-
 def test_api_client_gets_json_503_with_retry_after(etcd, gogeta) -> None:
     with Backend() as backend:
         passivated(etcd, "api-sleepy.test", "apisleepy", backend.port)
