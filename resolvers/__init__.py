@@ -15,6 +15,14 @@ def make_resolver(config: Any) -> Resolver:
         from resolvers.dummy import DummyResolver
 
         return DummyResolver(config.dummyTarget)
-    from resolvers.etcd import EtcdResolver
+    from resolvers.etcd2 import V2Source
+    from resolvers.table import TableResolver
 
-    return EtcdResolver(config, env=config.resolverType == "Env")
+    return TableResolver(
+        V2Source(config.etcdAddress),
+        config.domainDir,
+        config.serviceDir,
+        config.lastAccessInterval,
+        config.ejectSeconds,
+        env=config.resolverType == "Env",
+    )

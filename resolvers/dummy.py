@@ -4,24 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from typing import Any
-from urllib.parse import urlsplit
 
 from resolvers.base import Upstream
-
-
-def upstream_of_url(url: str) -> Upstream:
-    """The upstream for an absolute http(s) URL; raises ValueError when it is not one."""
-    parts = urlsplit(url.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"not an absolute http(s) URL: {url!r}")
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    return Upstream(
-        scheme=parts.scheme,
-        host=parts.hostname,
-        port=port,
-        path=parts.path.rstrip("/"),
-        query=parts.query,
-    )
+from resolvers.model import upstream_of_url
 
 
 class DummyResolver:

@@ -11,11 +11,26 @@ import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from resolvers.base import Status, Upstream
-from resolvers.dummy import upstream_of_url
 
 DOMAIN_TYPES = ("service", "uri")
+
+
+def upstream_of_url(url: str) -> Upstream:
+    """The upstream for an absolute http(s) URL; raises ValueError when it is not one."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not an absolute http(s) URL: {url!r}")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return Upstream(
+        scheme=parts.scheme,
+        host=parts.hostname,
+        port=port,
+        path=parts.path.rstrip("/"),
+        query=parts.query,
+    )
 
 
 @dataclass(frozen=True, slots=True)

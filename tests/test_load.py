@@ -14,8 +14,8 @@ import etcd
 import pytest
 from etcd import EtcdKeyNotFound
 
+from resolvers.etcd2 import Endpoints, Watcher, nodes_of
 from resolvers.tree import DomainTree, Node, ServiceTree
-from resolvers.watcher import Endpoints, Watcher, nodes_of
 from tests.etcd_routes import write_domain, write_instance
 from tests.support import EtcdServer
 

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import settings
-from resolvers.etcd import EtcdResolver
+from resolvers import make_resolver
+from resolvers.table import TableResolver
 from resolvers.tree import Node
 
 LOC = '{"host": "10.0.0.1", "port": 8001}'
 
 
-def resolver_with(*names: str) -> EtcdResolver:
+def resolver_with(*names: str) -> TableResolver:
     config = settings.parse(["-lastAccessInterval", "100", "-ejectSeconds", "0.000001"], environ={})
-    resolver = EtcdResolver(config)  # never started: no etcd involved
+    resolver = make_resolver(config)  # never started: no etcd involved
+    assert isinstance(resolver, TableResolver)
     resolver.services.load([Node(f"/services/{n}/1/location", LOC) for n in names])
     domains = []
     for n in names:

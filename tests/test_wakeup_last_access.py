@@ -243,3 +243,20 @@ def test_requests_do_not_wait_for_a_stalled_etcd(
         timeout=15,
         what="the wake-up written after the stall",
     )
+
+
+# ------------------------------------------------------------------ refused writes
+
+
+def test_a_write_etcd_refuses_is_dropped_not_taken_for_an_outage(
+    proxy: GogetaProcess, client: Any, sync: Barrier, app: Backend
+) -> None:
+    base = write_instance(client, "blocked", "1", app.port)
+    client.write(f"{base}/lastAccess", None, dir=True)  # a directory where a key must go
+    write_domain(client, "blocked.test", "service", "blocked")
+    sync(proxy)
+    assert proxy.get(host="blocked.test").status == 200
+    sync(proxy, writer=True)  # the writer went on to the next write at once
+    wait_until(lambda: log_count(proxy, "etcd refused the lastAccess of blocked/1") == 1)
+    assert log_count(proxy, "cannot write to etcd") == 0
+    assert proxy.get("/__gogeta/health").status == 200

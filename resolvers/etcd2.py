@@ -1,6 +1,6 @@
-"""Keeping one etcd directory mirrored: load, then long-poll from the load's index.
+"""The etcd v2 source: directories mirrored by load and long poll, and gogeta's two writes.
 
-This is the only module that reads etcd. Rules (SPEC §7, NOTES.md):
+The only module that talks to etcd's v2 API. Rules (SPEC §7):
 - load recursively (one GET whose JSON is walked here: python-etcd's `read` would build an
   object per node, which costs seconds and hundreds of MB at 100,000 domains), then watch
   from the answer's `X-Etcd-Index` + 1 and after each event from its `modifiedIndex` + 1,
@@ -16,19 +16,28 @@ from __future__ import annotations
 import gc
 import json
 import logging
-import random
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import etcd
 import gevent
 import urllib3
 
+from resolvers.source import (
+    Background,
+    Backoff,
+    Mirror,
+    Reachability,
+    SourceDown,
+    SyncState,
+    WriteRefused,
+)
 from resolvers.tree import Node
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # python-etcd logs every failed request at ERROR; we log state changes ourselves.
 logging.getLogger("etcd.client").setLevel(logging.CRITICAL)
@@ -56,10 +65,11 @@ logging.getLogger("urllib3.connectionpool").addFilter(_RetriesAtDebug())
 
 WATCH_TIMEOUT = 55.0  # seconds a long poll may stay silent before we re-open it
 REQUEST_TIMEOUT = 10.0
-BACKOFF_FIRST = 0.05
-BACKOFF_CAP = 5.0
 PROBE_KEY = "/.gogeta-index-probe"  # never written: reading it returns etcd's current index
 
+# etcd answered, and said no: a key in the way, a failed compare, missing permissions.
+# Not an outage (no backoff, no "unreachable"), whatever python-etcd's class tree says.
+ETCD_REFUSED = (etcd.EtcdKeyError, etcd.EtcdValueError, etcd.EtcdInsufficientPermissions)
 ETCD_DOWN = (
     etcd.EtcdConnectionFailed,
     etcd.EtcdClusterIdChanged,
@@ -67,14 +77,6 @@ ETCD_DOWN = (
     urllib3.exceptions.HTTPError,
     OSError,
 )
-
-
-class Mirror(Protocol):
-    prefix: str
-
-    def load(self, nodes: Iterable[Node]) -> None: ...
-
-    def apply(self, node: Node, action: str) -> bool: ...
 
 
 class Endpoints:
@@ -137,73 +139,6 @@ def nodes_of(body: bytes) -> Iterator[Node]:
     pop = found.pop
     while found:
         yield pop()
-
-
-class Backoff:
-    """Capped exponential backoff with jitter: 50 ms, 100 ms, ... up to 5 s."""
-
-    def __init__(self, first: float = BACKOFF_FIRST, cap: float = BACKOFF_CAP) -> None:
-        self.first, self.cap = first, cap
-        self.delay = first
-
-    def next(self) -> float:
-        delay = self.delay
-        self.delay = min(self.cap, self.delay * 2)
-        return delay * random.uniform(0.8, 1.2)
-
-    def reset(self) -> None:
-        self.delay = self.first
-
-
-class Background:
-    """One greenlet running `run` between `start` and `stop` (both idempotent)."""
-
-    _greenlet: gevent.Greenlet | None = None
-
-    def run(self) -> None:
-        raise NotImplementedError
-
-    def start(self) -> None:
-        if self._greenlet is None:
-            self._greenlet = gevent.spawn(self.run)
-
-    def stop(self) -> None:
-        if self._greenlet is not None:
-            self._greenlet.kill(block=False)
-            self._greenlet = None
-
-
-class Reachability:
-    """Whether etcd answers, as one resolver's watchers see it, logged once per change.
-
-    A resolver watches with one greenlet per directory and each one notices an outage: the
-    first to fail logs that etcd went away, the last to get an answer again that it is back.
-    """
-
-    def __init__(self) -> None:
-        self._failing: set[str] = set()
-        self._since = 0.0
-
-    @property
-    def unreachable(self) -> bool:
-        return bool(self._failing)
-
-    def failed(self, who: str, endpoint: str, exc: BaseException) -> None:
-        if not self._failing:
-            self._since = time.monotonic()
-            log.warning(
-                "etcd unreachable (%s: %s); serving the last table, retrying", endpoint, exc
-            )
-        self._failing.add(who)
-
-    def answered(self, who: str, endpoint: str) -> None:
-        if who not in self._failing:
-            return
-        self._failing.discard(who)
-        if not self._failing:
-            log.warning(
-                "etcd reachable again at %s after %.1f s", endpoint, time.monotonic() - self._since
-            )
 
 
 class Watcher(Background):
@@ -353,3 +288,104 @@ class Watcher(Background):
             self.reachability.failed(self.prefix, self.endpoints.current, exc)
             self.unreachable_since = time.time()
         self.reachable = False
+
+
+class V2Source:
+    """etcd's v2 API (`/v2/keys`) as a `Source`: one watcher greenlet per directory."""
+
+    name = "etcd v2"
+
+    def __init__(self, urls: Sequence[str], watch_timeout: float = WATCH_TIMEOUT) -> None:
+        self.urls = list(urls)
+        self.watch_timeout = watch_timeout
+        self.watchers: list[Watcher] = []
+        self.reachability = Reachability()  # one line per outage, however many watchers see it
+        self.writes = Endpoints(self.urls)
+
+    def mirror(self, mirror: Mirror, on_change: Callable[[str, Any], None]) -> None:
+        self.watchers.append(
+            Watcher(
+                Endpoints(self.urls),
+                mirror,
+                on_change,
+                watch_timeout=self.watch_timeout,
+                reachability=self.reachability,
+            )
+        )
+
+    def start(self) -> None:
+        for watcher in self.watchers:
+            watcher.start()
+
+    def stop(self) -> None:
+        for watcher in self.watchers:
+            watcher.stop()
+
+    def state(self) -> SyncState:
+        watchers = self.watchers
+        unreachable = [w.unreachable_since for w in watchers if w.unreachable_since]
+        errors = [w.last_error for w in watchers if w.last_error]
+        return SyncState(
+            loaded=all(w.loaded for w in watchers),
+            index=min((w.index or 1) - 1 for w in watchers) if watchers else None,
+            unreachable_since=min(unreachable) if unreachable else None,
+            last_error=errors[-1] if errors else None,
+            events_applied=sum(w.events_applied for w in watchers),
+            reloads=sum(w.reloads for w in watchers),
+            lag=max((w.lag for w in watchers), default=0),
+        )
+
+    def touch(self, service_dir: str, service: str, index: str, stamp: str) -> None:
+        base = f"{service_dir}/{service}/{index}"
+        self._on_any_endpoint(lambda client: self._touch(client, service_dir, base, stamp))
+
+    def wake(self, service_dir: str, service: str, index: str) -> bool:
+        key = f"{service_dir}/{service}/{index}/status/expected"
+        return self._on_any_endpoint(lambda client: self._wake(client, key))
+
+    def _on_any_endpoint(self, write: Callable[[Any], T]) -> T:
+        """One write, tried on each endpoint in turn until one answers.
+
+        Dropped at the first failure, a write behind a dead first endpoint would be lost
+        (and a lastAccess not asked again for a whole interval).
+        """
+        for attempt in range(len(self.writes.urls)):
+            try:
+                return write(self.writes.client())
+            except ETCD_REFUSED as exc:  # etcd answered: another endpoint would say the same
+                raise WriteRefused(f"{type(exc).__name__}: {exc}") from exc
+            except ETCD_DOWN as exc:
+                self.writes.rotate()
+                if attempt == len(self.writes.urls) - 1:
+                    raise SourceDown(str(exc)) from exc
+        raise AssertionError("not reached: the last attempt returns or raises")
+
+    @staticmethod
+    def _touch(client: Any, service_dir: str, base: str, stamp: str) -> None:
+        key = f"{base}/lastAccess"
+        try:
+            client.write(key, stamp, prevExist=True)  # an update never creates directories
+            return
+        except etcd.EtcdKeyNotFound:
+            pass  # the instance's first lastAccess, or the instance was deleted
+        written = int(client.write(key, stamp).modifiedIndex)
+        # etcd creates missing directories on a write: if this one created the instance's
+        # (deleted since the request), remove what it created, or the deleted instance
+        # would come back as a ghost without a location.
+        path = base
+        try:
+            while path != service_dir and int(client.read(path).createdIndex) == written:
+                if path == base:
+                    client.delete(key, prevIndex=written)
+                client.delete(path, dir=True)
+                path = path.rpartition("/")[0]
+        except (etcd.EtcdKeyNotFound, etcd.EtcdCompareFailed, etcd.EtcdDirNotEmpty):
+            pass  # written to meanwhile: it exists again for real
+
+    @staticmethod
+    def _wake(client: Any, key: str) -> bool:
+        try:
+            client.write(key, "started", prevValue="passivated")
+        except (etcd.EtcdCompareFailed, etcd.EtcdKeyNotFound):
+            return False
+        return True

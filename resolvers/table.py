@@ -1,6 +1,8 @@
-"""The `IoEtcd` and `Env` resolvers (SPEC §5): routes from etcd, kept live by watchers.
+"""The `IoEtcd` and `Env` resolvers (SPEC §5): routing policy over a mirrored table.
 
-A request reads the mirrored table and never waits for etcd. The two writes gogeta makes
+Round robin, passive ejection, the wake-up decision and robots.txt, over the tables a
+`Source` (resolvers/source.py) keeps live; nothing here knows which etcd API that is. A
+request reads the mirrored table and never waits for etcd. The two writes gogeta makes
 (`lastAccess`, and `status/expected` to wake a passivated instance) are queued to a
 background greenlet, so a slow or dead etcd never slows a request (SPEC §2.7, §7).
 """
@@ -9,18 +11,17 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any
 
-import etcd
 import gevent
 import gevent.event
 import gevent.queue
 
 from resolvers.base import DEFAULT_ROBOTS, RoutingError, Status, Upstream
 from resolvers.model import Instance, Service, next_instance
+from resolvers.source import Background, Backoff, Source, SourceDown, WriteRefused
 from resolvers.tree import DomainTree, ServiceTree
-from resolvers.watcher import ETCD_DOWN, Background, Backoff, Endpoints, Reachability, Watcher
 
 log = logging.getLogger(__name__)
 
@@ -40,15 +41,16 @@ class Writer(Background):
 
     def __init__(
         self,
-        endpoints: Endpoints,
+        source: Source,
         service_dir: str,
         interval: float,
-        reachability: Reachability | None = None,
+        unreachable: Callable[[], bool] = lambda: False,
     ) -> None:
-        self.reachability = reachability or Reachability()
-        self.endpoints = endpoints
+        self.source = source
         self.service_dir = service_dir
         self.interval = interval
+        # While the watchers already say etcd is away, a failed write is not news.
+        self.unreachable = unreachable
         self.queue: gevent.queue.Queue[tuple[str, Instance, float]] = gevent.queue.Queue(QUEUE_SIZE)
         self.last_touch: dict[tuple[str, str], float] = {}
         self.pending: set[tuple[str, str, str]] = set()
@@ -106,7 +108,13 @@ class Writer(Background):
             self.pending.discard((kind, instance.service, instance.index))
             try:
                 self._write(kind, instance, when)
-            except ETCD_DOWN as exc:
+            except WriteRefused as exc:
+                # etcd answered: this one write is dropped, the others go on at once.
+                log.warning(
+                    "etcd refused the %s of %s/%s: %s", kind, instance.service, instance.index, exc
+                )
+                continue
+            except SourceDown as exc:
                 # No endpoint answered: forget it was asked, so that a later request asks again.
                 key = (instance.service, instance.index)
                 if kind == "wake":
@@ -115,7 +123,7 @@ class Writer(Background):
                     self.last_touch.pop(key, None)
                 if not self.failing:
                     # During an outage the watchers have said so already, at WARNING.
-                    level = logging.INFO if self.reachability.unreachable else logging.WARNING
+                    level = logging.INFO if self.unreachable() else logging.WARNING
                     log.log(
                         level, "cannot write to etcd (%s): %s skipped until it answers", exc, kind
                     )
@@ -128,63 +136,21 @@ class Writer(Background):
             backoff.reset()
 
     def _write(self, kind: str, instance: Instance, when: float) -> None:
-        """One write, tried on each endpoint in turn until one answers.
-
-        Dropped at the first failure, a write behind a dead first endpoint would be lost
-        (and a lastAccess not asked again for a whole interval).
-        """
-        base = f"{self.service_dir}/{instance.service}/{instance.index}"
-        for attempt in range(len(self.endpoints.urls)):
-            try:
-                if kind == "wake":
-                    self._wake(base, instance)
-                else:
-                    self._touch(base, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when)))
-                    self.last_access_writes += 1
-                return
-            except ETCD_DOWN:
-                self.endpoints.rotate()
-                if attempt == len(self.endpoints.urls) - 1:
-                    raise
-
-    def _touch(self, base: str, stamp: str) -> None:
-        client = self.endpoints.client()
-        key = f"{base}/lastAccess"
-        try:
-            client.write(key, stamp, prevExist=True)  # an update never creates directories
-            return
-        except etcd.EtcdKeyNotFound:
-            pass  # the instance's first lastAccess, or the instance was deleted
-        written = int(client.write(key, stamp).modifiedIndex)
-        # etcd creates missing directories on a write: if this one created the instance's
-        # (deleted since the request), remove what it created, or the deleted instance
-        # would come back as a ghost without a location.
-        path = base
-        try:
-            while path != self.service_dir and int(client.read(path).createdIndex) == written:
-                if path == base:
-                    client.delete(key, prevIndex=written)
-                client.delete(path, dir=True)
-                path = path.rpartition("/")[0]
-        except (etcd.EtcdKeyNotFound, etcd.EtcdCompareFailed, etcd.EtcdDirNotEmpty):
-            pass  # written to meanwhile: it exists again for real
+        service, index = instance.service, instance.index
+        if kind != "wake":
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when))
+            self.source.touch(self.service_dir, service, index, stamp)
+            self.last_access_writes += 1
+        elif self.source.wake(self.service_dir, service, index):  # compare-and-swap: once
+            self.wakeups += 1
+            log.info("%s/%s: passivated, asked to start", service, index)
+        else:
+            log.info("%s/%s: already being woken up", service, index)
 
     def recently_woken(self, instance: Instance) -> bool:
         """Whether this process asked `instance` to start less than WAKE_GRACE seconds ago."""
         asked = self.woken.get((instance.service, instance.index))
         return asked is not None and time.monotonic() - asked[1] < WAKE_GRACE
-
-    def _wake(self, base: str, instance: Instance) -> None:
-        # Compare-and-swap, so that many gogeta processes wake an instance once.
-        try:
-            self.endpoints.client().write(
-                f"{base}/status/expected", "started", prevValue="passivated"
-            )
-        except (etcd.EtcdCompareFailed, etcd.EtcdKeyNotFound):
-            log.info("%s/%s: already being woken up", instance.service, instance.index)
-            return
-        self.wakeups += 1
-        log.info("%s/%s: passivated, asked to start", instance.service, instance.index)
 
 
 class Ejections:
@@ -226,41 +192,48 @@ class Ejections:
         return True
 
 
-class EtcdResolver:
-    """IoEtcd: `/domains` → service or URL. Env (`env=True`): service = first label."""
+class TableResolver:
+    """IoEtcd: `/domains` → service or URL. Env (`env=True`): service = first label.
 
-    def __init__(self, config: Any, env: bool = False) -> None:
+    Fed by `source`, which mirrors `service_dir` (and `domain_dir` unless `env`).
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        domain_dir: str,
+        service_dir: str,
+        last_access_interval: float,
+        eject_seconds: float,
+        env: bool = False,
+    ) -> None:
         self.env = env
         self.name = "Env" if env else "IoEtcd"
-        urls = config.etcdAddress
-        self.domains = DomainTree(config.domainDir)
-        self.services = ServiceTree(config.serviceDir)
+        self.source = source
+        self.domains = DomainTree(domain_dir)
+        self.services = ServiceTree(service_dir)
         self._changed = gevent.event.Event()
-        reachability = Reachability()  # one line per outage, however many watchers see it
-        self.watchers = [
-            Watcher(Endpoints(urls), self.services, self._on_change, reachability=reachability)
-        ]
+        source.mirror(self.services, self._on_change)
         if not env:
-            self.watchers.append(
-                Watcher(Endpoints(urls), self.domains, self._on_change, reachability=reachability)
-            )
+            source.mirror(self.domains, self._on_change)
         self.writer = Writer(
-            Endpoints(urls), config.serviceDir, config.lastAccessInterval, reachability
+            source,
+            service_dir,
+            last_access_interval,
+            lambda: self.source.state().unreachable_since is not None,
         )
         self._positions: dict[str, int] = {}  # round robin: the only per-request state
-        self.ejections = Ejections(config.ejectSeconds)
+        self.ejections = Ejections(eject_seconds)
         self._sweeper: gevent.Greenlet | None = None
 
     def start(self) -> None:
-        for watcher in self.watchers:
-            watcher.start()
+        self.source.start()
         self.writer.start()
         if self._sweeper is None:
             self._sweeper = gevent.spawn(self._sweep_forever)
 
     def stop(self) -> None:
-        for watcher in self.watchers:
-            watcher.stop()
+        self.source.stop()
         self.writer.stop()
         if self._sweeper is not None:
             self._sweeper.kill(block=False)
@@ -285,7 +258,7 @@ class EtcdResolver:
         self.ejections.prune()
 
     def ready(self) -> bool:
-        return all(w.loaded for w in self.watchers)
+        return self.source.state().loaded
 
     def _on_change(self, kind: str, detail: Any) -> None:
         # Wake every request waiting in `wait_for_change`, then arm a fresh event.
@@ -359,22 +332,22 @@ class EtcdResolver:
         return robots if robots is not None else DEFAULT_ROBOTS
 
     def stats(self) -> dict[str, Any]:
-        unreachable = [w.unreachable_since for w in self.watchers if w.unreachable_since]
-        errors = [w.last_error for w in self.watchers if w.last_error]
+        state = self.source.state()
         return {
             "resolver": self.name,
-            "loaded": self.ready(),
-            "etcd_index": min((w.index or 1) - 1 for w in self.watchers),
-            "unreachable_since": min(unreachable) if unreachable else None,
-            "last_error": errors[-1] if errors else None,
+            "source": self.source.name,
+            "loaded": state.loaded,
+            "etcd_index": state.index,
+            "unreachable_since": state.unreachable_since,
+            "last_error": state.last_error,
             "counters": {
-                "events_applied": sum(w.events_applied for w in self.watchers),
-                "reloads": sum(w.reloads for w in self.watchers),
+                "events_applied": state.events_applied,
+                "reloads": state.reloads,
                 "wakeups": self.writer.wakeups,
                 "last_access_writes": self.writer.last_access_writes,
                 "ejections": self.ejections.count,
             },
-            "gauges": {"watch_lag_events": max(w.lag for w in self.watchers)},
+            "gauges": {"watch_lag_events": state.lag},
         }
 
     def describe(self) -> dict[str, Any]:
