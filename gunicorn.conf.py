@@ -24,6 +24,7 @@ graceful_timeout = round(_drain.parse(os.environ.get(_drain.env_name, _drain.def
 
 hooks.metrics_dir()
 on_starting = hooks.on_starting
+post_fork = hooks.post_fork
 post_worker_init = hooks.post_worker_init
 worker_exit = hooks.worker_exit
 child_exit = hooks.child_exit

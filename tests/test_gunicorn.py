@@ -9,22 +9,27 @@ in flight finish while idle keep-alive connections close at once.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
 import resource
 import signal
 import socket
+import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import (
+    ROOT,
     Backend,
     HeldBackend,
     LoggedProcess,
@@ -41,27 +46,43 @@ class Gunicorn(LoggedProcess):
     options: list[str] = field(default_factory=list)
     worker_class: str = ""  # `-k`; empty: gunicorn.conf.py's
     workers: int = 2
+    cwd: Path = ROOT  # where gunicorn starts, and looks for gunicorn.conf.py
     port: int = 0
+    answered: set[int] = field(default_factory=set)  # worker pids that served a request
     stop_timeout = 30.0
 
-    def start(self) -> Gunicorn:
+    def launch(self) -> Gunicorn:
+        """Start gunicorn without waiting for it."""
         self.port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("GOGETA_")}
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         env.update(self.env, PYTHONUNBUFFERED="1")
-        argv = [sys.executable, "-m", "gunicorn"]
+        argv = [sys.executable, "-m", "gunicorn", "--chdir", str(ROOT)]  # gogeta importable
         if self.worker_class:
             argv += ["-k", self.worker_class]
         argv += ["-w", str(self.workers), "-b", f"127.0.0.1:{self.port}", "--no-control-socket"]
-        self.spawn([*argv, *self.options, "gogeta:create_app()"], env, "gunicorn-")
-        wait_until(self._ready, timeout=30, what="gunicorn and its workers")
+        self.spawn([*argv, *self.options, "gogeta:create_app()"], env, "gunicorn-", self.cwd)
         return self
 
-    def _ready(self) -> bool:
+    def start(self) -> Gunicorn:
+        self.launch()
+        wait_until(self.ready, timeout=30, what="every gunicorn worker to answer")
+        return self
+
+    def ready(self) -> bool:
+        """Every worker has answered a request (a worker serves once its app is loaded)."""
+        self.check_running()
+        pids = self.worker_pids()
+        if len(pids) != self.workers:
+            return False
+        health = request(self.port, "/__gogeta/health", timeout=5)
+        self.answered.add(int(json.loads(health.body)["pid"]))
+        return pids <= self.answered
+
+    def check_running(self) -> None:
         assert self.proc is not None
         if self.proc.poll() is not None:
             raise AssertionError(f"gunicorn exited {self.proc.returncode}:\n{self.log()}")
-        return port_open(self.port) and len(self.worker_pids()) == self.workers
 
     def worker_pids(self) -> set[int]:
         assert self.proc is not None
@@ -73,11 +94,16 @@ def gunicorn() -> Iterator[Callable[..., Gunicorn]]:
     started: list[Gunicorn] = []
 
     def start(
-        env: dict[str, str], *options: str, worker_class: str = "", workers: int = 2
+        env: dict[str, str],
+        *options: str,
+        worker_class: str = "",
+        workers: int = 2,
+        cwd: Path = ROOT,
+        wait: bool = True,
     ) -> Gunicorn:
-        server = Gunicorn(env, list(options), worker_class, workers).start()
+        server = Gunicorn(env, list(options), worker_class, workers, cwd)
         started.append(server)
-        return server
+        return server.start() if wait else server.launch()
 
     yield start
     for server in started:
@@ -162,6 +188,66 @@ def test_sigterm_closes_idle_keep_alive_connections_at_once(gunicorn) -> None:
             server.proc.send_signal(signal.SIGTERM)
             assert idle.recv(65536) == b""  # closed by gogeta, not by the 60 s timeout
             assert server.proc.wait(timeout=30) == 0
+
+
+GRACEFUL = 10  # seconds: gunicorn.conf.py's graceful_timeout, from GOGETA_DRAIN_TIMEOUT
+
+
+def listening(server: Gunicorn) -> None:
+    """The arbiter has bound its port; its workers are about to be forked."""
+    wait_until(lambda: server.check_running() or port_open(server.port), timeout=30)
+
+
+def forked(server: Gunicorn) -> None:
+    """Every worker process exists; none has necessarily set its own signal handlers."""
+    wait_until(lambda: len(server.worker_pids()) == server.workers, timeout=30)
+
+
+def serving(server: Gunicorn) -> None:
+    wait_until(server.ready, timeout=30, what="every worker to answer")
+
+
+def respawned(server: Gunicorn) -> None:
+    """One worker killed and its replacement just forked."""
+    serving(server)
+    dead = min(server.worker_pids())
+    os.kill(dead, signal.SIGKILL)
+    wait_until(
+        lambda: dead not in (pids := server.worker_pids()) and len(pids) == server.workers,
+        timeout=30,
+        what="the replacement worker",
+    )
+
+
+def test_sigterm_at_any_moment_of_a_start_stops_long_before_the_graceful_timeout(
+    gunicorn,
+) -> None:
+    """Until gunicorn's worker sets its own handlers (after gevent's patching), a worker
+    just forked has the arbiter's: a stop signal arriving then must still stop it, not
+    leave it to be killed at the graceful timeout. SIGTERM from the bind onwards, at
+    start and right after a worker is replaced."""
+    moments = [listening, forked, respawned] * 4 + [serving]
+    stops: list[tuple[str, float]] = []
+    with Backend() as backend:
+        env = {**dummy(backend.url), "GOGETA_DRAIN_TIMEOUT": str(GRACEFUL)}
+        for moment in moments:
+            server = gunicorn(env, wait=False)
+            moment(server)
+            assert server.proc is not None
+            workers = psutil.Process(server.proc.pid).children()
+            sent = time.monotonic()
+            server.proc.send_signal(signal.SIGTERM)
+            try:
+                code = server.proc.wait(timeout=GRACEFUL / 2)
+            except subprocess.TimeoutExpired:
+                code = None
+                for process in [*workers, psutil.Process(server.proc.pid)]:
+                    with contextlib.suppress(psutil.NoSuchProcess):
+                        process.kill()
+            stops.append((moment.__name__, round(time.monotonic() - sent, 2)))
+            assert code in (0, None), server.log()
+    slow = [(name, took) for name, took in stops if took >= GRACEFUL / 2]
+    assert not slow, f"stops that waited for the graceful timeout: {slow} (all: {stops})"
 
 
 def test_more_idle_clients_than_gunicorns_default_limit(gunicorn) -> None:
