@@ -8,6 +8,7 @@
   worker stops. With `-k gevent` instead, gunicorn parses requests itself: it works, with
   gunicorn's checks and keep-alive handling, and about a fifth more CPU per request.
 
+- Only gevent workers can run gogeta: `worker_class_problem` says why another cannot.
 - A stop signal sent while a worker boots is not lost (`post_fork`).
 - Each worker starts its own resolver (its own etcd watch) after the fork, even with
   `--preload`, where the app object was made in the arbiter (`gogeta.DeferredApp`).
@@ -27,11 +28,13 @@ import logging
 import os
 import shutil
 import signal
+import sys
 import tempfile
 from collections.abc import Callable, MutableMapping
+from dataclasses import dataclass
 from typing import Any
 
-from gunicorn.workers.ggevent import GeventPyWSGIWorker
+from gunicorn.workers.ggevent import GeventPyWSGIWorker, GeventWorker
 
 from proxy.server import ProxyHandler, ProxyServer, set_nodelay
 
@@ -66,6 +69,47 @@ class WorkerServer(ProxyServer):
 class ProxyWorker(GeventPyWSGIWorker):  # type: ignore[misc]  # gunicorn is untyped
     server_class = WorkerServer
     wsgi_handler = ProxyHandler
+
+
+@dataclass
+class Loading:
+    """gunicorn loading the app: its settings, and the worker unless in the arbiter."""
+
+    cfg: Any
+    worker: Any
+
+
+def loading() -> Loading | None:
+    """What gunicorn is loading the app for, when it is: None outside gunicorn.
+
+    gunicorn calls the app factory with no handle on its settings or on the worker: they
+    are the `self` of its frames up the stack (the application's `wsgi()`, the worker's
+    `load_wsgi()`).
+    """
+    from gunicorn.app.base import BaseApplication
+    from gunicorn.workers.base import Worker
+
+    cfg = worker = None
+    frame = sys._getframe(1)
+    while frame is not None:
+        owner = frame.f_locals.get("self")
+        if worker is None and isinstance(owner, Worker):
+            worker = owner
+        if cfg is None and isinstance(owner, BaseApplication):
+            cfg = owner.cfg
+        frame = frame.f_back  # type: ignore[assignment]  # None past the outermost frame
+    return None if cfg is None else Loading(cfg, worker)
+
+
+def worker_class_problem(cfg: Any) -> str | None:
+    """Why gogeta cannot run in gunicorn's configured worker class, if it cannot."""
+    if issubclass(cfg.worker_class, GeventWorker):
+        return None
+    return (
+        f"gunicorn's {cfg.worker_class_str!r} worker cannot run gogeta, which needs a gevent"
+        " worker: start gunicorn with -c path/to/gunicorn.conf.py (gogeta's worker and"
+        " hooks; gunicorn reads that file only from its working directory) or -k gevent"
+    )
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
@@ -131,7 +175,8 @@ def post_worker_init(worker: Any) -> None:
 
 
 def worker_exit(server: Any, worker: Any) -> None:
-    stop: Callable[[], None] | None = getattr(worker.wsgi, "stop", None)
+    # No `wsgi` when the app failed to load (a setting refused, say).
+    stop: Callable[[], None] | None = getattr(getattr(worker, "wsgi", None), "stop", None)
     if stop is not None:
         stop()
 

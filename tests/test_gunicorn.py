@@ -13,6 +13,7 @@ import contextlib
 import http.client
 import json
 import os
+import re
 import resource
 import signal
 import socket
@@ -169,6 +170,44 @@ def test_workers_check_requests_as_the_standalone_server(gunicorn) -> None:
             s.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\n")  # and never the end
             assert s.recv(65536).startswith(b"HTTP/1.1 408 ")
     assert backend.seen == []
+
+
+@pytest.mark.parametrize(
+    ("elsewhere", "options", "env", "said"),
+    [
+        (True, [], {}, "-k gevent"),
+        (True, ["--preload"], {}, "-k gevent"),
+        (False, ["-k", "sync"], {}, "-k gevent"),
+        (False, [], {"GOGETA_LOG_LEVEL": "LOUD"}, "GOGETA_LOG_LEVEL"),
+    ],
+    ids=["without-config-file", "without-config-file-preload", "sync-worker", "bad-setting"],
+)
+def test_gunicorn_stops_with_one_line_when_gogeta_cannot_start(
+    gunicorn, tmp_path: Path, elsewhere: bool, options: list[str], env: dict[str, str], said: str
+) -> None:
+    """Started from another directory, gunicorn does not read gunicorn.conf.py and runs
+    its sync worker, where gogeta cannot serve (every host 404, health 503 forever):
+    gogeta refuses it with a line saying how to start gunicorn, and gunicorn stops, as it
+    does for a setting gogeta refuses, rather than forking workers again and again."""
+    server = gunicorn(
+        {**dummy("http://127.0.0.1:9/"), **env},
+        *options,
+        cwd=tmp_path if elsewhere else ROOT,
+        wait=False,
+    )
+    assert server.proc is not None
+    code = server.proc.wait(timeout=60)
+    log = server.log()
+    assert code != 0, log
+    ours = [line for line in log.splitlines() if line.startswith("gogeta: ") and said in line]
+    assert ours, log
+    if said == "-k gevent":
+        assert "-c path/to/gunicorn.conf.py" in ours[0]
+    assert log.count("Booting worker") <= 2, log  # no worker forked again
+    # gunicorn's own traceback when two workers fail at once (HaltServer raised again
+    # while it stops) is gunicorn's; nothing of gogeta's fails on the way out.
+    errors = [line for line in log.splitlines() if re.match(r"\w+(Error|Exception): ", line)]
+    assert errors == [], log
 
 
 def test_sigterm_closes_idle_keep_alive_connections_at_once(gunicorn) -> None:
