@@ -164,6 +164,8 @@ def create_app(*argv: str) -> "Front | DeferredApp":
         # gunicorn's code for "App failed to load": from a worker, it stops the arbiter
         # instead of having the worker forked again, and again.
         raise SystemExit(4 if loading else 2) from None
+    if loading is not None:
+        gunicorn_hooks.use_proxy_server(loading.worker)
     app.start()
     return app
 

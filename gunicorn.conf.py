@@ -11,7 +11,8 @@ import gunicorn_hooks as hooks
 import settings
 
 # gunicorn's gevent worker serving with gogeta's own pywsgi server (gunicorn_hooks.py);
-# `-k` on the command line wins (`-k gevent` works too, with gunicorn's HTTP parser).
+# `-k` on the command line wins (`-k gevent` gets gogeta's server too; other workers are
+# refused).
 worker_class = "gunicorn_hooks.ProxyWorker"
 # Connections one worker holds at once (gunicorn's default: 1,000). Idle keep-alive clients
 # count: at the limit a worker stops accepting and new clients wait in the listen queue

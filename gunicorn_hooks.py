@@ -1,20 +1,15 @@
 """What gunicorn's workers need from gogeta: a worker class and the server hooks.
 
-- `ProxyWorker`, the worker class `gunicorn.conf.py` names: gunicorn's gevent worker on
-  gevent.pywsgi (gunicorn's `gevent_pywsgi`), serving with gogeta's own server and handler
-  (proxy.server), so that a worker behaves as the standalone process does: the same
-  request checks (smuggling, 408/414/431), raw request target, fair turns between
-  connections, one send per small answer, and idle connections closed at once when the
-  worker stops. With `-k gevent` instead, gunicorn parses requests itself: it works, with
-  gunicorn's checks and keep-alive handling, and about a fifth more CPU per request.
-
+- gogeta's own server and handler (proxy.server) in every gevent worker, so that a worker
+  behaves as the standalone process does: the same request checks (smuggling,
+  408/414/431), raw request target, fair turns between connections, one send per small
+  answer, and idle connections closed at once when the worker stops. `ProxyWorker`, the
+  worker class `gunicorn.conf.py` names, has them; gunicorn's own `-k gevent` gets them
+  from `use_proxy_server` (it would parse requests itself).
 - Only gevent workers can run gogeta: `worker_class_problem` says why another cannot.
 - A stop signal sent while a worker boots is not lost (`post_fork`).
 - Each worker starts its own resolver (its own etcd watch) after the fork, even with
   `--preload`, where the app object was made in the arbiter (`gogeta.DeferredApp`).
-- Accepted sockets get TCP_NODELAY. gunicorn already sets it on its TCP listeners and
-  Linux copies it to accepted sockets; setting it per connection keeps that true whatever
-  the listener (SPEC-independent: see proxy/server.py for why it matters).
 - Metrics cover all workers: prometheus-client's multiprocess mode, one directory of
   per-process files named by `PROMETHEUS_MULTIPROC_DIR`. The variable must be set before
   any process imports prometheus_client, so `gunicorn.conf.py` calls `metrics_dir` when
@@ -36,7 +31,7 @@ from typing import Any
 
 from gunicorn.workers.ggevent import GeventPyWSGIWorker, GeventWorker
 
-from proxy.server import ProxyHandler, ProxyServer, set_nodelay
+from proxy.server import ProxyHandler, ProxyServer
 
 log = logging.getLogger("gogeta")
 
@@ -69,6 +64,17 @@ class WorkerServer(ProxyServer):
 class ProxyWorker(GeventPyWSGIWorker):  # type: ignore[misc]  # gunicorn is untyped
     server_class = WorkerServer
     wsgi_handler = ProxyHandler
+
+
+def use_proxy_server(worker: Any) -> None:
+    """gogeta's server in a gevent worker, before its `run` starts serving.
+
+    gunicorn's GeventWorker (`-k gevent`) has no server class and serves with its own HTTP
+    parser; given one, it runs it on its listeners and connection pool instead.
+    """
+    if isinstance(worker, GeventWorker):
+        worker.server_class = WorkerServer
+        worker.wsgi_handler = ProxyHandler
 
 
 @dataclass
@@ -152,26 +158,10 @@ def on_starting(server: Any) -> None:
 
 def post_worker_init(worker: Any) -> None:
     """In the worker, after the fork and gevent's patching, before it serves."""
-    app = worker.wsgi
-    start: Callable[[], None] | None = getattr(app, "start", None)
+    use_proxy_server(worker)  # also with --preload, where create_app ran in the arbiter
+    start: Callable[[], None] | None = getattr(worker.wsgi, "start", None)
     if start is not None:
         start()
-    handle = worker.handle
-
-    def handle_connection(listener: Any, client: Any, addr: Any) -> None:
-        set_nodelay(client)
-        count = getattr(app, "count_connection", None)
-        if count is None:
-            handle(listener, client, addr)
-            return
-        count(1)
-        try:
-            handle(listener, client, addr)
-        finally:
-            count(-1)
-
-    # The gevent worker looks `handle` up on the instance when it starts its servers.
-    worker.handle = handle_connection
 
 
 def worker_exit(server: Any, worker: Any) -> None:

@@ -34,6 +34,7 @@ from tests.support import (
     Backend,
     HeldBackend,
     LoggedProcess,
+    exchange,
     free_port,
     port_open,
     request,
@@ -155,20 +156,39 @@ def test_sigterm_to_the_arbiter_finishes_the_request_in_flight(gunicorn) -> None
     assert (resp.status, resp.body) == (200, b"done")  # type: ignore[attr-defined]
 
 
-def test_workers_check_requests_as_the_standalone_server(gunicorn) -> None:
-    """gogeta's own request checks (proxy.guard) in every worker: ambiguous framing is
-    refused before any backend sees it, and a slow request head gets 408."""
+@pytest.mark.parametrize(
+    ("worker_class", "elsewhere"),
+    [("", False), ("gevent", False), ("gevent", True)],
+    ids=["proxy-worker", "gunicorn-gevent-worker", "gevent-worker-without-config-file"],
+)
+def test_workers_check_requests_as_the_standalone_server(
+    gunicorn, tmp_path: Path, worker_class: str, elsewhere: bool
+) -> None:
+    """gogeta's own server and request checks (proxy.guard) in every worker, whichever
+    gevent worker runs it: ambiguous framing is refused before any backend sees it, with
+    gogeta's answer, and a slow request head gets 408."""
     with Backend() as backend:
-        server = gunicorn({**dummy(backend.url), "GOGETA_CLIENT_TIMEOUT": "1"})
-        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
-            s.sendall(
-                b"POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 4\r\n"
-                b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
-            )
-            assert s.recv(65536).startswith(b"HTTP/1.1 400 ")
-        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
-            s.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\n")  # and never the end
-            assert s.recv(65536).startswith(b"HTTP/1.1 408 ")
+        server = gunicorn(
+            {**dummy(backend.url), "GOGETA_CLIENT_TIMEOUT": "1"},
+            worker_class=worker_class,
+            cwd=tmp_path if elsewhere else ROOT,
+        )
+        both = exchange(
+            server.port,
+            b"POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 4\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        )
+        assert both.startswith(b"HTTP/1.1 400 ")
+        assert both.endswith(
+            b"\r\n\r\n400 Bad Request: both Content-Length and Transfer-Encoding\n"
+        )
+        twice = exchange(
+            server.port,
+            b"POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
+        )
+        assert twice.endswith(b"\r\n\r\n400 Bad Request: more than one Content-Length\n")
+        trickled = exchange(server.port, b"GET / HTTP/1.1\r\nHost: a.test\r\n")  # no end
+        assert trickled.startswith(b"HTTP/1.1 408 ")
     assert backend.seen == []
 
 
