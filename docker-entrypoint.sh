@@ -27,7 +27,9 @@ if [ "$workers" -gt 0 ]; then
          "(e.g. GOGETA_ETCD_ADDRESS), not from flags: $*" >&2
     exit 2
   fi
-  exec gunicorn -c gunicorn.conf.py -w "$workers" \
+  # No control socket (gunicornc): its default place is under HOME, which the user
+  # running the image does not have.
+  exec gunicorn -c gunicorn.conf.py -w "$workers" --no-control-socket \
        -b "${GOGETA_LISTEN_ADDRESS:-0.0.0.0}:${GOGETA_PORT:-7777}" \
        'gogeta:create_app()'
 fi

@@ -149,11 +149,17 @@ def create_app(*argv: str) -> "Front | DeferredApp":
 
     Settings come from `GOGETA_*` variables (and from `argv`, flags as on the command
     line). In a gevent-patched process (a worker) the app is built and its resolver
-    started here; in the arbiter (`--preload`) both wait for the fork.
+    started here; in the arbiter (`--preload`) both wait for the fork. A worker class
+    that is not gevent's is refused.
     """
     from gevent import monkey
 
+    import gunicorn_hooks
+
+    loading = gunicorn_hooks.loading()
     try:
+        if loading is not None and (problem := gunicorn_hooks.worker_class_problem(loading.cfg)):
+            raise settings.SettingError(problem)
         config = settings.parse(list(argv))
         configure_logging(config.logLevel, config.accessLog)
         warn_unknown_variables()
@@ -163,7 +169,11 @@ def create_app(*argv: str) -> "Front | DeferredApp":
         app = build_app(config)
     except settings.SettingError as exc:
         print(f"gogeta: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        # gunicorn's code for "App failed to load": from a worker, it stops the arbiter
+        # instead of having the worker forked again, and again.
+        raise SystemExit(4 if loading else 2) from None
+    if loading is not None:
+        gunicorn_hooks.use_proxy_server(loading.worker)
     app.start()
     return app
 

@@ -11,7 +11,8 @@ import gunicorn_hooks as hooks
 import settings
 
 # gunicorn's gevent worker serving with gogeta's own pywsgi server (gunicorn_hooks.py);
-# `-k` on the command line wins (`-k gevent` works too, with gunicorn's HTTP parser).
+# `-k` on the command line wins (`-k gevent` gets gogeta's server too; other workers are
+# refused).
 worker_class = "gunicorn_hooks.ProxyWorker"
 # Connections one worker holds at once (gunicorn's default: 1,000). Idle keep-alive clients
 # count: at the limit a worker stops accepting and new clients wait in the listen queue
@@ -24,6 +25,7 @@ graceful_timeout = round(_drain.parse(os.environ.get(_drain.env_name, _drain.def
 
 hooks.metrics_dir()
 on_starting = hooks.on_starting
+post_fork = hooks.post_fork
 post_worker_init = hooks.post_worker_init
 worker_exit = hooks.worker_exit
 child_exit = hooks.child_exit

@@ -1,18 +1,15 @@
 """What gunicorn's workers need from gogeta: a worker class and the server hooks.
 
-- `ProxyWorker`, the worker class `gunicorn.conf.py` names: gunicorn's gevent worker on
-  gevent.pywsgi (gunicorn's `gevent_pywsgi`), serving with gogeta's own server and handler
-  (proxy.server), so that a worker behaves as the standalone process does: the same
-  request checks (smuggling, 408/414/431), raw request target, fair turns between
-  connections, one send per small answer, and idle connections closed at once when the
-  worker stops. With `-k gevent` instead, gunicorn parses requests itself: it works, with
-  gunicorn's checks and keep-alive handling, and about a fifth more CPU per request.
-
+- gogeta's own server and handler (proxy.server) in every gevent worker, so that a worker
+  behaves as the standalone process does: the same request checks (smuggling,
+  408/414/431), raw request target, fair turns between connections, one send per small
+  answer, and idle connections closed at once when the worker stops. `ProxyWorker`, the
+  worker class `gunicorn.conf.py` names, has them; gunicorn's own `-k gevent` gets them
+  from `use_proxy_server` (it would parse requests itself).
+- Only gevent workers can run gogeta: `worker_class_problem` says why another cannot.
+- A stop signal sent while a worker boots is not lost (`post_fork`).
 - Each worker starts its own resolver (its own etcd watch) after the fork, even with
   `--preload`, where the app object was made in the arbiter (`gogeta.DeferredApp`).
-- Accepted sockets get TCP_NODELAY. gunicorn already sets it on its TCP listeners and
-  Linux copies it to accepted sockets; setting it per connection keeps that true whatever
-  the listener (SPEC-independent: see proxy/server.py for why it matters).
 - Metrics cover all workers: prometheus-client's multiprocess mode, one directory of
   per-process files named by `PROMETHEUS_MULTIPROC_DIR`. The variable must be set before
   any process imports prometheus_client, so `gunicorn.conf.py` calls `metrics_dir` when
@@ -25,13 +22,16 @@ import glob
 import logging
 import os
 import shutil
+import signal
+import sys
 import tempfile
 from collections.abc import Callable, MutableMapping
+from dataclasses import dataclass
 from typing import Any
 
-from gunicorn.workers.ggevent import GeventPyWSGIWorker
+from gunicorn.workers.ggevent import GeventPyWSGIWorker, GeventWorker
 
-from proxy.server import ProxyHandler, ProxyServer, set_nodelay
+from proxy.server import ProxyHandler, ProxyServer
 
 log = logging.getLogger("gogeta")
 
@@ -66,6 +66,90 @@ class ProxyWorker(GeventPyWSGIWorker):  # type: ignore[misc]  # gunicorn is unty
     wsgi_handler = ProxyHandler
 
 
+def use_proxy_server(worker: Any) -> None:
+    """gogeta's server in a gevent worker, before its `run` starts serving.
+
+    gunicorn's GeventWorker (`-k gevent`) has no server class and serves with its own HTTP
+    parser; given one, it runs it on its listeners and connection pool instead.
+    """
+    if isinstance(worker, GeventWorker):
+        worker.server_class = WorkerServer
+        worker.wsgi_handler = ProxyHandler
+
+
+@dataclass
+class Loading:
+    """gunicorn loading the app: its settings, and the worker unless in the arbiter."""
+
+    cfg: Any
+    worker: Any
+
+
+def loading() -> Loading | None:
+    """What gunicorn is loading the app for, when it is: None outside gunicorn.
+
+    gunicorn calls the app factory with no handle on its settings or on the worker: they
+    are the `self` of its frames up the stack (the application's `wsgi()`, the worker's
+    `load_wsgi()`).
+    """
+    from gunicorn.app.base import BaseApplication
+    from gunicorn.workers.base import Worker
+
+    cfg = worker = None
+    frame = sys._getframe(1)
+    while frame is not None:
+        owner = frame.f_locals.get("self")
+        if worker is None and isinstance(owner, Worker):
+            worker = owner
+        if cfg is None and isinstance(owner, BaseApplication):
+            cfg = owner.cfg
+        frame = frame.f_back  # type: ignore[assignment]  # None past the outermost frame
+    return None if cfg is None else Loading(cfg, worker)
+
+
+def worker_class_problem(cfg: Any) -> str | None:
+    """Why gogeta cannot run in gunicorn's configured worker class, if it cannot."""
+    if issubclass(cfg.worker_class, GeventWorker):
+        return None
+    return (
+        f"gunicorn's {cfg.worker_class_str!r} worker cannot run gogeta, which needs a gevent"
+        " worker: start gunicorn with -c path/to/gunicorn.conf.py (gogeta's worker and"
+        " hooks; gunicorn reads that file only from its working directory) or -k gevent"
+    )
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+
+
+def post_fork(server: Any, worker: Any) -> None:
+    """In a new worker, before gunicorn's worker sets its own signal handlers.
+
+    Until its `init_signals` (after gevent's patching) a worker still has the arbiter's
+    handler, which queues a signal on the worker's copy of the arbiter's queue, read by
+    nobody: a stop sent then would be lost, and the worker killed at the graceful timeout.
+    So stop signals are blocked (the kernel keeps them pending) until gunicorn's handlers
+    are set, through the moment `init_signals` resets them to the default.
+    """
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    # Already on the copied queue: arrived since the fork, or pending in the arbiter, which
+    # then stops every worker, this one included, so sending it again changes nothing.
+    held: list[int] = []
+    queued = getattr(server, "SIG_QUEUE", None)
+    while queued is not None and not queued.empty():
+        signum = queued.get_nowait()
+        if signum in STOP_SIGNALS:
+            held.append(signum)
+    init_signals: Callable[[], None] = worker.init_signals
+
+    def init_signals_then_unblock() -> None:
+        init_signals()
+        for signum in held:
+            os.kill(os.getpid(), signum)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+    worker.init_signals = init_signals_then_unblock
+
+
 def on_starting(server: Any) -> None:
     # Files left by a previous run would be summed into this one's counters.
     for stale in glob.glob(os.path.join(metrics_dir(), "*.db")):
@@ -74,30 +158,15 @@ def on_starting(server: Any) -> None:
 
 def post_worker_init(worker: Any) -> None:
     """In the worker, after the fork and gevent's patching, before it serves."""
-    app = worker.wsgi
-    start: Callable[[], None] | None = getattr(app, "start", None)
+    use_proxy_server(worker)  # also with --preload, where create_app ran in the arbiter
+    start: Callable[[], None] | None = getattr(worker.wsgi, "start", None)
     if start is not None:
         start()
-    handle = worker.handle
-
-    def handle_connection(listener: Any, client: Any, addr: Any) -> None:
-        set_nodelay(client)
-        count = getattr(app, "count_connection", None)
-        if count is None:
-            handle(listener, client, addr)
-            return
-        count(1)
-        try:
-            handle(listener, client, addr)
-        finally:
-            count(-1)
-
-    # The gevent worker looks `handle` up on the instance when it starts its servers.
-    worker.handle = handle_connection
 
 
 def worker_exit(server: Any, worker: Any) -> None:
-    stop: Callable[[], None] | None = getattr(worker.wsgi, "stop", None)
+    # No `wsgi` when the app failed to load (a setting refused, say).
+    stop: Callable[[], None] | None = getattr(getattr(worker, "wsgi", None), "stop", None)
     if stop is not None:
         stop()
 

@@ -220,13 +220,13 @@ class LoggedProcess:
     log_path: Path | None = None
     stop_timeout = 15.0  # seconds after SIGTERM before SIGKILL
 
-    def spawn(self, argv: list[str], env: dict[str, str], prefix: str) -> None:
+    def spawn(self, argv: list[str], env: dict[str, str], prefix: str, cwd: Path = ROOT) -> None:
         fd, name = tempfile.mkstemp(prefix=prefix, suffix=".log", dir=LOG_DIR)
         os.close(fd)
         self.log_path = Path(name)
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env
+                argv, stdout=log, stderr=subprocess.STDOUT, cwd=cwd, env=env
             )
 
     def log(self) -> str:

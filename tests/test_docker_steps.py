@@ -60,6 +60,7 @@ class Image:
     env: dict[str, str] = field(default_factory=dict)
     base: str = ""
     user: str = ""
+    home: str = "/root"  # HOME in the container: the user's, from the passwd entry
     exposed: list[str] = field(default_factory=list)
     healthcheck: list[str] = field(default_factory=list)
     entrypoint: list[str] = field(default_factory=list)
@@ -78,7 +79,7 @@ class Image:
         """The container's environment: the image's ENV and PATH, nothing of this shell's."""
         return {
             "PATH": f"{self.venv / 'bin'}:/usr/local/bin:/usr/bin:/bin",
-            "HOME": str(self.root),
+            "HOME": str(self.path(self.home)),
             "LANG": "C.UTF-8",
             **self.env,
             **extra,
@@ -128,7 +129,8 @@ def build(root: Path) -> Image:
                 capture_output=True,
             )
         elif name == "RUN" and args.startswith("useradd"):
-            pass  # users are the container's business; USER is checked below
+            # The user's home is useradd's default (no directory made: --no-create-home).
+            image.home = f"/home/{shlex.split(args)[-1]}"
         elif name == "USER":
             image.user = args
         elif name == "EXPOSE":
@@ -287,6 +289,10 @@ def test_workers_variable_runs_gunicorn(image: Image, run: Run) -> None:
     assert stop(container) == 0, container.output()
     _, alive = psutil.wait_procs(workers, timeout=10)
     assert not alive
+    # No control socket for gunicornc: its default place is under HOME, which the image's
+    # user does not have (gunicorn logged a permission error at every start).
+    assert not image.path(image.home).exists()
+    assert "control" not in container.output().lower()
 
 
 def test_workers_variable_refuses_flags(image: Image, run: Run) -> None:

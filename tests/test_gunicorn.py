@@ -9,25 +9,32 @@ in flight finish while idle keep-alive connections close at once.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
+import re
 import resource
 import signal
 import socket
+import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import (
+    ROOT,
     Backend,
     HeldBackend,
     LoggedProcess,
+    exchange,
     free_port,
     port_open,
     request,
@@ -41,27 +48,43 @@ class Gunicorn(LoggedProcess):
     options: list[str] = field(default_factory=list)
     worker_class: str = ""  # `-k`; empty: gunicorn.conf.py's
     workers: int = 2
+    cwd: Path = ROOT  # where gunicorn starts, and looks for gunicorn.conf.py
     port: int = 0
+    answered: set[int] = field(default_factory=set)  # worker pids that served a request
     stop_timeout = 30.0
 
-    def start(self) -> Gunicorn:
+    def launch(self) -> Gunicorn:
+        """Start gunicorn without waiting for it."""
         self.port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("GOGETA_")}
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         env.update(self.env, PYTHONUNBUFFERED="1")
-        argv = [sys.executable, "-m", "gunicorn"]
+        argv = [sys.executable, "-m", "gunicorn", "--chdir", str(ROOT)]  # gogeta importable
         if self.worker_class:
             argv += ["-k", self.worker_class]
         argv += ["-w", str(self.workers), "-b", f"127.0.0.1:{self.port}", "--no-control-socket"]
-        self.spawn([*argv, *self.options, "gogeta:create_app()"], env, "gunicorn-")
-        wait_until(self._ready, timeout=30, what="gunicorn and its workers")
+        self.spawn([*argv, *self.options, "gogeta:create_app()"], env, "gunicorn-", self.cwd)
         return self
 
-    def _ready(self) -> bool:
+    def start(self) -> Gunicorn:
+        self.launch()
+        wait_until(self.ready, timeout=30, what="every gunicorn worker to answer")
+        return self
+
+    def ready(self) -> bool:
+        """Every worker has answered a request (a worker serves once its app is loaded)."""
+        self.check_running()
+        pids = self.worker_pids()
+        if len(pids) != self.workers:
+            return False
+        health = request(self.port, "/__gogeta/health", timeout=5)
+        self.answered.add(int(json.loads(health.body)["pid"]))
+        return pids <= self.answered
+
+    def check_running(self) -> None:
         assert self.proc is not None
         if self.proc.poll() is not None:
             raise AssertionError(f"gunicorn exited {self.proc.returncode}:\n{self.log()}")
-        return port_open(self.port) and len(self.worker_pids()) == self.workers
 
     def worker_pids(self) -> set[int]:
         assert self.proc is not None
@@ -73,11 +96,16 @@ def gunicorn() -> Iterator[Callable[..., Gunicorn]]:
     started: list[Gunicorn] = []
 
     def start(
-        env: dict[str, str], *options: str, worker_class: str = "", workers: int = 2
+        env: dict[str, str],
+        *options: str,
+        worker_class: str = "",
+        workers: int = 2,
+        cwd: Path = ROOT,
+        wait: bool = True,
     ) -> Gunicorn:
-        server = Gunicorn(env, list(options), worker_class, workers).start()
+        server = Gunicorn(env, list(options), worker_class, workers, cwd)
         started.append(server)
-        return server
+        return server.start() if wait else server.launch()
 
     yield start
     for server in started:
@@ -128,21 +156,78 @@ def test_sigterm_to_the_arbiter_finishes_the_request_in_flight(gunicorn) -> None
     assert (resp.status, resp.body) == (200, b"done")  # type: ignore[attr-defined]
 
 
-def test_workers_check_requests_as_the_standalone_server(gunicorn) -> None:
-    """gogeta's own request checks (proxy.guard) in every worker: ambiguous framing is
-    refused before any backend sees it, and a slow request head gets 408."""
+@pytest.mark.parametrize(
+    ("worker_class", "elsewhere"),
+    [("", False), ("gevent", False), ("gevent", True)],
+    ids=["proxy-worker", "gunicorn-gevent-worker", "gevent-worker-without-config-file"],
+)
+def test_workers_check_requests_as_the_standalone_server(
+    gunicorn, tmp_path: Path, worker_class: str, elsewhere: bool
+) -> None:
+    """gogeta's own server and request checks (proxy.guard) in every worker, whichever
+    gevent worker runs it: ambiguous framing is refused before any backend sees it, with
+    gogeta's answer, and a slow request head gets 408."""
     with Backend() as backend:
-        server = gunicorn({**dummy(backend.url), "GOGETA_CLIENT_TIMEOUT": "1"})
-        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
-            s.sendall(
-                b"POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 4\r\n"
-                b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
-            )
-            assert s.recv(65536).startswith(b"HTTP/1.1 400 ")
-        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
-            s.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\n")  # and never the end
-            assert s.recv(65536).startswith(b"HTTP/1.1 408 ")
+        server = gunicorn(
+            {**dummy(backend.url), "GOGETA_CLIENT_TIMEOUT": "1"},
+            worker_class=worker_class,
+            cwd=tmp_path if elsewhere else ROOT,
+        )
+        both = exchange(
+            server.port,
+            b"POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 4\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        )
+        assert both.startswith(b"HTTP/1.1 400 ")
+        assert both.endswith(
+            b"\r\n\r\n400 Bad Request: both Content-Length and Transfer-Encoding\n"
+        )
+        twice = exchange(
+            server.port,
+            b"POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
+        )
+        assert twice.endswith(b"\r\n\r\n400 Bad Request: more than one Content-Length\n")
+        trickled = exchange(server.port, b"GET / HTTP/1.1\r\nHost: a.test\r\n")  # no end
+        assert trickled.startswith(b"HTTP/1.1 408 ")
     assert backend.seen == []
+
+
+@pytest.mark.parametrize(
+    ("elsewhere", "options", "env", "said"),
+    [
+        (True, [], {}, "-k gevent"),
+        (True, ["--preload"], {}, "-k gevent"),
+        (False, ["-k", "sync"], {}, "-k gevent"),
+        (False, [], {"GOGETA_LOG_LEVEL": "LOUD"}, "GOGETA_LOG_LEVEL"),
+    ],
+    ids=["without-config-file", "without-config-file-preload", "sync-worker", "bad-setting"],
+)
+def test_gunicorn_stops_with_one_line_when_gogeta_cannot_start(
+    gunicorn, tmp_path: Path, elsewhere: bool, options: list[str], env: dict[str, str], said: str
+) -> None:
+    """Started from another directory, gunicorn does not read gunicorn.conf.py and runs
+    its sync worker, where gogeta cannot serve (every host 404, health 503 forever):
+    gogeta refuses it with a line saying how to start gunicorn, and gunicorn stops, as it
+    does for a setting gogeta refuses, rather than forking workers again and again."""
+    server = gunicorn(
+        {**dummy("http://127.0.0.1:9/"), **env},
+        *options,
+        cwd=tmp_path if elsewhere else ROOT,
+        wait=False,
+    )
+    assert server.proc is not None
+    code = server.proc.wait(timeout=60)
+    log = server.log()
+    assert code != 0, log
+    ours = [line for line in log.splitlines() if line.startswith("gogeta: ") and said in line]
+    assert ours, log
+    if said == "-k gevent":
+        assert "-c path/to/gunicorn.conf.py" in ours[0]
+    assert log.count("Booting worker") <= 2, log  # no worker forked again
+    # gunicorn's own traceback when two workers fail at once (HaltServer raised again
+    # while it stops) is gunicorn's; nothing of gogeta's fails on the way out.
+    errors = [line for line in log.splitlines() if re.match(r"\w+(Error|Exception): ", line)]
+    assert errors == [], log
 
 
 def test_sigterm_closes_idle_keep_alive_connections_at_once(gunicorn) -> None:
@@ -162,6 +247,66 @@ def test_sigterm_closes_idle_keep_alive_connections_at_once(gunicorn) -> None:
             server.proc.send_signal(signal.SIGTERM)
             assert idle.recv(65536) == b""  # closed by gogeta, not by the 60 s timeout
             assert server.proc.wait(timeout=30) == 0
+
+
+GRACEFUL = 10  # seconds: gunicorn.conf.py's graceful_timeout, from GOGETA_DRAIN_TIMEOUT
+
+
+def listening(server: Gunicorn) -> None:
+    """The arbiter has bound its port; its workers are about to be forked."""
+    wait_until(lambda: server.check_running() or port_open(server.port), timeout=30)
+
+
+def forked(server: Gunicorn) -> None:
+    """Every worker process exists; none has necessarily set its own signal handlers."""
+    wait_until(lambda: len(server.worker_pids()) == server.workers, timeout=30)
+
+
+def serving(server: Gunicorn) -> None:
+    wait_until(server.ready, timeout=30, what="every worker to answer")
+
+
+def respawned(server: Gunicorn) -> None:
+    """One worker killed and its replacement just forked."""
+    serving(server)
+    dead = min(server.worker_pids())
+    os.kill(dead, signal.SIGKILL)
+    wait_until(
+        lambda: dead not in (pids := server.worker_pids()) and len(pids) == server.workers,
+        timeout=30,
+        what="the replacement worker",
+    )
+
+
+def test_sigterm_at_any_moment_of_a_start_stops_long_before_the_graceful_timeout(
+    gunicorn,
+) -> None:
+    """Until gunicorn's worker sets its own handlers (after gevent's patching), a worker
+    just forked has the arbiter's: a stop signal arriving then must still stop it, not
+    leave it to be killed at the graceful timeout. SIGTERM from the bind onwards, at
+    start and right after a worker is replaced."""
+    moments = [listening, forked, respawned] * 4 + [serving]
+    stops: list[tuple[str, float]] = []
+    with Backend() as backend:
+        env = {**dummy(backend.url), "GOGETA_DRAIN_TIMEOUT": str(GRACEFUL)}
+        for moment in moments:
+            server = gunicorn(env, wait=False)
+            moment(server)
+            assert server.proc is not None
+            workers = psutil.Process(server.proc.pid).children()
+            sent = time.monotonic()
+            server.proc.send_signal(signal.SIGTERM)
+            try:
+                code = server.proc.wait(timeout=GRACEFUL / 2)
+            except subprocess.TimeoutExpired:
+                code = None
+                for process in [*workers, psutil.Process(server.proc.pid)]:
+                    with contextlib.suppress(psutil.NoSuchProcess):
+                        process.kill()
+            stops.append((moment.__name__, round(time.monotonic() - sent, 2)))
+            assert code in (0, None), server.log()
+    slow = [(name, took) for name, took in stops if took >= GRACEFUL / 2]
+    assert not slow, f"stops that waited for the graceful timeout: {slow} (all: {stops})"
 
 
 def test_more_idle_clients_than_gunicorns_default_limit(gunicorn) -> None:
