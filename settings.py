@@ -157,6 +157,16 @@ def _text(text: str) -> str:
     return text
 
 
+def _file(text: str) -> str:
+    """A readable file's absolute path, or empty (not set)."""
+    if not text.strip():
+        return ""
+    path = Path(text.strip()).expanduser()
+    if not path.is_file():
+        raise ValueError(f"{str(path)!r} is not a readable file")
+    return str(path.resolve())
+
+
 def _listen_address(text: str) -> str:
     value = text.strip()
     try:
@@ -203,6 +213,7 @@ class Setting:
     parse: Callable[[str], Any]
     help: str
     boolean: bool = False
+    secret: bool = False  # never shown: not in logs, errors or /__gogeta/routes
 
     @property
     def env_name(self) -> str:
@@ -223,6 +234,17 @@ SETTINGS: tuple[Setting, ...] = (
         "http://127.0.0.1:4001/",
         _urls,
         "etcd endpoint(s), comma-separated, tried in turn",
+    ),
+    Setting("etcdCaFile", "", _file, "CA bundle to verify https etcd endpoints (empty: system's)"),
+    Setting("etcdCertFile", "", _file, "client certificate (PEM) for etcd's --client-cert-auth"),
+    Setting("etcdKeyFile", "", _file, "private key (PEM) of -etcdCertFile"),
+    Setting("etcdUsername", "", _text, "etcd user, when etcd has auth enabled (empty: none)"),
+    Setting(
+        "etcdPassword",
+        "",
+        _text,
+        "password of -etcdUsername (prefer GOGETA_ETCD_PASSWORD: a flag shows in ps); never logged",
+        secret=True,
     ),
     Setting(
         "resolverType",
@@ -445,7 +467,12 @@ def parse(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Conf
         try:
             values[s.name] = s.parse(text)
         except ValueError as exc:
-            raise SettingError(f"invalid value {text!r} for {where}: {exc}") from None
+            shown = "(hidden)" if s.secret else repr(text)
+            raise SettingError(f"invalid value {shown} for {where}: {exc}") from None
+    if bool(values["etcdCertFile"]) != bool(values["etcdKeyFile"]):
+        raise SettingError("-etcdCertFile and -etcdKeyFile go together: set both or neither")
+    if values["etcdPassword"] and not values["etcdUsername"]:
+        raise SettingError("-etcdPassword needs -etcdUsername")
     return Config(values)
 
 

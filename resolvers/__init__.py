@@ -16,10 +16,19 @@ def make_resolver(config: Any) -> Resolver:
 
         return DummyResolver(config.dummyTarget)
     from resolvers.etcd2 import V2Source
+    from resolvers.source import EtcdAccess
     from resolvers.table import TableResolver
 
+    access = EtcdAccess(
+        urls=tuple(config.etcdAddress),
+        ca_file=config.etcdCaFile,
+        cert_file=config.etcdCertFile,
+        key_file=config.etcdKeyFile,
+        username=config.etcdUsername,
+        password=config.etcdPassword,
+    )
     return TableResolver(
-        V2Source(config.etcdAddress),
+        V2Source(access),
         config.domainDir,
         config.serviceDir,
         config.lastAccessInterval,

@@ -28,6 +28,7 @@ import urllib3
 from resolvers.source import (
     Background,
     Backoff,
+    EtcdAccess,
     Mirror,
     Reachability,
     SourceDown,
@@ -82,8 +83,14 @@ ETCD_DOWN = (
 class Endpoints:
     """The etcd endpoints of `-etcdAddress`, used one at a time, in turn on failure."""
 
-    def __init__(self, urls: Sequence[str], read_timeout: float = REQUEST_TIMEOUT) -> None:
+    def __init__(
+        self,
+        urls: Sequence[str],
+        read_timeout: float = REQUEST_TIMEOUT,
+        access: EtcdAccess | None = None,
+    ) -> None:
         self.urls = list(urls)
+        self.access = access or EtcdAccess(tuple(self.urls))
         _ETCD_HOSTS.update(urlsplit(url).hostname or "" for url in self.urls)
         self.read_timeout = read_timeout
         self._position = 0
@@ -98,12 +105,17 @@ class Endpoints:
             parts = urlsplit(self.current)
             scheme = parts.scheme or "http"
             port = parts.port or (443 if scheme == "https" else 80)
+            access = self.access
             self._client = etcd.Client(
                 host=parts.hostname,
                 port=port,
                 protocol=scheme,
                 read_timeout=self.read_timeout,
                 allow_reconnect=False,
+                cert=(access.cert_file, access.key_file) if access.cert_file else None,
+                ca_cert=access.ca_file or None,
+                username=access.username or None,
+                password=access.password or None,
             )
         return self._client
 
@@ -295,17 +307,18 @@ class V2Source:
 
     name = "etcd v2"
 
-    def __init__(self, urls: Sequence[str], watch_timeout: float = WATCH_TIMEOUT) -> None:
-        self.urls = list(urls)
+    def __init__(self, access: EtcdAccess, watch_timeout: float = WATCH_TIMEOUT) -> None:
+        self.access = access
+        self.urls = list(access.urls)
         self.watch_timeout = watch_timeout
         self.watchers: list[Watcher] = []
         self.reachability = Reachability()  # one line per outage, however many watchers see it
-        self.writes = Endpoints(self.urls)
+        self.writes = Endpoints(self.urls, access=access)
 
     def mirror(self, mirror: Mirror, on_change: Callable[[str, Any], None]) -> None:
         self.watchers.append(
             Watcher(
-                Endpoints(self.urls),
+                Endpoints(self.urls, access=self.access),
                 mirror,
                 on_change,
                 watch_timeout=self.watch_timeout,

@@ -13,7 +13,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import gevent
@@ -26,6 +26,18 @@ BACKOFF_FIRST = 0.05
 BACKOFF_CAP = 5.0
 
 OnChange = Callable[[str, Any], None]  # ("load", index) or ("event", key)
+
+
+@dataclass(frozen=True, slots=True)
+class EtcdAccess:
+    """How to reach etcd, whatever its API: endpoints, TLS and credentials."""
+
+    urls: tuple[str, ...]
+    ca_file: str = ""  # verifies https endpoints; empty: the system's CAs
+    cert_file: str = ""  # client certificate, with key_file (--client-cert-auth)
+    key_file: str = ""
+    username: str = ""
+    password: str = field(default="", repr=False)  # never in a repr, a log or a page
 
 
 class SourceDown(Exception):

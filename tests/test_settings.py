@@ -32,6 +32,11 @@ DEFAULTS: list[tuple[str, Any]] = [
     ("domainDir", "/domains"),
     ("serviceDir", "/services"),
     ("etcdAddress", ("http://127.0.0.1:4001/",)),
+    ("etcdCaFile", ""),
+    ("etcdCertFile", ""),
+    ("etcdKeyFile", ""),
+    ("etcdUsername", ""),
+    ("etcdPassword", ""),
     ("resolverType", "IoEtcd"),
     ("templateDir", (ROOT / "templates").resolve()),
     ("lastAccessInterval", 10),
@@ -404,3 +409,28 @@ def test_gogeta_warns_once_at_start_about_an_unknown_variable(gogeta: Any) -> No
     (line,) = [line for line in proc.log().splitlines() if "GOGETA_" in line]
     assert lines == [line]
     assert " WARNING " in line and "GOGETA_PROT" in line and "GOGETA_PORT" in line
+
+
+def test_a_client_certificate_needs_its_key_and_a_password_its_user(tmp_path) -> None:
+    cert = tmp_path / "client.pem"
+    cert.write_text("not checked here")
+    with pytest.raises(settings.SettingError, match="-etcdCertFile and -etcdKeyFile"):
+        parse("-etcdCertFile", str(cert))
+    with pytest.raises(settings.SettingError, match="-etcdPassword needs -etcdUsername"):
+        parse("-etcdPassword", "s3cret")
+    with pytest.raises(settings.SettingError, match="is not a readable file"):
+        parse("-etcdCaFile", str(tmp_path / "missing.pem"))
+    config = parse("-etcdCertFile", str(cert), "-etcdKeyFile", str(cert))
+    assert config.etcdCertFile == config.etcdKeyFile == str(cert.resolve())
+
+
+def test_the_etcd_password_is_never_shown(gogeta, etcd) -> None:
+    from resolvers.source import EtcdAccess
+
+    assert "hunter2" not in repr(EtcdAccess(("http://e:2379",), username="u", password="hunter2"))
+    env = {"GOGETA_ETCD_USERNAME": "gogeta", "GOGETA_ETCD_PASSWORD": "hunter2"}
+    proxy = gogeta("-etcdAddress", etcd.url, "-logLevel", "DEBUG", env=env)
+    routes = proxy.get("/__gogeta/routes")
+    assert routes.status == 200
+    assert "hunter2" not in routes.text
+    assert "hunter2" not in proxy.log()
