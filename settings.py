@@ -9,6 +9,7 @@ command line wins over the environment. This module does no I/O beyond reading i
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib.metadata
 import ipaddress
@@ -369,20 +370,62 @@ SETTINGS: tuple[Setting, ...] = (
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
 
 
-@dataclass(frozen=True)
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
-    """Parsed settings; attributes are named exactly like the flags."""
+    """Parsed settings, typed: one field per row of SETTINGS, named exactly like the flag.
 
-    values: Mapping[str, Any] = field(default_factory=dict)
+    The table is the one source of flags, variables, `-h` and the README's table; this is
+    its typed view, checked against it when the module loads (`_check_config_fields`).
+    """
 
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self.values[name]
-        except KeyError:
-            raise AttributeError(name) from None
+    port: int
+    listenAddress: str
+    domainDir: str
+    serviceDir: str
+    etcdAddress: tuple[str, ...]
+    etcdCaFile: str
+    etcdCertFile: str
+    etcdKeyFile: str
+    etcdUsername: str
+    etcdPassword: str = field(repr=False)
+    resolverType: str
+    templateDir: Path
+    lastAccessInterval: int
+    forceFwSsl: bool
+    UrlHeaderParam: str
+    cpuProfile: str
+    drainTimeout: float
+    accessLog: str
+    accessLogHealth: bool
+    healthGraceSeconds: float
+    trustedNetworks: tuple[Network, ...]
+    trustedProxies: tuple[Network, ...]
+    dummyTarget: str
+    connectTimeout: float
+    readTimeout: float
+    clientTimeout: float
+    wakeHoldSeconds: float
+    noWakeUserAgents: re.Pattern[str] | None
+    maxBodySize: int
+    ejectSeconds: float
+    logLevel: str
 
     def replace(self, **changes: Any) -> Config:
-        return Config({**self.values, **changes})
+        return dataclasses.replace(self, **changes)
+
+
+def _check_config_fields() -> None:
+    names = [f.name for f in dataclasses.fields(Config)]
+    if names != [s.name for s in SETTINGS]:
+        raise AssertionError(
+            f"settings.Config fields {names} must follow SETTINGS {[s.name for s in SETTINGS]}"
+        )
+
+
+_check_config_fields()
 
 
 # GOGETA_* variables that are not settings but are read on purpose: the image's entrypoint
@@ -473,7 +516,7 @@ def parse(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Conf
         raise SettingError("-etcdCertFile and -etcdKeyFile go together: set both or neither")
     if values["etcdPassword"] and not values["etcdUsername"]:
         raise SettingError("-etcdPassword needs -etcdUsername")
-    return Config(values)
+    return Config(**values)
 
 
 def parse_or_exit(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Config:

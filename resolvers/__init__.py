@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from resolvers.base import DEFAULT_ROBOTS, Resolver, RoutingError, Status, Upstream
+
+if TYPE_CHECKING:
+    from settings import Config
 
 __all__ = ["DEFAULT_ROBOTS", "Resolver", "RoutingError", "Status", "Upstream", "make_resolver"]
 
 
-def make_resolver(config: Any) -> Resolver:
+def make_resolver(config: Config) -> Resolver:
     """The resolver named by `config.resolverType`, not started yet."""
     if config.resolverType == "Dummy":
         from resolvers.dummy import DummyResolver

@@ -434,3 +434,26 @@ def test_the_etcd_password_is_never_shown(gogeta, etcd) -> None:
     assert routes.status == 200
     assert "hunter2" not in routes.text
     assert "hunter2" not in proxy.log()
+
+
+def test_the_typed_config_matches_the_table() -> None:
+    """Each Config field is one row of SETTINGS, and holds what that row's parser returns."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(settings.Config)
+    assert [f.name for f in dataclasses.fields(settings.Config)] == [
+        s.name for s in settings.SETTINGS
+    ]
+    config = parse()
+    for s in settings.SETTINGS:
+        value = getattr(config, s.name)
+        expected = hints[s.name]
+        origin = typing.get_origin(expected) or expected
+        if origin is typing.Union or origin is type(int | None):
+            allowed = tuple(typing.get_origin(a) or a for a in typing.get_args(expected))
+            assert isinstance(value, allowed), (s.name, value, expected)
+        else:
+            assert isinstance(value, origin), (s.name, value, expected)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.port = 1  # type: ignore[misc]
