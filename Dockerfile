@@ -21,6 +21,8 @@ RUN pip install --no-cache-dir -r requirements.txt
 COPY gogeta.py settings.py gunicorn.conf.py gunicorn_hooks.py docker-entrypoint.sh ./
 COPY proxy/ ./proxy/
 COPY resolvers/ ./resolvers/
+COPY framing/ ./framing/
+COPY transport/ ./transport/
 COPY templates/ ./templates/
 
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin gogeta

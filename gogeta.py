@@ -184,7 +184,7 @@ def serve(config: settings.Config, app: "Front") -> None:
     import gevent.event
 
     from proxy.diagnostics import CpuProfiler, stacks
-    from proxy.server import ProxyServer
+    from transport.server import ProxyServer
 
     server = ProxyServer(
         (config.listenAddress, config.port),

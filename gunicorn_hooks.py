@@ -1,6 +1,6 @@
 """What gunicorn's workers need from gogeta: a worker class and the server hooks.
 
-- gogeta's own server and handler (proxy.server) in every gevent worker, so that a worker
+- gogeta's own server and handler (transport.server) in every gevent worker, so that a worker
   behaves as the standalone process does: the same request checks (smuggling,
   408/414/431), raw request target, fair turns between connections, one send per small
   answer, and idle connections closed at once when the worker stops. `ProxyWorker`, the
@@ -29,9 +29,13 @@ from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-from gunicorn.workers.ggevent import GeventPyWSGIWorker, GeventWorker
+from gunicorn.workers.ggevent import GeventWorker
 
-from proxy.server import ProxyHandler, ProxyServer
+# The worker class gunicorn.conf.py names (`gunicorn_hooks.ProxyWorker`), and the hook that
+# gives gunicorn's own gevent worker gogeta's server: the connection layer's (transport).
+from transport.worker import ProxyWorker, WorkerServer, use_proxy_server
+
+__all__ = ["ProxyWorker", "WorkerServer", "use_proxy_server"]
 
 log = logging.getLogger("gogeta")
 
@@ -48,33 +52,6 @@ def metrics_dir(environ: MutableMapping[str, str] = os.environ) -> str:
         _made_dir.append(path)
     os.makedirs(path, exist_ok=True)
     return path
-
-
-class WorkerServer(ProxyServer):
-    """gogeta's server on the listener and connection pool gunicorn gives a worker."""
-
-    def __init__(self, listener: Any, application: Any = None, **kwargs: Any) -> None:
-        kwargs["log"] = None  # proxy.front writes the access lines
-        kwargs["error_log"] = logging.getLogger("gogeta.server")
-        super().__init__(listener, application, **kwargs)
-        self.client_timeout = getattr(application, "client_timeout", 0.0)
-        self.count_connection = getattr(application, "count_connection", self.count_connection)
-
-
-class ProxyWorker(GeventPyWSGIWorker):  # type: ignore[misc]  # gunicorn is untyped
-    server_class = WorkerServer
-    wsgi_handler = ProxyHandler
-
-
-def use_proxy_server(worker: Any) -> None:
-    """gogeta's server in a gevent worker, before its `run` starts serving.
-
-    gunicorn's GeventWorker (`-k gevent`) has no server class and serves with its own HTTP
-    parser; given one, it runs it on its listeners and connection pool instead.
-    """
-    if isinstance(worker, GeventWorker):
-        worker.server_class = WorkerServer
-        worker.wsgi_handler = ProxyHandler
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 `python bench/hello.py PORT`: `/big` answers 100 KB, anything else `hello world\\n`
 (12 bytes), like the nginx backend. Accepted sockets get TCP_NODELAY exactly as gogeta's
-server does (proxy/server.py), and there is no access log, so what is left is the cost of
+server does (transport/server.py), and there is no access log, so what is left is the cost of
 pywsgi itself: parse a request, call the app, write the answer.
 """
 

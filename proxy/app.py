@@ -16,10 +16,10 @@ from typing import Any
 
 import urllib3
 
+from framing.response import InvalidAnswer, relay_head
 from proxy.errors import BadGateway, BadRequest, PayloadTooLarge, ProxyError, UpstreamError, code_of
 from proxy.forward import Forwarder, stream_body
 from proxy.pages import FALLBACK_PAGE, Page, StatusPages, wants_json
-from proxy.response_framing import InvalidAnswer, relay_head
 from proxy.static import PREFIX as STATIC_PREFIX
 from proxy.static import StaticFiles
 from proxy.trust import Network, TrustedPeers

@@ -18,6 +18,7 @@ import socket
 from collections.abc import Iterator
 from typing import Any
 
+import gevent
 import urllib3
 import urllib3.connection
 from urllib3.exceptions import (
@@ -29,10 +30,18 @@ from urllib3.exceptions import (
 )
 from urllib3.util import SKIP_HEADER
 
+from framing.response import (
+    BODILESS,
+    DIGITS,
+    HOP_BY_HOP,
+    MAX_INTERIM,
+    MAX_LINE,
+    InvalidAnswer,
+    parse_headers,
+)
 from proxy.errors import BadGateway, BadRequest, GatewayTimeout, PayloadTooLarge
-from proxy.response_framing import HOP_BY_HOP, AnswerHead
-from proxy.sockets import sendall
 from resolvers.base import Upstream
+from transport.sockets import sendall
 
 log = logging.getLogger(__name__)
 
@@ -208,9 +217,79 @@ def target_of(environ: dict[str, Any], upstream: Upstream) -> str:
     return f"{path}?{query}" if query else path
 
 
-# The checks of http.client's `putheader`, made as strict as proxy.guard's: a name is a
+class AnswerHead(http.client.HTTPResponse):
+    """http.client's response, reading the head as a proxy must.
+
+    Two things http.client does not do: interim answers other than `100 Continue`
+    (`103 Early Hints`, `102 Processing`) are skipped, not taken for the answer (which
+    would leave the real one on a pooled connection for the next request to receive);
+    and the whole head must arrive within the socket's timeout (the read timeout), not
+    each read: a backend trickling its status line a byte at a time would hold the
+    client forever.
+    """
+
+    def __init__(self, sock: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(sock, *args, **kwargs)
+        timeout = sock.gettimeout() if hasattr(sock, "gettimeout") else None
+        self._head_deadline: float | None = timeout
+
+    def begin(self) -> None:
+        if self.headers is not None:
+            return  # already read
+        if not self._head_deadline:
+            return self._read_head()
+        # Raised inside the blocking read; urllib3 reports a TimeoutError as its read timeout.
+        error = TimeoutError(f"answer head not received within {self._head_deadline:g} s")
+        with gevent.Timeout(self._head_deadline, error):
+            self._read_head()
+
+    def _read_head(self) -> None:
+        """http.client's `begin`, with this module's parser and strict lengths."""
+        version, status, reason = self._read_status()
+        self.code = self.status = status
+        self.reason = reason.strip()
+        if version == "HTTP/1.0":
+            self.version = 10
+        elif version.startswith("HTTP/1."):
+            self.version = 11  # HTTP/1.x, x >= 1, as http.client does
+        else:
+            raise http.client.UnknownProtocol(version)
+        self.headers = self.msg = parse_headers(self.fp)
+        coding: str = self.headers.get("transfer-encoding") or ""
+        self.chunked = coding.lower() == "chunked"
+        self.chunk_left = None
+        self.will_close = self._check_close()  # type: ignore[attr-defined]
+        # Only a valid length frames the body here; relay_head refuses the others (502).
+        length = self.headers.get("content-length")
+        self.length = None
+        if length and not self.chunked and DIGITS.fullmatch(length):
+            self.length = int(length)
+        if status in BODILESS or 100 <= status < 200 or self._method == "HEAD":  # type: ignore[attr-defined]
+            self.length = 0
+        if not self.will_close and not self.chunked and self.length is None:
+            self.will_close = True  # delimited by the backend closing
+
+    def _read_status(self) -> tuple[str, int, str]:
+        """The final answer's status line: interim ones (`100`, `103`...) and their header
+        blocks are dropped, `101` is final (upgrades go through proxy.tunnel)."""
+        for _ in range(MAX_INTERIM):
+            version, status, reason = super()._read_status()  # type: ignore[misc]
+            if not 100 <= status < 200 or status == 101:
+                return version, status, reason
+            while True:
+                line = self.fp.readline(MAX_LINE + 1)
+                if len(line) > MAX_LINE:
+                    raise http.client.LineTooLong("header line")
+                if line in (b"\r\n", b"\n"):
+                    break
+                if not line:
+                    raise InvalidAnswer("the backend closed the connection inside its answer head")
+        raise http.client.HTTPException(f"more than {MAX_INTERIM} interim (1xx) answers")
+
+
+# The checks of http.client's `putheader`, made as strict as framing.request's: a name is a
 # token (RFC 9110 §5.6.2), a value holds no control byte but HTAB (RFC 9110 §5.5). What
-# reaches here already passed proxy.guard; these keep a bug of ours from writing a header
+# reaches here already passed framing.request; these keep a bug of ours from writing a header
 # line the backend would split differently.
 _legal_header_name = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+").fullmatch
 _illegal_header_value = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]").search

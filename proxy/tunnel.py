@@ -19,9 +19,9 @@ from typing import Any
 
 import gevent
 
+from framing.response import relay_head
 from proxy.errors import BadGateway, GatewayTimeout
-from proxy.forward import request_headers, target_of
-from proxy.response_framing import AnswerHead, relay_head
+from proxy.forward import AnswerHead, request_headers, target_of
 from resolvers.base import Upstream
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ class Tunnels:
                 _Reader(reader, self.read_timeout), method=environ["REQUEST_METHOD"]
             )
             response.begin()
-            # The same framing rules as any answer (proxy.response_framing): a declined
+            # The same framing rules as any answer (framing.response): a declined
             # upgrade is relayed like a plain answer, and must be framed like one.
             head = relay_head(
                 response.status,

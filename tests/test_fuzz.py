@@ -161,7 +161,7 @@ def test_host_header_is_a_hostname_or_a_bad_request(host: str) -> None:
 
 @given(st.lists(st.text(alphabet=string.printable, max_size=60), max_size=30))
 def test_header_checks_refuse_or_pass_never_crash(lines: list[str]) -> None:
-    from proxy.guard import RejectedRequest, check_header_lines
+    from framing.request import RejectedRequest, check_header_lines
 
     try:
         pairs = check_header_lines([line + "\r\n" for line in lines])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.guard import (
+from framing.request import (
     MAX_HEADER_BYTES,
     RejectedRequest,
     RequestLine,

@@ -164,7 +164,7 @@ def test_sigterm_to_the_arbiter_finishes_the_request_in_flight(gunicorn) -> None
 def test_workers_check_requests_as_the_standalone_server(
     gunicorn, tmp_path: Path, worker_class: str, elsewhere: bool
 ) -> None:
-    """gogeta's own server and request checks (proxy.guard) in every worker, whichever
+    """gogeta's own server and request checks (framing.request) in every worker, whichever
     gevent worker runs it: ambiguous framing is refused before any backend sees it, with
     gogeta's answer, and a slow request head gets 408."""
     with Backend() as backend:

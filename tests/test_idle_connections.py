@@ -1,7 +1,7 @@
 """Keep-alive connections between requests: little memory held, nothing lost.
 
 An idle connection gives up its read buffer and the finished request's state while it
-waits (proxy.server); a request already buffered behind the previous one (pipelining)
+waits (transport.server); a request already buffered behind the previous one (pipelining)
 must still be answered, and an idle connection must still be usable much later; a client
 that pipelines many requests must not hold the process while others wait.
 """

@@ -8,7 +8,7 @@ import io
 
 import pytest
 
-from proxy.response_framing import InvalidAnswer, parse_headers, relay_head
+from framing.response import InvalidAnswer, parse_headers, relay_head
 
 VALID_BLOCKS = [
     b"Content-Type: text/plain\r\nContent-Length: 12\r\nServer: nginx\r\n\r\n",

@@ -22,14 +22,14 @@ import gevent
 from gevent import pywsgi
 from gevent.pool import Pool
 
-from proxy.guard import (
+from framing.request import (
     RejectedRequest,
     RequestLine,
     check_header_lines,
     parse_request_line,
     read_header_lines,
 )
-from proxy.sockets import sendall
+from transport.sockets import sendall
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ class ProxyHandler(pywsgi.WSGIHandler):  # type: ignore[misc]  # gevent is untyp
     request_line: RequestLine | None = None
 
     def read_request(self, raw_requestline: str) -> Any:
-        """pywsgi's parsing, after proxy.guard has checked the request line by RFC 9112's
+        """pywsgi's parsing, after framing.request has checked the request line by RFC 9112's
         rules (pywsgi splits it on any Unicode whitespace and takes HTTP/0.9)."""
         line = self.request_line = parse_request_line(raw_requestline)
         # Checked: exactly three words with single spaces, so pywsgi's split agrees.
@@ -214,7 +214,7 @@ class ProxyHandler(pywsgi.WSGIHandler):  # type: ignore[misc]  # gevent is untyp
         return result
 
     def MessageClass(self, stream: Any, *args: Any) -> Any:
-        """Parse the headers as pywsgi does, after refusing ambiguous framing (proxy.guard)."""
+        """Parse the headers as pywsgi does, after refusing ambiguous framing (framing.request)."""
         message = pywsgi.OldMessage()
         # The checked lines straight into pywsgi's message class: same object and values as
         # its email-package parser would give, for a fraction of the CPU.

@@ -6,9 +6,8 @@ ends, whatever the backend put after that point is read by the client as the ans
 its next request, which on a keep-alive connection may be for another tenant's domain.
 So the head is parsed strictly (`parse_headers`, not http.client's email parser), framing
 conflicts are settled the way RFC 9112 §6.3 says (`relay_head`), and an answer that cannot
-be framed safely is a 502 for that request only. `AnswerHead` is the one place that knows
-what the head is read from (`_Response`: interim answers skipped, a deadline for the
-whole head). No routing, no WSGI.
+be framed safely is a 502 for that request only. Pure: no sockets (proxy.forward's
+`AnswerHead` reads heads with these), no routing, no WSGI.
 """
 
 from __future__ import annotations
@@ -20,8 +19,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-import gevent
-
 # http.client's own limits (`_MAXLINE`, `_MAXHEADERS`).
 MAX_LINE = 65536
 MAX_HEADERS = 100
@@ -30,7 +27,7 @@ MAX_INTERIM = 32  # 1xx answers skipped before the final one; more: a broken bac
 _TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 # RFC 9110 §5.5: VCHAR, obs-text, SP and HTAB; any other control byte is invalid.
 _INVALID_IN_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
-_DIGITS = re.compile(r"[0-9]+", re.ASCII)
+DIGITS = re.compile(r"[0-9]+", re.ASCII)
 _OWS = " \t"
 
 # RFC 9110 §7.6.1, plus the Proxy-* family: never relayed.
@@ -38,7 +35,7 @@ HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "te", "trailer", "trailers", "transfer-encoding", "upgrade"}
 )
 # Answers that never have a body (RFC 9110 §6.4.1, §15.3.5, §15.4.5).
-_BODILESS = frozenset({204, 304})
+BODILESS = frozenset({204, 304})
 
 
 class InvalidAnswer(http.client.HTTPException):
@@ -124,7 +121,7 @@ def relay_head(
         kept = [(n, v) for n, v in kept if n.lower() not in dropped]
 
     close = False
-    bodiless = method == "HEAD" or code in _BODILESS or code < 200
+    bodiless = method == "HEAD" or code in BODILESS or code < 200
     if codings:
         # RFC 9112 §6.1: HTTP/1.0 has no transfer codings; only `chunked` alone is a framing
         # both http.client and urllib3 read the same way.
@@ -139,7 +136,7 @@ def relay_head(
         # The body is relayed de-chunked: the client is framed by our server again.
     elif lengths:
         length = _content_length(lengths)
-        if code not in _BODILESS:  # a 304's length describes another answer
+        if code not in BODILESS:  # a 304's length describes another answer
             kept.append(("Content-Length", length))
     elif not bodiless and client_version == "HTTP/1.0":
         # Delimited by the backend closing: an HTTP/1.1 client gets it chunked, an HTTP/1.0
@@ -156,7 +153,7 @@ def _content_length(values: list[str]) -> str:
     if len(distinct) != 1:
         raise InvalidAnswer("more than one Content-Length")
     value = distinct.pop()
-    if not _DIGITS.fullmatch(value) or len(value) > 18:
+    if not DIGITS.fullmatch(value) or len(value) > 18:
         raise InvalidAnswer(f"invalid Content-Length {value[:40]!r}")
     return str(int(value))
 
@@ -169,73 +166,3 @@ def status_line(code: int, reason: str | None) -> str:
         except ValueError:
             reason = "Unknown"
     return f"{code} {reason}"
-
-
-class AnswerHead(http.client.HTTPResponse):
-    """http.client's response, reading the head as a proxy must.
-
-    Two things http.client does not do: interim answers other than `100 Continue`
-    (`103 Early Hints`, `102 Processing`) are skipped, not taken for the answer (which
-    would leave the real one on a pooled connection for the next request to receive);
-    and the whole head must arrive within the socket's timeout (the read timeout), not
-    each read: a backend trickling its status line a byte at a time would hold the
-    client forever.
-    """
-
-    def __init__(self, sock: Any, *args: Any, **kwargs: Any) -> None:
-        super().__init__(sock, *args, **kwargs)
-        timeout = sock.gettimeout() if hasattr(sock, "gettimeout") else None
-        self._head_deadline: float | None = timeout
-
-    def begin(self) -> None:
-        if self.headers is not None:
-            return  # already read
-        if not self._head_deadline:
-            return self._read_head()
-        # Raised inside the blocking read; urllib3 reports a TimeoutError as its read timeout.
-        error = TimeoutError(f"answer head not received within {self._head_deadline:g} s")
-        with gevent.Timeout(self._head_deadline, error):
-            self._read_head()
-
-    def _read_head(self) -> None:
-        """http.client's `begin`, with this module's parser and strict lengths."""
-        version, status, reason = self._read_status()
-        self.code = self.status = status
-        self.reason = reason.strip()
-        if version == "HTTP/1.0":
-            self.version = 10
-        elif version.startswith("HTTP/1."):
-            self.version = 11  # HTTP/1.x, x >= 1, as http.client does
-        else:
-            raise http.client.UnknownProtocol(version)
-        self.headers = self.msg = parse_headers(self.fp)
-        coding: str = self.headers.get("transfer-encoding") or ""
-        self.chunked = coding.lower() == "chunked"
-        self.chunk_left = None
-        self.will_close = self._check_close()  # type: ignore[attr-defined]
-        # Only a valid length frames the body here; relay_head refuses the others (502).
-        length = self.headers.get("content-length")
-        self.length = None
-        if length and not self.chunked and _DIGITS.fullmatch(length):
-            self.length = int(length)
-        if status in _BODILESS or 100 <= status < 200 or self._method == "HEAD":  # type: ignore[attr-defined]
-            self.length = 0
-        if not self.will_close and not self.chunked and self.length is None:
-            self.will_close = True  # delimited by the backend closing
-
-    def _read_status(self) -> tuple[str, int, str]:
-        """The final answer's status line: interim ones (`100`, `103`...) and their header
-        blocks are dropped, `101` is final (upgrades go through proxy.tunnel)."""
-        for _ in range(MAX_INTERIM):
-            version, status, reason = super()._read_status()  # type: ignore[misc]
-            if not 100 <= status < 200 or status == 101:
-                return version, status, reason
-            while True:
-                line = self.fp.readline(MAX_LINE + 1)
-                if len(line) > MAX_LINE:
-                    raise http.client.LineTooLong("header line")
-                if line in (b"\r\n", b"\n"):
-                    break
-                if not line:
-                    raise InvalidAnswer("the backend closed the connection inside its answer head")
-        raise http.client.HTTPException(f"more than {MAX_INTERIM} interim (1xx) answers")

@@ -1,0 +1,44 @@
+"""gogeta's server in gunicorn's gevent workers.
+
+`ProxyWorker` (the class gunicorn.conf.py names) and gunicorn's own `-k gevent` worker,
+once `use_proxy_server` has run, serve with gogeta's pywsgi server and handler
+(transport.server): the same request checks, client timeout, fair turns between
+connections and drain as the standalone process, on the listeners and connection pool
+gunicorn gives the worker.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from gunicorn.workers.ggevent import GeventPyWSGIWorker, GeventWorker
+
+from transport.server import ProxyHandler, ProxyServer
+
+
+class WorkerServer(ProxyServer):
+    """gogeta's server on the listener and connection pool gunicorn gives a worker."""
+
+    def __init__(self, listener: Any, application: Any = None, **kwargs: Any) -> None:
+        kwargs["log"] = None  # proxy.front writes the access lines
+        kwargs["error_log"] = logging.getLogger("gogeta.server")
+        super().__init__(listener, application, **kwargs)
+        self.client_timeout = getattr(application, "client_timeout", 0.0)
+        self.count_connection = getattr(application, "count_connection", self.count_connection)
+
+
+class ProxyWorker(GeventPyWSGIWorker):  # type: ignore[misc]  # gunicorn is untyped
+    server_class = WorkerServer
+    wsgi_handler = ProxyHandler
+
+
+def use_proxy_server(worker: Any) -> None:
+    """gogeta's server in a gevent worker, before its `run` starts serving.
+
+    gunicorn's GeventWorker (`-k gevent`) has no server class and serves with its own HTTP
+    parser; given one, it runs it on its listeners and connection pool instead.
+    """
+    if isinstance(worker, GeventWorker):
+        worker.server_class = WorkerServer
+        worker.wsgi_handler = ProxyHandler
