@@ -12,7 +12,7 @@
   `--preload`, where the app object was made in the arbiter (`gogeta.DeferredApp`).
 - Accepted sockets get TCP_NODELAY. gunicorn already sets it on its TCP listeners and
   Linux copies it to accepted sockets; setting it per connection keeps that true whatever
-  the listener (SPEC-independent: see proxy/server.py for why it matters).
+  the listener (see proxy/server.py for why it matters).
 - Metrics cover all workers: prometheus-client's multiprocess mode, one directory of
   per-process files named by `PROMETHEUS_MULTIPROC_DIR`. The variable must be set before
   any process imports prometheus_client, so `gunicorn.conf.py` calls `metrics_dir` when

@@ -1,6 +1,6 @@
 """Keeping one etcd directory mirrored: load, then long-poll from the load's index.
 
-This is the only module that reads etcd. Rules (SPEC §7, NOTES.md):
+This is the only module that reads etcd. Rules (docs/behaviour.md §5.4):
 - load recursively (one GET whose JSON is walked here: python-etcd's `read` would build an
   object per node, which costs seconds and hundreds of MB at 100,000 domains), then watch
   from the answer's `X-Etcd-Index` + 1 and after each event from its `modifiedIndex` + 1,
