@@ -179,7 +179,7 @@ def create_app(*argv: str) -> "Front | DeferredApp":
 
 
 def serve(config: settings.Config, app: "Front") -> None:
-    """Run the standalone server until SIGTERM or SIGINT, then drain (SPEC §6)."""
+    """Run the standalone server until SIGTERM or SIGINT, then drain (docs/behaviour.md §6)."""
     import gevent
     import gevent.event
 

@@ -1,7 +1,7 @@
 """Settings: one declarative table feeds the command line, the environment and `-h`.
 
 Flags keep the original's names and Go syntax (`-port 7777`, `-port=7777`, `-forceFwSsl`,
-`--port` too) so gogeta stays a drop-in replacement (SPEC §6). Each flag can also come from
+`--port` too) so gogeta stays a drop-in replacement (docs/behaviour.md §6). Each flag can come from
 `GOGETA_<FLAG>` in the environment (`-etcdAddress` → `GOGETA_ETCD_ADDRESS`); a flag on the
 command line wins over the environment. This module does no I/O beyond reading its inputs
 (and `pyproject.toml` for `-version`).
@@ -325,7 +325,7 @@ SETTINGS: tuple[Setting, ...] = (
         _url,
         "where the Dummy resolver sends every request",
     ),
-    Setting("connectTimeout", "5", _seconds, "seconds to connect to a backend (then 502)"),
+    Setting("connectTimeout", "5", _seconds, "seconds to connect to a backend (then 504)"),
     Setting("readTimeout", "60", _seconds, "seconds to wait for backend data (then 504)"),
     Setting(
         "clientTimeout",

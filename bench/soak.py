@@ -440,7 +440,7 @@ class Churn:
 
 
 def computed_status(status: dict[str, str] | None) -> str:
-    """SPEC §3, written again here from the table, independent of gogeta's code."""
+    """docs/behaviour.md §3.1, written again here from the table, independent of gogeta's code."""
     if status is None:
         return "started"
     current, expected, alive = (status.get(k) for k in ("current", "expected", "alive"))

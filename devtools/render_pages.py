@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from proxy.pages import PAGES, StatusPages  # noqa: E402
 
-# The HTTP code each page is shown with (SPEC §3 and the proxy's own errors).
+# The HTTP code each page is shown with (docs/behaviour.md §3.2 and §2.8).
 CODES = {
     "notfound": 404,
     "starting": 503,

@@ -3,7 +3,7 @@
 It uses the etcd at `--etcd-address` (default `GOGETA_ETCD_ADDRESS`, else
 http://127.0.0.1:4001) and, when nothing answers there, starts one from the virtualenv
 (`etcd --enable-v2`, data under `.run/etcd`). It serves a two-instance example backend from
-this process, writes the route to it in etcd (SPEC §1), starts gogeta, and prints the curl
+this process, writes its route in etcd (docs/behaviour.md §1), starts gogeta, and prints the curl
 commands that show a routed request and the "not found" page. SIGINT or SIGTERM stops
 everything it started, gogeta first, then etcd, then the backend. Arguments it does not
 know are gogeta's own flags, checked here and passed on.
@@ -335,7 +335,7 @@ def live_instances(host: str, port: int, service_dir: str) -> list[str]:
 
 
 def write_route(host: str, port: int, domain_dir: str, service_dir: str, ports: list[int]) -> None:
-    """The example route (SPEC §1): one service domain, one service, one instance per port."""
+    """The example route (docs/behaviour.md §1): one domain, one service, an instance per port."""
     import etcd  # python-etcd: untyped, its Any stays in this function
 
     client = etcd.Client(host=host, port=port, read_timeout=5)

@@ -1,4 +1,4 @@
-"""The WSGI application: one request from hostname to answer (SPEC §2).
+"""The WSGI application: one request from hostname to answer (docs/behaviour.md §2).
 
 It asks the resolver where to go and never waits for etcd; it turns every error into a
 page in one place (`_error_page`), so a failure is an answer, never a traceback to the
@@ -29,7 +29,7 @@ from resolvers.base import Resolver, RoutingError, Status, Upstream
 
 log = logging.getLogger(__name__)
 
-# Statuses of an application on its way up (SPEC §3): worth waiting for.
+# Statuses of an application on its way up (docs/behaviour.md §3.3): worth waiting for.
 WAITING = frozenset({Status.STARTING, Status.PASSIVATED})
 
 StartResponse = Callable[..., Any]
@@ -43,7 +43,7 @@ _HOSTNAMES: dict[str, str] = {}  # Host header -> hostname, for the Hosts seen l
 
 
 def hostname_of(host_header: str | None) -> str:
-    """SPEC §2.1: Host without its port, lower-cased, one leading `www.` removed."""
+    """docs/behaviour.md §2.1: Host without its port, lower-cased, one leading `www.` removed."""
     if not host_header:
         raise BadRequest(f"invalid Host header {host_header!r}")
     hostname = _HOSTNAMES.get(host_header)
@@ -114,7 +114,7 @@ class Gogeta:
             return self._send(start_response, page)
 
     def _error_page(self, environ: dict[str, Any], hostname: str, exc: Exception) -> Page:
-        """The page that answers `exc`: the one place an error becomes a page (SPEC §2.8)."""
+        """The page answering `exc`, the one place errors become pages (docs/behaviour.md §2.8)."""
         as_json = wants_json(environ)  # API clients get the same answer as JSON
         try:
             if isinstance(exc, RoutingError):
@@ -242,7 +242,7 @@ class Gogeta:
                 return self.resolver.resolve(hostname)
             except RoutingError as exc:
                 # After the wake-up write the instance reads "error" (stopped, expected
-                # started, SPEC §3) until its orchestrator starts it: keep waiting then too.
+                # started, docs/behaviour.md §3.3) until its orchestrator starts it: wait then too.
                 if exc.status not in WAITING and exc.status is not Status.ERROR:
                     raise
         raise first  # still not up: the wait page, which reloads itself

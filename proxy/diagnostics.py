@@ -1,4 +1,4 @@
-"""What an operator asks a running process by signal (SPEC §6): stacks and a CPU profile.
+"""What an operator asks a running process by signal (docs/behaviour.md §6): stacks, CPU profile.
 
 Stacks come from `gevent.util.format_run_info`: every thread and every greenlet, with the
 greenlet tree. The profiler is the standard `cProfile`, whose output `python -m pstats FILE`

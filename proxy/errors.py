@@ -72,7 +72,7 @@ class GatewayTimeout(UpstreamError):
     page = "gateway_timeout"
 
 
-# SPEC §3: status → HTTP code. Everything not listed (stopped, error) is a 500.
+# docs/behaviour.md §3.2: status → HTTP code. Everything not listed (stopped, error) is a 500.
 STATUS_CODES: dict[Status, int] = {
     Status.NOTFOUND: 404,
     Status.STARTING: 503,

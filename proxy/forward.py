@@ -1,6 +1,6 @@
 """Forwarding one request to one upstream through urllib3, streaming both ways.
 
-Reverse-proxy semantics (SPEC §2.5–§2.6): method, path, query, headers and body pass
+Reverse-proxy semantics (docs/behaviour.md §2.5, §2.6): method, path, query, headers and body pass
 through, the client's Host included; hop-by-hop headers are dropped in both directions;
 X-Forwarded-* are filled in. Nothing is read whole into memory: the request body is
 handed to urllib3 as an iterator, the response body goes back as one. This module knows
@@ -92,7 +92,7 @@ def host_without_port(host: str) -> str:
 
 
 def public_base_url(proto: str, host: str, port: str) -> str:
-    """SPEC §2.6: `{proto}://{host}/`, with `:{port}` unless it is the scheme's default."""
+    """docs/behaviour.md §2.6: `{proto}://{host}/`, and `:{port}` unless it is the default."""
     default = (proto == "https" and port == "443") or (proto == "http" and port == "80")
     host = host_without_port(host)
     return f"{proto}://{host}/" if default or not port else f"{proto}://{host}:{port}/"
@@ -115,7 +115,7 @@ def request_headers(
         if _is_hop_by_hop(lower) or lower in dropped or lower == "expect":
             continue
         if url_header and lower == url_header_lower:
-            continue  # replaced below, never taken from the client (SPEC §2.6)
+            continue  # replaced below, never taken from the client (docs/behaviour.md §2.6)
         headers[name] = value
     content_type = environ.get("CONTENT_TYPE")
     if content_type:

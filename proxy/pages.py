@@ -1,6 +1,6 @@
 """Status pages: jinja2 templates loaded once at start, rendered per answer.
 
-`templateDir` holds `layout.html` plus one body per page (SPEC §3): the routing statuses
+`templateDir` holds `layout.html` and one body per page (docs/behaviour.md §3.2): the statuses
 (`notfound`, `starting`, `passivated`, `stopped`, `error`) and the proxy's own
 (`bad_request`, `bad_gateway`, `gateway_timeout`, `internal_error`). An operator replaces any
 of them by pointing `-templateDir` at a copy.
@@ -28,7 +28,7 @@ PAGES = (
     "internal_error",
 )
 
-# Pages a browser should reload by itself: the application is on its way (SPEC §3).
+# Pages a browser should reload by itself: the application is on its way (docs/behaviour.md §3.2).
 REFRESHING = frozenset({"starting", "passivated"})
 REFRESH_SECONDS = 5
 

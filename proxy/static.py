@@ -2,7 +2,7 @@
 
 A file is served when its real path (symlinks resolved) lies inside the static folder and
 is a regular file; `..`, encoded dots, absolute paths and symlinks that lead out are all
-"not found" (SPEC §2.3).
+"not found" (docs/behaviour.md §2.3).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Resolvers: hostname → upstream. Chosen by `-resolverType` (SPEC §5)."""
+"""Resolvers: hostname → upstream. Chosen by `-resolverType` (docs/behaviour.md §5)."""
 
 from __future__ import annotations
 

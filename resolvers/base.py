@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 
 class Status(enum.Enum):
-    """Computed status of a route (SPEC §3), plus `NOTFOUND` for an unknown hostname."""
+    """Computed status of a route (docs/behaviour.md §3.1), plus `NOTFOUND` for an unknown host."""
 
     STARTED = "started"
     STARTING = "starting"
@@ -32,7 +32,7 @@ class Upstream:
     """A place to forward a request to.
 
     `path` is joined to the request path with exactly one `/` and `query` is put before the
-    request's query (SPEC §2.4, type `uri`); both are empty for service instances.
+    request's query (docs/behaviour.md §2.4, type `uri`); both are empty for service instances.
     """
 
     scheme: str
@@ -88,7 +88,7 @@ class Resolver(Protocol):
         ...
 
     def robots(self, hostname: str) -> str | None:
-        """The robots.txt text when hostname is a service domain, else None (SPEC §2.4).
+        """The robots.txt text if hostname is a service domain, else None (docs/behaviour.md §2.4).
 
         Never wakes anything up: a crawler must not start a sleeping application.
         """

@@ -1,4 +1,4 @@
-"""The `Dummy` resolver (SPEC §5): every hostname goes to one fixed URL, no etcd at all."""
+"""The `Dummy` resolver (docs/behaviour.md §5.3): every hostname goes to one URL, no etcd."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from resolvers.model import upstream_of_url
 
 
 class DummyResolver:
-    """Routes everything to `target` (default http://localhost:8080/, SPEC §5)."""
+    """Routes everything to `target` (default http://localhost:8080/, docs/behaviour.md §5.3)."""
 
     def __init__(self, target: str) -> None:
         self._upstream = upstream_of_url(target)

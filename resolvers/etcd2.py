@@ -1,6 +1,6 @@
 """The etcd v2 source: directories mirrored by load and long poll, and gogeta's two writes.
 
-The only module that talks to etcd's v2 API. Rules (SPEC §7):
+The only module that talks to etcd's v2 API. Rules (docs/behaviour.md §5.4):
 - load recursively (one GET whose JSON is walked here: python-etcd's `read` would build an
   object per node, which costs seconds and hundreds of MB at 100,000 domains), then watch
   from the answer's `X-Etcd-Index` + 1 and after each event from its `modifiedIndex` + 1,

@@ -61,7 +61,7 @@ def _small_json(text: str, what: str) -> object:
 
 
 def parse_location(text: str) -> Location:
-    """`{"host": "172.17.0.5", "port": 42567}` → Location (SPEC §1)."""
+    """`{"host": "172.17.0.5", "port": 42567}` → Location (docs/behaviour.md §1)."""
     data = _small_json(text, "location")
     if not isinstance(data, dict):
         raise ValueError("location is not a JSON object")
@@ -81,7 +81,7 @@ def parse_location(text: str) -> Location:
 
 
 def parse_robots(text: str) -> str | None:
-    """The `robots` text of `config/gogeta` (SPEC §1), None when it has none."""
+    """The `robots` text of `config/gogeta` (docs/behaviour.md §1), None when it has none."""
     data = _small_json(text, "config/gogeta")
     if not isinstance(data, dict):
         raise ValueError("config/gogeta is not a JSON object")
@@ -96,7 +96,7 @@ def parse_robots(text: str) -> str | None:
 def computed_status(
     has_status: bool, current: str | None, expected: str | None, alive: str | None
 ) -> Status:
-    """SPEC §3, row by row."""
+    """docs/behaviour.md §3.1, row by row."""
     if not has_status:
         return Status.STARTED
     if current == "stopped":
@@ -125,7 +125,7 @@ class Instance:
 
     @property
     def refusal(self) -> Status:
-        """The status to answer with when round robin ends on this instance (SPEC §3).
+        """The status to answer when round robin ends on this instance (docs/behaviour.md §3.2).
 
         A started instance without a usable location cannot serve: that is an error.
         """
@@ -161,7 +161,7 @@ class Service:
 
     @property
     def robots(self) -> str | None:
-        """The first instance's robots text, in instance order (SPEC §2.4)."""
+        """The first instance's robots text, in instance order (docs/behaviour.md §2.4)."""
         for instance in self.instances:
             if instance.robots is not None:
                 return instance.robots
@@ -178,7 +178,7 @@ def next_instance(
     avoid: Callable[[Upstream], bool] | None = None,
     spare: Callable[[Upstream], bool] | None = None,
 ) -> tuple[int, Instance | None]:
-    """SPEC §4: start one past `previous`, take the first that can serve, each at most once.
+    """docs/behaviour.md §4.1: from one past `previous`, the first that can serve, each once.
 
     Returns (position looked at last, chosen instance or None). When none can serve, the
     instance at that position is the "last instance looked at" whose status answers.

@@ -1,10 +1,10 @@
-"""The `IoEtcd` and `Env` resolvers (SPEC §5): routing policy over a mirrored table.
+"""The `IoEtcd` and `Env` resolvers (docs/behaviour.md §5): routing policy over a mirrored table.
 
 Round robin, passive ejection, the wake-up decision and robots.txt, over the tables a
 `Source` (resolvers/source.py) keeps live; nothing here knows which etcd API that is. A
 request reads the mirrored table and never waits for etcd. The two writes gogeta makes
 (`lastAccess`, and `status/expected` to wake a passivated instance) are queued to a
-background greenlet, so a slow or dead etcd never slows a request (SPEC §2.7, §7).
+background greenlet, so a slow or dead etcd never slows a request (docs/behaviour.md §2.7, §5.5).
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ class Writer(Background):
         self._enqueue("lastAccess", instance)
 
     def wake(self, instance: Instance) -> None:
-        """Ask for `instance` to be started, once until its state changes (SPEC §3)."""
+        """Ask for `instance` to start, once until its state changes (docs/behaviour.md §3.3)."""
         key = (instance.service, instance.index)
         asked = self.woken.get(key)
         if asked is not None and asked[0] is instance:
@@ -311,8 +311,8 @@ class TableResolver:
                 if wake:
                     self.writer.wake(last)
             elif last.status is Status.ERROR and self.writer.recently_woken(last):
-                # Deliberately beyond SPEC §3: once we set `expected` to `started`, the
-                # instance reads stopped/started ("error") until its orchestrator moves it
+                # Beyond the table (docs/behaviour.md §3.3): once we set `expected` to `started`, it
+                # reads stopped/started ("error") until its orchestrator moves it
                 # to starting. Visitors keep the self-reloading wake-up page meanwhile
                 # instead of a dead-end error page.
                 raise RoutingError(Status.PASSIVATED, hostname)

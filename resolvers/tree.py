@@ -147,7 +147,7 @@ class DomainTree:
     def _domain_of(self, host: str, fields: dict[str, str]) -> Domain | None:
         type_, value = fields.get("type"), fields.get("value")
         if type_ is None or value is None:
-            return None  # SPEC §1: routable once both exist
+            return None  # docs/behaviour.md §1: routable once both exist
         try:
             return make_domain(type_, value)
         except ValueError as exc:
@@ -175,7 +175,7 @@ STATUS_FIELDS = ("current", "expected", "alive")
 
 
 class ServiceTree:
-    """`/services/{name}/{index}/...` → `services[name]` (SPEC §1, §3)."""
+    """`/services/{name}/{index}/...` → `services[name]` (docs/behaviour.md §1, §3.1)."""
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix

@@ -27,7 +27,7 @@ from tests.support import (
     wait_until,
 )
 
-# The routing status pages (SPEC §3), replaced by one-line markers so that a test reads
+# The status pages (docs/behaviour.md §3.2), replaced by one-line markers so that a test reads
 # which page answered without depending on the design of the real templates.
 STATUS_PAGES = ("notfound", "starting", "passivated", "stopped", "error")
 

@@ -1,4 +1,4 @@
-"""Routing from a real etcd (SPEC §1–§5): one gogeta process per module, real backends.
+"""Routing from a real etcd (docs/behaviour.md §1–§5): one gogeta process per module, real backends.
 
 Each test uses its own domain and service names, writes its keys with python-etcd and
 waits on a `Barrier` (gogeta has applied every earlier key), then asserts on the answers.
@@ -68,7 +68,7 @@ def answers(proxy: GogetaProcess, host: str, count: int, path: str = "/") -> lis
     return [page_of(proxy.get(path, host=host)) for _ in range(count)]
 
 
-# --------------------------------------------------------------------------- SPEC §3 table
+# -------------------------------------------------------------- docs/behaviour.md §3.1 table
 
 # (status keys as (current, expected, alive), or None for no status directory) → page, code
 STATUS_ROWS: list[tuple[tuple[str | None, str | None, str | None] | None, str, int]] = [
@@ -166,7 +166,7 @@ def test_round_robin_skips_stopped_and_locationless_instances(
 def test_no_started_instance_answers_with_the_last_one_looked_at(
     proxy: GogetaProcess, client: Any, sync: Barrier
 ) -> None:
-    # SPEC §3/§4: when no instance is started, the status of the last instance round robin
+    # docs/behaviour.md §3.2: with no instance started, the status of the last instance round robin
     # looked at answers. Starting one past the previous choice and trying each once, that
     # is the previous choice (the last instance before any choice).
     with named_backend("a") as a:
@@ -205,7 +205,7 @@ def test_empty_service_and_unknown_service_are_not_found(
 
 
 def test_domain_written_in_etcd_becomes_routable(proxy: GogetaProcess, client: Any) -> None:
-    # Propagation: nothing but the watch between the write and the route (SPEC §7).
+    # Propagation: nothing but the watch between the write and the route (docs/behaviour.md §5.4).
     with named_backend("fresh") as fresh:
         assert proxy.get(host="fresh.test").status == 404
         write_instance(client, "fresh", "1", fresh.port)

@@ -1,4 +1,4 @@
-"""Keeping the table in sync with etcd (SPEC §7): no lost update, and etcd trouble survived.
+"""The table in sync with etcd (docs/behaviour.md §5.4): no lost update, etcd trouble survived.
 
 Load then watch without a gap (writes racing gogeta's start), the 401 "event index
 cleared" reload provoked for real, etcd killed and restarted under a serving gogeta,

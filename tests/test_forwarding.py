@@ -1,4 +1,4 @@
-"""Forwarding (SPEC §2.2, §2.4–§2.6): what the backend receives and what the client gets back.
+"""Forwarding (docs/behaviour.md §2.2, §2.4–§2.6): what the backend gets, what the client gets back.
 
 gogeta runs with the Dummy resolver pointed at a recording backend on a real socket.
 """

@@ -1,4 +1,4 @@
-"""The routing model without etcd: computed status (SPEC §3), round robin (§4), parsing."""
+"""The routing model without etcd: status, round robin, parsing (docs/behaviour.md §3.1, §4.1)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from resolvers.model import (
     parse_robots,
 )
 
-# SPEC §3, one line per row: (current, expected, alive) → computed status.
+# docs/behaviour.md §3.1, one line per row: (current, expected, alive) → computed status.
 STATUS_TABLE = [
     ("stopped", "passivated", None, Status.PASSIVATED),
     ("stopped", "passivated", "x", Status.PASSIVATED),

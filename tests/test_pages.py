@@ -1,4 +1,4 @@
-"""Status pages (SPEC §3, §2.8): rendered from `templateDir`, with the right code and headers.
+"""Status pages (docs/behaviour.md §3.2, §2.8): rendered from `templateDir`, right code and headers.
 
 The first half renders every template directly (pure: no sockets); the second checks the
 pages gogeta really answers with, and that `-templateDir` is what it serves.
@@ -32,7 +32,7 @@ from tests.support import (
 TEMPLATES = ROOT / "templates"
 HTML = "text/html; charset=utf-8"
 
-# SPEC §3: status → HTTP code.
+# docs/behaviour.md §3.2: status → HTTP code.
 STATUS_CODES = [
     (Status.NOTFOUND, 404),
     (Status.STARTING, 503),

@@ -66,7 +66,7 @@ def test_the_status_table_is_what_the_model_computes() -> None:
     from resolvers.base import Status
     from resolvers.model import computed_status
 
-    # The values SPEC §1 names for each key, and their absence.
+    # The values docs/behaviour.md §1 names for each key, and their absence.
     states: list[str | None] = ["started", "starting", "stopped", "stopping", "passivated", None]
     wanted: list[str | None] = ["started", "stopped", "passivated", None]
     rows = status_rows()
@@ -86,5 +86,5 @@ def test_the_status_table_is_what_the_model_computes() -> None:
                         assert answer == "forwarded"
                     else:
                         assert answer.startswith(f"{code_of(got)} {got.value} page"), answer
-    # Every combination of the spec's values (or their absence) is in some row.
+    # Every combination of those values (or their absence) is in some row.
     assert covered >= {(c, e, a) for c in states for e in wanted for a in ["1", None]}

@@ -1,4 +1,4 @@
-"""Settings (SPEC §6): the original's flags in Go syntax, `GOGETA_*` variables, defaults.
+"""Settings (docs/behaviour.md §6): the original's flags in Go syntax, `GOGETA_*`, defaults.
 
 `settings.parse` is pure, so most of this file calls it directly with an explicit
 environment; the last tests run the real command line to check `-h` and exit codes.
@@ -26,7 +26,7 @@ def parse(*argv: str, **env: str) -> settings.Config:
     return settings.parse(list(argv), env)
 
 
-# Every flag with its default: SPEC §6, plus the ones this implementation adds.
+# Every flag with its default: the original's, plus the ones this implementation adds.
 DEFAULTS: list[tuple[str, Any]] = [
     ("port", 7777),
     ("domainDir", "/domains"),

@@ -1,4 +1,4 @@
-"""Signals of the standalone server (SPEC §6), sent to a real gogeta process.
+"""Signals of the standalone server (docs/behaviour.md §6), sent to a real gogeta process.
 
 SIGUSR1 dumps every stack to the log, SIGUSR2 toggles a CPU profile that pstats reads,
 SIGTERM/SIGINT stop accepting, let requests in flight finish (up to -drainTimeout) and exit 0.

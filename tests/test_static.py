@@ -1,4 +1,4 @@
-"""`/__static__/{file}` (SPEC §2.3): files of `templateDir/__static__/` only, never outside it.
+"""`/__static__/{file}` (docs/behaviour.md §2.3): files in `templateDir/__static__/`, none outside.
 
 Anything else under the prefix is the notfound page (404), whatever the method: POST and
 friends are 404 too, as for a file that does not exist.
@@ -119,7 +119,7 @@ def test_other_methods_are_404(proxy: GogetaProcess, method: str) -> None:
 
 
 def test_force_ssl_redirects_assets_too(templates: Path) -> None:
-    # forceFwSsl redirects everything, assets included (SPEC §2.2 comes before §2.3).
+    # forceFwSsl redirects everything, assets included (docs/behaviour.md §2.2 comes before §2.3).
     proc = GogetaProcess(
         ["-resolverType", "Dummy", "-templateDir", str(templates), "-forceFwSsl"]
     ).start()

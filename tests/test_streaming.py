@@ -1,4 +1,4 @@
-"""Bodies stream through gogeta (SPEC §2.5): nothing is held whole in memory, either way.
+"""Bodies stream through gogeta (docs/behaviour.md §2.5): none is held whole in memory, either way.
 
 The backends generate or count bytes on the fly, so nothing large is stored by the test
 either. gogeta's resident memory is sampled with psutil during each transfer.

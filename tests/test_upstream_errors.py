@@ -1,4 +1,4 @@
-"""Backends that fail (SPEC §2.8): every failure is a page or a cut connection, never a hang,
+"""Failing backends (docs/behaviour.md §2.8): each failure is a page or a cut connection, no hang,
 and gogeta keeps serving afterwards.
 
 The misbehaving backends are raw sockets scripted in a few lines; one path of each answers

@@ -42,13 +42,13 @@ def test_two_proxies_wake_an_application_once(etcd, gogeta) -> None:
         for proxy in proxies:  # both loaded it asleep: a HEAD wakes nothing
             wait_until(lambda p=proxy: p.get("/", host="sleepy.test", method="HEAD").status == 503)
         # Both visited: each asks for the wake-up, unless the other's write reached it first
-        # (then it reads stopped/started, an error by SPEC §3, and asks for nothing).
+        # (then it reads stopped/started, an error by docs/behaviour.md §3.1, and asks for nothing).
         asked = [p for p in proxies if p.get("/", host="sleepy.test").status == 503]
         assert proxies[0] in asked
         wait_until(lambda: expected_of(etcd, "sleepy")[0] == "started", what="wake-up write")
         for _ in range(5):
             for proxy in asked:
-                # stopped/started reads "error" in SPEC §3, but visitors of an application
+                # stopped/started reads "error" by docs/behaviour.md §3.1, but visitors of an app
                 # this gogeta is waking keep the self-reloading wait page until it starts
                 resp = proxy.get("/", host="sleepy.test")
                 assert resp.status == 503 and b'http-equiv="refresh"' in resp.body

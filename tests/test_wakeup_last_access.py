@@ -1,4 +1,4 @@
-"""The two writes gogeta makes to etcd (SPEC §2.7, §3), counted in etcd's own history.
+"""The two writes gogeta makes to etcd (docs/behaviour.md §2.7, §3.3), counted in etcd's history.
 
 A passivated instance gets `status/expected` = `started` once, not once per request;
 `lastAccess` is written in local time at most once per `-lastAccessInterval` per instance;
@@ -96,7 +96,7 @@ def test_passivated_instance_is_woken_once_for_many_requests(
     resp = proxy.get(host="sleeper.test")
     assert (page_of(resp), resp.status) == ("passivated", 503)
     # Until gogeta sees its own write, the instance is still passivated; after it,
-    # current=stopped/expected=started is an error (SPEC §3, literally): never the app.
+    # current=stopped/expected=started is an error (docs/behaviour.md §3.1): never the app.
     pages = {page_of(proxy.get(host="sleeper.test")) for _ in range(19)}
     assert pages <= {"passivated", "error"}
     wait_until(

@@ -6,7 +6,7 @@ offers the percent-decoded PATH_INFO, and a proxy must forward the path as the c
 it, so the raw target goes into `RAW_URI` (the name gunicorn uses). And it would end a
 HEAD answer without Content-Length with a chunked body.
 
-Draining (SIGTERM, SPEC §6): the listener closes, connections idle between two requests
+Draining (SIGTERM, docs/behaviour.md §6): the listener closes, connections idle between two requests
 are closed, a connection busy with a request finishes that request and then closes; after
 the drain timeout whatever is still running is cut.
 """
