@@ -26,6 +26,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from devtools.machine import free_port  # noqa: E402
 from proxy.pages import PAGES, StatusPages  # noqa: E402
 
 # The HTTP code each page is shown with (docs/behaviour.md §3.2 and §2.8).
@@ -56,12 +57,6 @@ CHROMIUM_FLAGS = [
 
 def log(message: str) -> None:
     print(f"pages: {message}", flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def chromium() -> str:

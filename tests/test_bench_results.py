@@ -6,28 +6,14 @@ written, against git itself: unrecorded paths must be ignored, recorded ones tra
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
+from bench.options import recording
+from bench.report import result_stems
 from tests.support import ROOT
-
-
-def load_common() -> ModuleType:
-    # The bench scripts import it as `common`, from their own directory.
-    spec = importlib.util.spec_from_file_location("bench_common", ROOT / "bench" / "common.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-common = load_common()
 
 
 def git(*argv: str) -> subprocess.CompletedProcess[str]:
@@ -40,7 +26,7 @@ def files_of(stems: list[Path]) -> list[Path]:
 
 @pytest.mark.parametrize("name", ["latest", "soak"])
 def test_an_unrecorded_run_writes_only_ignored_files(name: str) -> None:
-    paths = files_of(common.result_stems(name, record=False, stamp="20260101-000000"))
+    paths = files_of(result_stems(name, record=False, stamp="20260101-000000"))
     assert paths
     for path in paths:
         relative = str(path.relative_to(ROOT))
@@ -50,7 +36,7 @@ def test_an_unrecorded_run_writes_only_ignored_files(name: str) -> None:
 
 @pytest.mark.parametrize("name", ["latest", "soak"])
 def test_a_recorded_run_writes_the_tracked_results(name: str) -> None:
-    paths = files_of(common.result_stems(name, record=True, stamp="20260101-000000"))
+    paths = files_of(result_stems(name, record=True, stamp="20260101-000000"))
     tracked = [p for p in paths if git("ls-files", "--error-unmatch", str(p)).returncode == 0]
     assert sorted(tracked) == sorted(
         ROOT / "bench" / "results" / f"{name}{ext}" for ext in (".json", ".md")
@@ -62,4 +48,4 @@ def test_a_recorded_run_writes_the_tracked_results(name: str) -> None:
 )
 def test_recording_is_asked_for_by_a_variable(value: str | None, expected: bool) -> None:
     environ = {} if value is None else {"BENCH_RECORD": value}
-    assert common.recording("BENCH_RECORD", environ) is expected
+    assert recording("BENCH_RECORD", environ) is expected

@@ -1,52 +1,51 @@
-"""What `bench/run.py` and `bench/soak.py` share: ports, waiting, the processes they start.
+"""The harness every benchmark runs in: paths, processes, ports, waiting, process measures.
 
-Both run as scripts (`python bench/run.py`), so this directory is on `sys.path` and they
-import this module as `common`.
+Rule: nothing here knows what a benchmark measures or which program it starts; a process
+started through `Processes` is always stopped, whatever happens to the script.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
+import resource
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
+
+import psutil
+
+from devtools.machine import etcd_binary, free_port
+
+__all__ = ["etcd_binary", "free_port"]  # the repository's one copy, re-exported here
 
 ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
 PYTHON = sys.executable
-RESULTS = ROOT / "bench" / "results"  # the recorded results, tracked by git
-RUNS = RESULTS / "runs"  # every run's own copy, git-ignored
+T = TypeVar("T")
 
 
-def recording(variable: str, environ: Mapping[str, str] = os.environ) -> bool:
-    """Whether this run was asked to record its results in the tree (`BENCH_RECORD=1`)."""
-    return environ.get(variable, "").strip().lower() in ("1", "true", "yes", "on")
+def say(message: str) -> None:
+    """A progress line on stderr, so that stdout holds only the results."""
+    print(f"[{datetime.now():%H:%M:%S}] {message}", file=sys.stderr, flush=True)
 
 
-def result_stems(name: str, record: bool, stamp: str) -> list[Path]:
-    """Where a run writes `.json` and `.md`: its own copy under runs/, always, and over the
-    tracked `name` only when recording, so a quick or noisy run leaves the tree clean."""
-    own = RUNS / f"{name}-{stamp}"
-    return [RESULTS / name, own] if record else [own]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+# --------------------------------------------------------------------------- waiting
 
 
 def wait_for(
-    condition: Callable[[], Any],
+    condition: Callable[[], T | None],
     timeout: float,
     what: str,
     errors: tuple[type[BaseException], ...] = (OSError, http.client.HTTPException),
-) -> Any:
+) -> T:
     """Poll `condition` until it returns something true; `errors` count as not yet."""
     deadline = time.monotonic() + timeout
     last: BaseException | None = None
@@ -75,23 +74,7 @@ def wait_listening(proc: subprocess.Popen[bytes], port: int, what: str, timeout:
     wait_for(lambda: listening(proc, port, what), timeout, f"{what} to listen on {port}")
 
 
-def etcd_argv(
-    binary: str, name: str, data_dir: Path, client_port: int, peer_port: int
-) -> list[str]:
-    """A single-node etcd with the v2 API on loopback ports."""
-    url, peer = f"http://127.0.0.1:{client_port}", f"http://127.0.0.1:{peer_port}"
-    return [
-        binary,
-        "--enable-v2",
-        f"--name={name}",
-        f"--data-dir={data_dir}",
-        f"--listen-client-urls={url}",
-        f"--advertise-client-urls={url}",
-        f"--listen-peer-urls={peer}",
-        f"--initial-advertise-peer-urls={peer}",
-        f"--initial-cluster={name}={peer}",
-        "--log-level=error",
-    ]
+# --------------------------------------------------------------------------- processes
 
 
 def _die_with_parent() -> None:
@@ -172,3 +155,38 @@ class Processes:
         if not path.exists():
             return ""
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+# --------------------------------------------------------------------------- measures
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time used so far by a process and its living children (gunicorn's workers...)."""
+    total = 0.0
+    try:
+        parent = psutil.Process(pid)
+        procs = [parent, *parent.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            times = proc.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+def rss_mb(pid: int) -> float:
+    return float(psutil.Process(pid).memory_info().rss) / 2**20
+
+
+def raise_nofile(wanted: int) -> int:
+    """Raise this process's open-file limit towards `wanted`; return the soft limit reached."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        with contextlib.suppress(ValueError, OSError):  # needs CAP_SYS_RESOURCE
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))
+            return wanted
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return max(soft, target)

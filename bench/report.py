@@ -1,0 +1,246 @@
+"""Reports: where results are written, and `make bench`'s tables as text, Markdown and JSON.
+
+Rule: a run always writes its own copy under bench/results/runs/ (git-ignored) and
+replaces the tracked bench/results/<name>.* only when asked to record. The JSON is the
+parts' dataclasses as they are (`dataclasses.asdict`), so a field's name is its key.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from bench.connections import ConnectionsResult
+from bench.harness import ROOT, say
+from bench.options import BenchOptions
+from bench.propagation import PropagationResult
+from bench.rig import Skipped
+from bench.scale import ScaleResult
+from bench.throughput import ThroughputResult
+from bench.tools import Machine
+
+RESULTS = ROOT / "bench" / "results"  # the recorded results, tracked by git
+RUNS = RESULTS / "runs"  # every run's own copy, git-ignored
+ALL_PARTS = {1, 2, 3, 4}
+
+
+def result_stems(name: str, record: bool, stamp: str) -> list[Path]:
+    """Where a run writes `.json` and `.md`: its own copy under runs/, always, and over the
+    tracked `name` only when recording, so a quick or noisy run leaves the tree clean."""
+    own = RUNS / f"{name}-{stamp}"
+    return [RESULTS / name, own] if record else [own]
+
+
+def write_pair(stems: list[Path], json_text: str, markdown_text: str) -> None:
+    for stem in stems:
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        stem.with_name(stem.name + ".json").write_text(json_text)
+        stem.with_name(stem.name + ".md").write_text(markdown_text)
+
+
+def stamp() -> str:
+    return datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+# --------------------------------------------------------------------------- bench
+
+
+@dataclass
+class BenchResults:
+    machine: Machine
+    options: BenchOptions
+    command: str
+    errors: dict[str, str] = field(default_factory=dict)  # part name → what failed
+    throughput: ThroughputResult | None = None
+    propagation: PropagationResult | Skipped | None = None
+    scale: ScaleResult | Skipped | None = None
+    connections: ConnectionsResult | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """Every field; a part that did not run is left out rather than null."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+Table = tuple[str, list[str], list[list[str]], list[str]]  # title, header, rows, notes
+
+
+def fmt(value: object, spec: str = ".1f") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, float):
+        return format(value, spec)
+    return str(value)
+
+
+def _throughput(p1: ThroughputResult, opts: BenchOptions) -> Table:
+    header = ["case", "target", "req/s", "p50 ms", "p99 ms", "MB/s", "err", "non-2xx"]
+    header += ["CPU µs/req", "× nginx-proxy", "MB/s × nginx-proxy", "× pywsgi"]
+    rows = [
+        [
+            r.case,
+            r.target,
+            fmt(r.rps, ".0f"),
+            fmt(r.p50_ms, ".2f"),
+            fmt(r.p99_ms, ".2f"),
+            fmt(r.mb_s, ".1f"),
+            str(r.errors),
+            str(r.non_2xx),
+            fmt(r.cpu_us_per_req, ".0f"),
+            fmt(r.x_nginx_proxy, ".3f"),
+            fmt(r.mb_x_nginx_proxy, ".3f"),
+            fmt(r.x_pywsgi, ".3f"),
+        ]
+        for r in p1.summary
+    ]
+    notes = [
+        f"wrk -t1, keep-alive, {opts.seconds} s × {opts.rounds} round(s) in"
+        " alternating order; medians over rounds; ratios taken within a round.",
+        "CPU µs/req: CPU time of the server under test (all its processes) per request.",
+        "Access logs off everywhere (nginx access_log off; gogeta -accessLog off).",
+    ]
+    return ("1. Throughput and latency", header, rows, notes)
+
+
+def _propagation(p2: PropagationResult) -> Table:
+    header = ["change", "min ms", "median ms", "p99 ms", "max ms", "timeouts"]
+    rows = [
+        [
+            label,
+            fmt(t.min, ".1f"),
+            fmt(t.median, ".1f"),
+            fmt(t.p99, ".1f"),
+            fmt(t.max, ".1f"),
+            f"{t.timeouts}/{t.trials}",
+        ]
+        for label, t in (
+            ("new domain", p2.new_domain_ms),
+            ("location change", p2.location_change_ms),
+        )
+    ]
+    notes = [
+        "From just before the etcd write to the first answer by the new rule;"
+        " gogeta polled every 1 ms over one keep-alive connection."
+    ]
+    return ("2. Propagation", header, rows, notes)
+
+
+def _scale(p3: ScaleResult) -> Table:
+    header = ["domains", "routable after start s", "RSS MB", "1000 changes visible s"]
+    header += ["lag after last write ms", "single req/s", "random req/s", "random × single"]
+    header += ["CPU µs/req single / random", "RSS after wrk MB"]
+    rows = [
+        [
+            f"{t.domains:,}",
+            fmt(t.routable_after_start_s, ".2f"),
+            fmt(t.rss_after_load_mb, ".0f"),
+            fmt(t.changes_visible_s, ".2f"),
+            fmt(t.changes_lag_after_last_write_ms, ".0f"),
+            fmt(t.single_rps, ".0f"),
+            fmt(t.random_rps, ".0f"),
+            fmt(t.random_x_single, ".3f"),
+            f"{fmt(t.single_cpu_us_per_req, '.0f')} / {fmt(t.random_cpu_us_per_req, '.0f')}",
+            fmt(t.rss_after_wrk_mb, ".0f"),
+        ]
+        for t in p3.tiers
+    ]
+    notes = [p3.note] if p3.note else []
+    notes.append(
+        "Changes: sequential location writes from one client; 'visible' is"
+        " from the first write to the last change served."
+    )
+    return ("3. Scale (gogeta standalone, IoEtcd)", header, rows, notes)
+
+
+def _connections(p4: ConnectionsResult) -> Table:
+    header = ["connections", "RSS idle MB", "RSS holding MB", "KB/conn", "open s"]
+    header += ["fresh request ms", "held reused"]
+    row = [
+        f"{p4.connections:,}",
+        fmt(p4.rss_idle_mb, ".0f"),
+        fmt(p4.rss_held_mb, ".0f"),
+        fmt(p4.kb_per_connection, ".1f"),
+        fmt(p4.open_s, ".1f"),
+        fmt(p4.fresh_request_ms, ".1f"),
+        p4.sample_reused_ok,
+    ]
+    title = "4. Idle keep-alive connections (gogeta standalone)"
+    return (title, header, [row], [p4.note] if p4.note else [])
+
+
+def _skipped(title: str, part: Skipped) -> Table:
+    return (title, ["skipped"], [[part.skipped]], [])
+
+
+def tables(results: BenchResults) -> list[Table]:
+    """(title, header, rows, notes) for every part that ran."""
+    out: list[Table] = []
+    if results.throughput:
+        out.append(_throughput(results.throughput, results.options))
+    p2, p3 = results.propagation, results.scale
+    if isinstance(p2, Skipped):
+        out.append(_skipped("2. Propagation", p2))
+    elif p2 is not None:
+        out.append(_propagation(p2))
+    if isinstance(p3, Skipped):
+        out.append(_skipped("3. Scale", p3))
+    elif p3 is not None:
+        out.append(_scale(p3))
+    if results.connections:
+        out.append(_connections(results.connections))
+    for part_name, error in results.errors.items():
+        out.append((f"{part_name}: failed", ["error"], [[error]], []))
+    return out
+
+
+def text_table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    for r in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
+    return "\n".join(lines)
+
+
+def markdown(results: BenchResults) -> str:
+    m = results.machine
+    lines = [
+        "# gogeta benchmark",
+        "",
+        f"{m.date}, commit {m.commit}; {m.cpu}, {m.cores} cores, Linux {m.kernel};"
+        f" Python {m.python}, gevent {m.gevent}, urllib3 {m.urllib3};"
+        f" {m.nginx}; {m.wrk}; {m.etcd}; {m.gunicorn}.",
+        "",
+        f"Command: `{results.command}`",
+    ]
+    for title, header, rows, notes in tables(results):
+        lines += ["", f"## {title}", ""]
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("|" + "|".join("---" for _ in header) + "|")
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        if notes:
+            lines.append("")
+            lines += notes
+    return "\n".join(lines) + "\n"
+
+
+def write_bench(results: BenchResults, record: bool) -> None:
+    """A timestamped copy, git-ignored, always; `latest` only when recording every part;
+    then the tables on stdout."""
+    complete = set(results.options.parts) >= ALL_PARTS
+    if record and not complete:
+        say("BENCH_RECORD: only a run of every part replaces bench/results/latest.*")
+    stems = result_stems("latest", record and complete, stamp())
+    text = json.dumps(results.to_json(), indent=2, default=str) + "\n"
+    write_pair(stems, text, markdown(results))
+    print()
+    for title, header, rows, notes in tables(results):
+        print(f"== {title}")
+        print(text_table(header, rows))
+        for note in notes:
+            print(f"   {note}")
+        print()
+    print(f"written: {stems[0]}.md and .json")
