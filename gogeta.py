@@ -18,15 +18,17 @@ if __name__ == "__main__":
     monkey.patch_all()
 
 import logging  # noqa: E402
+import os  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
+import time  # noqa: E402
 from collections.abc import Iterable, Sequence  # noqa: E402
 from typing import TYPE_CHECKING, Any  # noqa: E402
 
 import settings  # noqa: E402
 
 if TYPE_CHECKING:
-    from proxy.front import Front
+    pass
 
 log = logging.getLogger("gogeta")
 
@@ -69,88 +71,143 @@ def check_templates(config: settings.Config) -> None:
         raise settings.SettingError(f"-templateDir: {exc}") from exc
 
 
-def build_app(config: settings.Config) -> "Front":
-    """The WSGI app for this config; its resolver is not started yet."""
-    from proxy.access_log import formatter
-    from proxy.admin import Admin
-    from proxy.app import Gogeta
-    from proxy.forward import Forwarder
-    from proxy.front import Front
-    from proxy.metrics import Metrics
-    from proxy.pages import StatusPages, TemplateError
-    from proxy.static import StaticFiles
-    from resolvers import make_resolver
-
-    try:
-        pages = StatusPages(config.templateDir)
-    except TemplateError as exc:
-        raise settings.SettingError(f"-templateDir: {exc}") from exc
-    resolver = make_resolver(config)
-    forwarder = Forwarder(config.connectTimeout, config.readTimeout)
-    forwarder.max_body = config.maxBodySize
-    app = Gogeta(
-        resolver=resolver,
-        pages=pages,
-        forwarder=forwarder,
-        static=StaticFiles(config.templateDir),
-        force_ssl=config.forceFwSsl,
-        url_header=config.UrlHeaderParam,
-        wake_hold=config.wakeHoldSeconds,
-        trusted_proxies=config.trustedProxies,
-        no_wake_agents=config.noWakeUserAgents,
-    )
-    metrics = Metrics(resolver.stats)
-    app.tunnels.on_count = metrics.count_tunnel
-    admin = Admin(resolver, pages, metrics, config.trustedNetworks, config.healthGraceSeconds)
-    front = Front(app, formatter(config.accessLog), admin, metrics, config.accessLogHealth)
-    front.client_timeout = config.clientTimeout
-    return front
+# Under gunicorn, how often a worker copies its resolver and process figures to the
+# shared metrics files at the latest (a routing change copies them at once).
+PUBLISH_SECONDS = 1.0
 
 
-class DeferredApp:
-    """The app as `gunicorn --preload` loads it in the arbiter: built in each worker.
+class Process:
+    """One serving process, wired from its config: the composition root.
 
-    The arbiter checks the settings and templates and forks; each worker builds the real
-    app after its gevent patching, from `gunicorn.conf.py`'s `post_worker_init` hook or,
-    without that file, at its first request.
+    Every component gets what it needs through its constructor here, and nowhere else,
+    for the standalone process and for each gunicorn worker alike. `app` is the WSGI app,
+    `server_options` what the server needs beside it; `start` and `stop` run what works
+    in the background (the resolver's etcd watch, the metrics publisher), once.
+    """
+
+    def __init__(self, config: settings.Config) -> None:
+        from proxy.access_log import formatter
+        from proxy.admin import Admin
+        from proxy.app import Gogeta
+        from proxy.forward import Forwarder
+        from proxy.front import Front
+        from proxy.metrics import Metrics
+        from proxy.pages import StatusPages, TemplateError
+        from proxy.static import StaticFiles
+        from proxy.tunnel import Tunnels
+        from resolvers import make_resolver
+        from transport.server import ServerOptions
+
+        try:
+            pages = StatusPages(config.templateDir)
+        except TemplateError as exc:
+            raise settings.SettingError(f"-templateDir: {exc}") from exc
+        self.resolver = resolver = make_resolver(config)
+        self.metrics = metrics = Metrics(resolver.stats)
+        self.forwarder = forwarder = Forwarder(
+            config.connectTimeout, config.readTimeout, max_body=config.maxBodySize
+        )
+        tunnels = Tunnels(
+            config.connectTimeout,
+            config.readTimeout,
+            config.UrlHeaderParam,
+            on_count=metrics.count_tunnel,
+        )
+        app = Gogeta(
+            resolver=resolver,
+            pages=pages,
+            forwarder=forwarder,
+            tunnels=tunnels,
+            static=StaticFiles(config.templateDir),
+            force_ssl=config.forceFwSsl,
+            url_header=config.UrlHeaderParam,
+            wake_hold=config.wakeHoldSeconds,
+            trusted_proxies=config.trustedProxies,
+            no_wake_agents=config.noWakeUserAgents,
+        )
+        admin = Admin(resolver, pages, metrics, config.trustedNetworks, config.healthGraceSeconds)
+        self.app: Front = Front(
+            app, formatter(config.accessLog), admin, metrics, config.accessLogHealth
+        )
+        self.server_options = ServerOptions(config.clientTimeout, metrics.count_connection)
+        self._started = False
+        self._publisher: Any = None
+
+    def start(self) -> "Process":
+        if not self._started:
+            import gevent
+
+            self._started = True
+            self.resolver.start()
+            if self.metrics.multiprocess:
+                self._publisher = gevent.spawn(self._publish_metrics)
+        return self
+
+    def stop(self) -> None:
+        if self._publisher is not None:
+            self._publisher.kill()
+        self.resolver.stop()
+        self.forwarder.close()
+
+    def _publish_metrics(self) -> None:
+        # Under gunicorn a scrape reaches one worker: every worker keeps its figures in the
+        # shared files so the scrape shows them all, fresh: at once after each change of
+        # the routing table (the load included), and every PUBLISH_SECONDS for the rest
+        # (lastAccess writes, etcd going away, memory...).
+        import gevent
+
+        process_due = 0.0
+        while True:
+            started = time.monotonic()
+            try:
+                self.metrics.publish(process=started >= process_due)
+            except Exception:
+                log.exception("cannot publish the metrics")
+            if started >= process_due:
+                process_due = started + PUBLISH_SECONDS
+            if not self.resolver.wait_for_change(PUBLISH_SECONDS):
+                # Timed out, or a resolver whose table never changes returned at once.
+                gevent.sleep(max(0.0, PUBLISH_SECONDS - (time.monotonic() - started)))
+
+
+class WorkerApp:
+    """What gunicorn gets from `create_app`: the WSGI app of the worker's own Process.
+
+    With `--preload` the factory runs in the arbiter, which is never gevent-patched: the
+    settings and templates are checked there and each worker builds its Process after the
+    fork, from `gunicorn.conf.py`'s `post_worker_init` hook or, without that file, at its
+    first request. Without `--preload` the worker builds it in the factory.
     """
 
     def __init__(self, config: settings.Config) -> None:
         self.config = config
-        self._app: Front | None = None
+        self.process: Process | None = None
+        self._pid = 0
 
-    def start(self) -> None:
-        if self._app is None:
-            self._app = build_app(self.config)
-        self._app.start()
+    def start(self) -> "Process":
+        """This worker's Process, built and started once (in this pid: not the arbiter's)."""
+        if self.process is None or self._pid != os.getpid():
+            self.process, self._pid = Process(self.config), os.getpid()
+        return self.process.start()
 
     def stop(self) -> None:
-        if self._app is not None:
-            self._app.stop()
-
-    @property
-    def client_timeout(self) -> float:
-        timeout: float = self.config.clientTimeout
-        return timeout
-
-    def count_connection(self, delta: int) -> None:
-        if self._app is not None:
-            self._app.count_connection(delta)
+        if self.process is not None and self._pid == os.getpid():
+            self.process.stop()
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-        if self._app is None:
-            self.start()
-        assert self._app is not None
-        return self._app(environ, start_response)
+        process = self.process
+        if process is None or self._pid != os.getpid():
+            process = self.start()
+        return process.app(environ, start_response)
 
 
-def create_app(*argv: str) -> "Front | DeferredApp":
+def create_app(*argv: str) -> WorkerApp:
     """The app factory gunicorn calls (`'gogeta:create_app()'`).
 
     Settings come from `GOGETA_*` variables (and from `argv`, flags as on the command
-    line). In a gevent-patched process (a worker) the app is built and its resolver
-    started here; in the arbiter (`--preload`) both wait for the fork. A worker class
-    that is not gevent's is refused.
+    line). In a gevent-patched process (a worker) the worker's Process is built and
+    started here; in the arbiter (`--preload`) it waits for the fork. A worker class that
+    is not gevent's is refused.
     """
     from gevent import monkey
 
@@ -163,22 +220,22 @@ def create_app(*argv: str) -> "Front | DeferredApp":
         config = settings.parse(list(argv))
         configure_logging(config.logLevel, config.accessLog)
         warn_unknown_variables()
+        app = WorkerApp(config)
         if not monkey.is_module_patched("socket"):
             check_templates(config)
-            return DeferredApp(config)
-        app = build_app(config)
+            return app
+        process = app.start()
     except settings.SettingError as exc:
         print(f"gogeta: {exc}", file=sys.stderr)
         # gunicorn's code for "App failed to load": from a worker, it stops the arbiter
         # instead of having the worker forked again, and again.
         raise SystemExit(4 if loading else 2) from None
     if loading is not None:
-        gunicorn_hooks.use_proxy_server(loading.worker)
-    app.start()
+        gunicorn_hooks.use_proxy_server(loading.worker, process.server_options)
     return app
 
 
-def serve(config: settings.Config, app: "Front") -> None:
+def serve(config: settings.Config, process: Process) -> None:
     """Run the standalone server until SIGTERM or SIGINT, then drain (docs/behaviour.md §6)."""
     import gevent
     import gevent.event
@@ -188,12 +245,11 @@ def serve(config: settings.Config, app: "Front") -> None:
 
     server = ProxyServer(
         (config.listenAddress, config.port),
-        app,
+        process.app,
+        options=process.server_options,
         log=None,  # pywsgi's own access lines: off, `proxy.front` writes gogeta's
         error_log=logging.getLogger("gogeta.server"),
     )
-    server.count_connection = app.count_connection
-    server.client_timeout = app.client_timeout
     stopped = gevent.event.Event()
     profiler = CpuProfiler(config.cpuProfile)
 
@@ -225,7 +281,7 @@ def serve(config: settings.Config, app: "Front") -> None:
     except OSError as exc:
         log.error("cannot listen on %s:%s: %s", config.listenAddress, config.port, exc)
         raise SystemExit(1) from None
-    app.start()
+    process.start()
     log.info(
         "gogeta listening on http://%s:%s/ (resolver %s)",
         config.listenAddress,
@@ -236,7 +292,7 @@ def serve(config: settings.Config, app: "Front") -> None:
         stopped.wait()
     finally:
         profiler.stop()
-        app.stop()
+        process.stop()
         log.info("gogeta stopped")
 
 
@@ -245,11 +301,11 @@ def main(argv: Sequence[str]) -> int:
     configure_logging(config.logLevel, config.accessLog)
     warn_unknown_variables()
     try:
-        app = build_app(config)
+        process = Process(config)
     except settings.SettingError as exc:
         print(f"gogeta: {exc}", file=sys.stderr)
         return 2
-    serve(config, app)
+    serve(config, process)
     return 0
 
 

@@ -134,18 +134,22 @@ def on_starting(server: Any) -> None:
 
 
 def post_worker_init(worker: Any) -> None:
-    """In the worker, after the fork and gevent's patching, before it serves."""
-    use_proxy_server(worker)  # also with --preload, where create_app ran in the arbiter
-    start: Callable[[], None] | None = getattr(worker.wsgi, "start", None)
-    if start is not None:
-        start()
+    """In the worker, after the fork and gevent's patching, before it serves: the worker's
+    process is built and started (also with --preload, where create_app ran in the
+    arbiter), and gogeta's server, with that process's options, serves its connections."""
+    from gogeta import WorkerApp
+
+    if isinstance(worker.wsgi, WorkerApp):
+        use_proxy_server(worker, worker.wsgi.start().server_options)
 
 
 def worker_exit(server: Any, worker: Any) -> None:
+    from gogeta import WorkerApp
+
     # No `wsgi` when the app failed to load (a setting refused, say).
-    stop: Callable[[], None] | None = getattr(getattr(worker, "wsgi", None), "stop", None)
-    if stop is not None:
-        stop()
+    wsgi = getattr(worker, "wsgi", None)
+    if isinstance(wsgi, WorkerApp):
+        wsgi.stop()
 
 
 def child_exit(server: Any, worker: Any) -> None:

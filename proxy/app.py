@@ -84,6 +84,7 @@ class Gogeta:
         resolver: Resolver,
         pages: StatusPages,
         forwarder: Forwarder,
+        tunnels: Tunnels,
         static: StaticFiles,
         force_ssl: bool = False,
         url_header: str = "",
@@ -100,7 +101,7 @@ class Gogeta:
         self.static = static
         self.force_ssl = force_ssl
         self.url_header = url_header
-        self.tunnels = Tunnels(forwarder.connect_timeout, forwarder.read_timeout, url_header)
+        self.tunnels = tunnels
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         hostname = ""

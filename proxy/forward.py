@@ -354,9 +354,15 @@ class _Pool(urllib3.HTTPConnectionPool):
 class Forwarder:
     """Holds the one urllib3 PoolManager and sends requests through it."""
 
-    def __init__(self, connect_timeout: float, read_timeout: float, pool_size: int = 64) -> None:
+    def __init__(
+        self,
+        connect_timeout: float,
+        read_timeout: float,
+        max_body: int = 0,
+        pool_size: int = 64,
+    ) -> None:
         self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
-        self.max_body = 0  # bytes a request body may have; 0: no limit (-maxBodySize)
+        self.max_body = max_body  # bytes a request body may have; 0: no limit (-maxBodySize)
         self.timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
         # What `retries=False, redirect=False` become inside urlopen, built once: errors
         # come back as they are (the retry policy is ours, in proxy.app).

@@ -10,12 +10,9 @@ reads what the app recorded in the environ (`gogeta.upstream`, `gogeta.upstream_
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
-
-import gevent
 
 from proxy.access_log import Exchange
 from proxy.admin import PREFIX as ADMIN_PREFIX
@@ -28,9 +25,6 @@ access_log = logging.getLogger("gogeta.access")
 log = logging.getLogger(__name__)
 
 HEALTH_PATH = ADMIN_PREFIX + "health"
-# Under gunicorn, how often a worker copies its resolver and process figures to the
-# shared metrics files at the latest (a routing change copies them at once).
-PUBLISH_SECONDS = 1.0
 SUMMARY_SECONDS = 60.0  # at most one "still failing" line per upstream this often
 MAX_FAILING = 1024  # upstreams followed at once; the oldest is forgotten beyond
 
@@ -101,8 +95,11 @@ class UpstreamStates:
 
 
 class Front:
-    # -clientTimeout, for the server that runs this app (gogeta.serve, gunicorn_hooks)
-    client_timeout: float = 0.0
+    """Admin paths or the app, then the access line, the metrics and upstream states.
+
+    No lifecycle of its own: what runs beside it (the resolver's watch, the metrics
+    publisher) is started and stopped by the composition root (gogeta.Process).
+    """
 
     def __init__(
         self,
@@ -113,59 +110,13 @@ class Front:
         log_health: bool = True,
     ) -> None:
         self.app = app
-        self.resolver = app.resolver
         self.access_line = access_line
         self.log_health = log_health  # -accessLogHealth
         self.admin = admin
         self.metrics = metrics
         self.upstreams = UpstreamStates()
-        self._started_in: int | None = None
-        self._refresher: gevent.Greenlet | None = None
-
-    def start(self) -> None:
-        """Start the resolver's background work in this process, once.
-
-        Idempotent per process: under gunicorn with --preload the app is built in the
-        arbiter and each worker starts its own resolver after the fork.
-        """
-        if self._started_in != os.getpid():
-            self._started_in = os.getpid()
-            self.resolver.start()
-            if self.metrics is not None and self.metrics.multiprocess:
-                self._refresher = gevent.spawn(self._refresh_metrics, self.metrics)
-
-    def stop(self) -> None:
-        if self._refresher is not None:
-            self._refresher.kill()
-        self.resolver.stop()
-        self.app.forwarder.close()
-
-    def count_connection(self, delta: int) -> None:
-        """+1 / -1 as a client connection opens and closes (called by the server)."""
-        if self.metrics is not None:
-            self.metrics.count_connection(delta)
-
-    def _refresh_metrics(self, metrics: Metrics) -> None:
-        # Under gunicorn a scrape reaches one worker: every worker keeps its figures in the
-        # shared files so the scrape shows them all, fresh: at once after each change of
-        # the routing table (the load included), and every PUBLISH_SECONDS for the rest
-        # (lastAccess writes, etcd going away, memory...).
-        process_due = 0.0
-        while True:
-            started = time.monotonic()
-            try:
-                metrics.publish(process=started >= process_due)
-            except Exception:
-                log.exception("cannot publish the metrics")
-            if started >= process_due:
-                process_due = started + PUBLISH_SECONDS
-            if not self.resolver.wait_for_change(PUBLISH_SECONDS):
-                # Timed out, or a resolver whose table never changes returned at once.
-                gevent.sleep(max(0.0, PUBLISH_SECONDS - (time.monotonic() - started)))
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        if self._started_in != os.getpid():
-            self.start()  # a worker whose server hook did not start it
         ex = Exchange(
             started=time.time(),
             client=environ.get("REMOTE_ADDR") or "",

@@ -51,13 +51,19 @@ class _Reader:
 class Tunnels:
     """Opens tunnels and counts them (`opened`, `active`) for the metrics and the logs."""
 
-    def __init__(self, connect_timeout: float, read_timeout: float, url_header: str = "") -> None:
+    def __init__(
+        self,
+        connect_timeout: float,
+        read_timeout: float,
+        url_header: str = "",
+        on_count: Callable[[int], None] = lambda delta: None,
+    ) -> None:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.url_header = url_header
         self.opened = 0
         self.active = 0
-        self.on_count: Callable[[int], None] = lambda delta: None  # +1 open, -1 closed
+        self.on_count = on_count  # +1 open, -1 closed (the open-tunnels gauge)
 
     def open(
         self,

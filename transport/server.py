@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import gevent
@@ -247,10 +248,20 @@ class ProxyHandler(pywsgi.WSGIHandler):  # type: ignore[misc]  # gevent is untyp
         return env
 
 
+@dataclass(frozen=True, slots=True)
+class ServerOptions:
+    """What the server needs beside the WSGI app, given by the composition root."""
+
+    client_timeout: float = 0.0  # seconds for a request head or a silence; 0: no limit
+    count_connection: Callable[[int], None] = lambda delta: None  # +1 / -1: open connections
+
+
 class ProxyServer(pywsgi.WSGIServer):  # type: ignore[misc]
     handler_class = ProxyHandler
 
-    def __init__(self, listener: Any, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self, listener: Any, *args: Any, options: ServerOptions | None = None, **kwargs: Any
+    ) -> None:
         # A pool (unbounded) so that `drain` can wait for the handlers; without one gevent
         # forgets them and stopping cuts every request in flight.
         kwargs.setdefault("spawn", Pool())
@@ -261,9 +272,9 @@ class ProxyServer(pywsgi.WSGIServer):  # type: ignore[misc]
         super().__init__(listener, *args, **kwargs)
         self.connections: set[ProxyHandler] = set()
         self.draining = False
-        self.client_timeout: float = 0.0  # seconds; 0: no limit (see read_requestline)
-        # Called with +1 / -1 as connections open and close (the open-connections gauge).
-        self.count_connection: Callable[[int], None] = lambda delta: None
+        options = options or ServerOptions()
+        self.client_timeout = options.client_timeout  # see ProxyHandler.read_requestline
+        self.count_connection = options.count_connection
 
     def close(self) -> None:
         """Stop accepting; connections idle between two requests close now, busy ones

@@ -9,12 +9,13 @@ gunicorn gives the worker.
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
 from gunicorn.workers.ggevent import GeventPyWSGIWorker, GeventWorker
 
-from transport.server import ProxyHandler, ProxyServer
+from transport.server import ProxyHandler, ProxyServer, ServerOptions
 
 
 class WorkerServer(ProxyServer):
@@ -24,8 +25,6 @@ class WorkerServer(ProxyServer):
         kwargs["log"] = None  # proxy.front writes the access lines
         kwargs["error_log"] = logging.getLogger("gogeta.server")
         super().__init__(listener, application, **kwargs)
-        self.client_timeout = getattr(application, "client_timeout", 0.0)
-        self.count_connection = getattr(application, "count_connection", self.count_connection)
 
 
 class ProxyWorker(GeventPyWSGIWorker):  # type: ignore[misc]  # gunicorn is untyped
@@ -33,12 +32,13 @@ class ProxyWorker(GeventPyWSGIWorker):  # type: ignore[misc]  # gunicorn is unty
     wsgi_handler = ProxyHandler
 
 
-def use_proxy_server(worker: Any) -> None:
-    """gogeta's server in a gevent worker, before its `run` starts serving.
+def use_proxy_server(worker: Any, options: ServerOptions) -> None:
+    """gogeta's server, with `options`, in a gevent worker before its `run` starts serving.
 
     gunicorn's GeventWorker (`-k gevent`) has no server class and serves with its own HTTP
-    parser; given one, it runs it on its listeners and connection pool instead.
+    parser; given one, it runs it on its listeners and connection pool instead. gunicorn
+    builds the server itself, so the options are bound to the class it is given.
     """
     if isinstance(worker, GeventWorker):
-        worker.server_class = WorkerServer
+        worker.server_class = functools.partial(WorkerServer, options=options)
         worker.wsgi_handler = ProxyHandler
