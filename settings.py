@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
+from errors import ConfigError
+
 HERE = Path(__file__).resolve().parent
 # Beside this file in a checkout; inside the proxy package once pip-installed (pyproject.toml).
 TEMPLATES = next(
@@ -31,7 +33,7 @@ TEMPLATES = next(
 )
 
 
-class SettingError(ValueError):
+class SettingError(ConfigError, ValueError):
     """A flag or variable with a value that cannot be used; the message names it."""
 
 

@@ -13,10 +13,13 @@ way. Pure: works on the request line and the raw header lines as the server read
 
 from __future__ import annotations
 
-import http
 import re
 from dataclasses import dataclass
 from typing import BinaryIO
+
+from errors import RejectedRequest
+
+__all__ = ["RejectedRequest", "RequestLine", "check_header_lines", "parse_request_line"]
 
 MAX_HEADER_COUNT = 100
 MAX_HEADER_BYTES = 64 * 1024
@@ -43,30 +46,6 @@ _OWS = " \t"  # RFC 9110 §5.6.3: the only whitespace around a field value
 # to anywhere, TRACE would echo the request (cookies and all) back (RFC 9110 §9.3.8).
 REFUSED_METHODS = frozenset({"CONNECT", "TRACE"})
 ALLOWED_METHODS = "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS"
-
-
-class RejectedRequest(ValueError):
-    """A request refused before routing; `code` is the answer's status."""
-
-    def __init__(self, code: int, reason: str, headers: tuple[tuple[str, str], ...] = ()) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
-        self.headers = headers
-
-    def response(self) -> bytes:
-        """The whole answer, status line to body, for a connection about to close."""
-        phrase = http.HTTPStatus(self.code).phrase
-        body = f"{self.code} {phrase}: {self.reason}\n".encode("latin-1", "replace")
-        extra = "".join(f"{name}: {value}\r\n" for name, value in self.headers)
-        head = (
-            f"HTTP/1.1 {self.code} {phrase}\r\n"
-            "Content-Type: text/plain; charset=utf-8\r\n"
-            f"Content-Length: {len(body)}\r\n"
-            f"{extra}"
-            "Connection: close\r\n\r\n"
-        )
-        return head.encode("latin-1") + body
 
 
 @dataclass(frozen=True, slots=True)

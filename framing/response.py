@@ -19,6 +19,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
+from errors import BadGateway
+
 # http.client's own limits (`_MAXLINE`, `_MAXHEADERS`).
 MAX_LINE = 65536
 MAX_HEADERS = 100
@@ -38,8 +40,9 @@ HOP_BY_HOP = frozenset(
 BODILESS = frozenset({204, 304})
 
 
-class InvalidAnswer(http.client.HTTPException):
-    """A backend answer whose head breaks HTTP's rules: answered 502, never relayed."""
+class InvalidAnswer(BadGateway, http.client.HTTPException):
+    """A backend answer whose head breaks HTTP's rules: answered 502, never relayed. An
+    HTTPException too, for http.client and urllib3, which read heads with it."""
 
 
 def parse_headers(fp: BinaryIO, _class: Any = http.client.HTTPMessage) -> Any:

@@ -17,7 +17,7 @@ from typing import Any
 import urllib3
 
 from framing.response import InvalidAnswer, relay_head
-from proxy.errors import BadGateway, BadRequest, PayloadTooLarge, ProxyError, UpstreamError, code_of
+from proxy.errors import BadGateway, BadRequest, GogetaError, PayloadTooLarge, UpstreamError
 from proxy.forward import Forwarder, stream_body
 from proxy.pages import FALLBACK_PAGE, Page, StatusPages, wants_json
 from proxy.static import PREFIX as STATIC_PREFIX
@@ -118,19 +118,15 @@ class Gogeta:
         """The page answering `exc`, the one place errors become pages (docs/behaviour.md §2.8)."""
         as_json = wants_json(environ)  # API clients get the same answer as JSON
         try:
-            if isinstance(exc, RoutingError):
-                return self.pages.render(exc.status.value, code_of(exc.status), hostname, as_json)
-            if isinstance(exc, UpstreamError):
-                # Not logged per request: proxy.front logs each upstream's failing state.
-                failures = environ.get("gogeta.failures")
-                upstream = environ.get("gogeta.upstream")
-                if upstream is not None and (not failures or failures[-1][1] is not exc):
-                    _note_failure(environ, upstream, exc)  # failed after _send_upstream
-                return self.pages.render(exc.page, exc.code, hostname, as_json)
-            if isinstance(exc, ProxyError):
-                log.info("%s %s: %s", hostname, exc.code, exc.detail)
+            if isinstance(exc, GogetaError):
+                if isinstance(exc, UpstreamError):
+                    failures = environ.get("gogeta.failures")
+                    upstream = environ.get("gogeta.upstream")
+                    if upstream is not None and (not failures or failures[-1][1] is not exc):
+                        _note_failure(environ, upstream, exc)  # failed after _send_upstream
+                log.log(exc.log_level, "%s %s: %s", hostname, exc.code, exc)
                 page = self.pages.render(exc.page, exc.code, hostname, as_json)
-                if exc.code in (400, 413):
+                if exc.close:
                     # The client's framing can't be trusted any more (a malformed chunk...):
                     # whatever follows on this connection is not a request.
                     page.headers.append(("Connection", "close"))

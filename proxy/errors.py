@@ -1,7 +1,7 @@
-"""The request path's errors: each one knows its HTTP code and the page that answers it.
+"""What the request path adds to gogeta's error tree (errors.py): how an upstream failed.
 
-One tree, rooted at `ProxyError`. `proxy.app` is the one place that turns an error (or a
-resolver's `RoutingError`) into a page.
+The classes live in errors.py, re-exported here for the request path's modules;
+`proxy.app` is the one place that turns any of them into a page.
 """
 
 from __future__ import annotations
@@ -11,73 +11,28 @@ from collections.abc import Iterator
 
 from urllib3.exceptions import ReadTimeoutError
 
-from resolvers.base import Status
+from errors import (
+    BadGateway,
+    BadRequest,
+    ClientError,
+    GatewayTimeout,
+    GogetaError,
+    PayloadTooLarge,
+    UpstreamError,
+)
+from resolvers.base import STATUS_CODES, Status
 
-
-class ProxyError(Exception):
-    """An answer gogeta gives itself instead of the backend's."""
-
-    code = 500
-    page = "internal_error"
-
-    def __init__(self, detail: str = "") -> None:
-        super().__init__(detail or self.__class__.__name__)
-        self.detail = detail
-
-
-class BadRequest(ProxyError):
-    code = 400
-    page = "bad_request"
-
-
-class PayloadTooLarge(ProxyError):
-    """A request body over `-maxBodySize`. Shown with the bad_request template."""
-
-    code = 413
-    page = "bad_request"
-
-
-class UpstreamError(ProxyError):
-    """The backend failed; `upstream` says which one, for the logs.
-
-    `connect_failed`: no connection was made, so nothing of the request was sent.
-    `replayable`: the request can go to another instance (nothing sent, or an idempotent
-    request without a body).
-    """
-
-    def __init__(
-        self,
-        detail: str,
-        upstream: str = "",
-        connect_failed: bool = False,
-        replayable: bool = False,
-    ) -> None:
-        super().__init__(detail)
-        self.upstream = upstream
-        self.connect_failed = connect_failed
-        self.replayable = replayable or connect_failed
-
-
-class BadGateway(UpstreamError):
-    """Refused, reset, or an invalid answer from the backend."""
-
-    code = 502
-    page = "bad_gateway"
-
-
-class GatewayTimeout(UpstreamError):
-    """The backend did not connect or answer within the configured timeouts."""
-
-    code = 504
-    page = "gateway_timeout"
-
-
-# docs/behaviour.md §3.2: status → HTTP code. Everything not listed (stopped, error) is a 500.
-STATUS_CODES: dict[Status, int] = {
-    Status.NOTFOUND: 404,
-    Status.STARTING: 503,
-    Status.PASSIVATED: 503,
-}
+__all__ = [
+    "BadGateway",
+    "BadRequest",
+    "ClientError",
+    "GatewayTimeout",
+    "GogetaError",
+    "PayloadTooLarge",
+    "UpstreamError",
+    "code_of",
+    "failure_kind",
+]
 
 
 def code_of(status: Status) -> int:

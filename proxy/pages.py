@@ -16,6 +16,8 @@ from typing import Any
 
 import jinja2
 
+from errors import ConfigError
+
 PAGES = (
     "notfound",
     "starting",
@@ -33,7 +35,7 @@ REFRESHING = frozenset({"starting", "passivated"})
 REFRESH_SECONDS = 5
 
 
-class TemplateError(Exception):
+class TemplateError(ConfigError):
     """A template directory that lacks a page or holds one that does not compile."""
 
 

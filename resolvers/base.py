@@ -8,9 +8,12 @@ and an HTTP code; resolvers never see a request.
 from __future__ import annotations
 
 import enum
+import logging
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+from errors import GogetaError
 
 
 class Status(enum.Enum):
@@ -51,13 +54,25 @@ class Upstream:
         return f"{self.host}:{self.port}"
 
 
-class RoutingError(Exception):
-    """No upstream for this hostname; `status` says which page to show."""
+# docs/behaviour.md §3.2: status → HTTP code; every other status (stopped, error) a 500.
+STATUS_CODES: dict[Status, int] = {
+    Status.NOTFOUND: 404,
+    Status.STARTING: 503,
+    Status.PASSIVATED: 503,
+}
+
+
+class RoutingError(GogetaError):
+    """No upstream for this hostname; `status` says which page, and so which code."""
+
+    log_level = logging.DEBUG  # an answer like any other: the access log has it
 
     def __init__(self, status: Status, hostname: str = "") -> None:
         super().__init__(f"{hostname or 'request'}: {status.value}")
         self.status = status
         self.hostname = hostname
+        self.page = status.value
+        self.code = STATUS_CODES.get(status, 500)
 
 
 class Resolver(Protocol):

@@ -18,7 +18,10 @@ from typing import Any, Protocol
 
 import gevent
 
+from errors import SourceDown, WriteRefused
 from resolvers.tree import Node
+
+__all__ = ["SourceDown", "WriteRefused"]  # raised by sources, caught by their users
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +41,6 @@ class EtcdAccess:
     key_file: str = ""
     username: str = ""
     password: str = field(default="", repr=False)  # never in a repr, a log or a page
-
-
-class SourceDown(Exception):
-    """No etcd endpoint answered a write: the caller may try again later."""
-
-
-class WriteRefused(Exception):
-    """etcd answered a write with a refusal (a key in the way...): trying again won't help."""
 
 
 class Mirror(Protocol):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.errors import BadGateway, BadRequest, GatewayTimeout, ProxyError, code_of
+from proxy.errors import BadGateway, BadRequest, GatewayTimeout, GogetaError, code_of
 from proxy.pages import PAGES, REFRESHING, StatusPages, TemplateError
 from resolvers.base import Status
 from tests.support import (
@@ -41,11 +41,11 @@ STATUS_CODES = [
     (Status.ERROR, 500),
 ]
 # The proxy's own pages and the error that answers with each.
-PROXY_PAGES: list[tuple[type[ProxyError], str, int]] = [
+PROXY_PAGES: list[tuple[type[GogetaError], str, int]] = [
     (BadRequest, "bad_request", 400),
     (BadGateway, "bad_gateway", 502),
     (GatewayTimeout, "gateway_timeout", 504),
-    (ProxyError, "internal_error", 500),
+    (GogetaError, "internal_error", 500),
 ]
 EVERY_PAGE = [(s.value, code) for s, code in STATUS_CODES] + [(p, c) for _, p, c in PROXY_PAGES]
 
@@ -68,7 +68,7 @@ def test_status_codes(status: Status, code: int) -> None:
 
 @pytest.mark.parametrize(("error", "page", "code"), PROXY_PAGES)
 def test_each_proxy_error_names_its_page_and_code(
-    error: type[ProxyError], page: str, code: int
+    error: type[GogetaError], page: str, code: int
 ) -> None:
     assert (error.page, error.code) == (page, code)
 

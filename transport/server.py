@@ -23,8 +23,8 @@ import gevent
 from gevent import pywsgi
 from gevent.pool import Pool
 
+from errors import ClientError, ClientTimeout
 from framing.request import (
-    RejectedRequest,
     RequestLine,
     check_header_lines,
     parse_request_line,
@@ -48,10 +48,6 @@ CONNECTION_STATE = ("socket", "client_address", "server", "rfile")
 
 
 _HOLD = object()  # ProxyHandler._head: the next `_sendall` is the head, to be held
-
-
-class ClientTimeout(OSError):
-    """A client too slow to send its request head; an OSError so pywsgi closes quietly."""
 
 
 class ProxyHandler(pywsgi.WSGIHandler):  # type: ignore[misc]  # gevent is untyped
@@ -226,10 +222,8 @@ class ProxyHandler(pywsgi.WSGIHandler):  # type: ignore[misc]  # gevent is untyp
 
     def _handle_client_error(self, ex: BaseException) -> Any:
         self._end_head_deadline()
-        if isinstance(ex, ClientTimeout):
-            return ("408", RejectedRequest(408, "request head not received in time").response())
-        if isinstance(ex, RejectedRequest):
-            log.info("refused a request from %s: %s", self.client_address[0], ex.reason)
+        if isinstance(ex, ClientError):  # framing refused, or a head sent too slowly
+            log.log(ex.log_level, "refused a request from %s: %s", self.client_address[0], ex)
             return (str(ex.code), ex.response())
         return super()._handle_client_error(ex)
 
