@@ -27,6 +27,7 @@ from tests.support import (
     Seen,
     Start,
     TlsFiles,
+    refused_port,
     wait_until,
 )
 
@@ -320,3 +321,24 @@ def test_the_wrong_api_is_named_in_one_line(gogeta: Start, etcd: EtcdServer) -> 
         v3 = gogeta("-etcdAddress", elsewhere.url, "-etcdApi", "v3")
         wait_until(lambda: "-etcdApi v2" in health(v3)[1], timeout=10, what="health naming v2")
         assert log_count(v3, "-etcdApi v2") == 1, v3.log()
+
+
+# --------------------------------------------------------------------------- endpoints
+
+
+def test_a_dead_first_endpoint_is_passed_over(
+    gogeta: Start, etcd: EtcdServer, app: Backend
+) -> None:
+    client = etcd.client()
+    write_instance(client, "second", "1", app.port)
+    write_domain(client, "second.test", "service", "second")
+    dead = f"http://127.0.0.1:{refused_port()}"
+    proxy = gogeta("-etcdAddress", f"{dead},{etcd.url}", "-etcdApi", "v3")
+    routed(proxy, "second.test")
+    wait_until(
+        lambda: client.read("/services/second/1/lastAccess").value,
+        timeout=10,
+        what="lastAccess written through the second endpoint",
+    )
+    write_domain(client, "second2.test", "service", "second")
+    routed(proxy, "second2.test")
