@@ -4,8 +4,8 @@ Four parts, each bounded in time; every figure that depends on the machine is re
 ratio to a reference measured in the same run, because the machine is shared and noisy.
 
 1. throughput and latency (wrk) of gogeta against nginx, nginx as a proxy and a bare
-   pywsgi app; 2. propagation of an etcd change; 3. scale with many domains; 4. RSS with
-   many idle keep-alive connections. See bench/README.md for what each part measures and
+   pywsgi app; 2. propagation of an etcd change (v2, v3); 3. scale with many domains;
+   4. RSS with many idle keep-alive connections. See bench/README.md for what each part measures and
    the BENCH_* variables that bound it. Results: a table on stdout, JSON and Markdown in
    bench/results/runs/ (git-ignored), and in bench/results/latest.* with BENCH_RECORD=1.
 """
@@ -13,6 +13,7 @@ ratio to a reference measured in the same run, because the machine is shared and
 from __future__ import annotations
 
 import atexit
+import base64
 import contextlib
 import http.client
 import json
@@ -467,9 +468,11 @@ def served(expected: bytes) -> Callable[[int, bytes], bool]:
 
 
 class Etcd:
-    """A single-node etcd with the v2 API on free loopback ports, and a v2 client."""
+    """A single-node etcd with the v2 API (v3 too) on free loopback ports, and a client of
+    `api`: v2's PUT, or v3's JSON gateway."""
 
-    def __init__(self, procs: Processes, binary: str, name: str) -> None:
+    def __init__(self, procs: Processes, binary: str, name: str, api: str = "v2") -> None:
+        self.api = api
         self.port = free_port()
         peer_port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -506,9 +509,32 @@ class Etcd:
         return self._request("GET", key)
 
     def put(self, key: str, value: str) -> None:
+        if self.api == "v3":
+            self._put_v3(key, value)
+            return
         status = self._request("PUT", key, urlencode({"value": value}))
         if status not in (200, 201):
             raise RuntimeError(f"etcd PUT {key}: HTTP {status}")
+
+    def _put_v3(self, key: str, value: str) -> None:
+        def b64(text: str) -> str:
+            return base64.b64encode(text.encode()).decode("ascii")
+
+        body = json.dumps({"key": b64(key), "value": b64(value)})
+        for attempt in (1, 2):
+            conn = self._conn()
+            try:
+                conn.request("POST", "/v3/kv/put", body=body)
+                resp = conn.getresponse()
+                resp.read()
+                if resp.status != 200:
+                    raise RuntimeError(f"etcd v3 put {key}: HTTP {resp.status}")
+                return
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                self._local.conn = None
+                if attempt == 2:
+                    raise
 
     def put_many(self, writes: Callable[[int], list[tuple[str, str]]], indices: range) -> float:
         """Write `writes(i)` (in order) for each i, from many threads; return the seconds."""
@@ -714,15 +740,21 @@ def summarise_throughput(runs: list[dict[str, Any]], opts: Options) -> list[dict
 
 
 def part_propagation(
-    opts: Options, procs: Processes, tools: dict[str, str], port_a: int, port_b: int
+    opts: Options,
+    procs: Processes,
+    tools: dict[str, str],
+    port_a: int,
+    port_b: int,
+    api: str = "v2",
 ) -> dict[str, Any]:
     missing = etcd_resolver_missing()
     if missing:
         return {"skipped": f"the IoEtcd resolver is not available yet ({missing})"}
-    etcd = Etcd(procs, tools["etcd"], "etcd-propagation")
+    etcd = Etcd(procs, tools["etcd"], f"etcd-propagation-{api}", api)
     port = free_port()
-    name = "gogeta-propagation"
-    gogeta = start_gogeta(procs, name, port, ["-resolverType", "IoEtcd", "-etcdAddress", etcd.url])
+    name = f"gogeta-propagation-{api}"
+    flags = ["-resolverType", "IoEtcd", "-etcdAddress", etcd.url, "-etcdApi", api]
+    gogeta = start_gogeta(procs, name, port, flags)
     probe = Probe(port)
     try:
         # One domain routed end to end first: gogeta has loaded and is watching.
@@ -985,6 +1017,40 @@ def fmt(value: Any, spec: str = ".1f") -> str:
     return str(value)
 
 
+def tables_of_propagation(
+    out: list[tuple[str, list[str], list[list[str]], list[str]]],
+    p2: dict[str, Any] | None,
+    api: str,
+) -> None:
+    """Part 2's table for one etcd API (`propagation` is v2's, `propagation_v3` v3's)."""
+    if not p2:
+        return
+    title = f"2. Propagation (etcd {api})"
+    if "skipped" in p2:
+        out.append((title, ["skipped"], [[p2["skipped"]]], []))
+        return
+    header = ["change", "min ms", "median ms", "p99 ms", "max ms", "timeouts"]
+    rows = [
+        [
+            label,
+            fmt(p2[key]["min"], ".1f"),
+            fmt(p2[key]["median"], ".1f"),
+            fmt(p2[key]["p99"], ".1f"),
+            fmt(p2[key]["max"], ".1f"),
+            f"{p2[key]['timeouts']}/{p2[key]['trials']}",
+        ]
+        for label, key in (
+            ("new domain", "new_domain_ms"),
+            ("location change", "location_change_ms"),
+        )
+    ]
+    notes = [
+        "From just before the etcd write to the first answer by the new rule;"
+        " gogeta polled every 1 ms over one keep-alive connection."
+    ]
+    out.append((title, header, rows, notes))
+
+
 def tables(results: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]], list[str]]]:
     """(title, header, rows, notes) for every part that ran."""
     out: list[tuple[str, list[str], list[list[str]], list[str]]] = []
@@ -1029,31 +1095,8 @@ def tables(results: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
             "Access logs off everywhere (nginx access_log off; gogeta -accessLog off).",
         ]
         out.append(("1. Throughput and latency", header, rows, notes))
-    p2 = results.get("propagation")
-    if p2:
-        if "skipped" in p2:
-            out.append(("2. Propagation", ["skipped"], [[p2["skipped"]]], []))
-        else:
-            header = ["change", "min ms", "median ms", "p99 ms", "max ms", "timeouts"]
-            rows = [
-                [
-                    label,
-                    fmt(p2[key]["min"], ".1f"),
-                    fmt(p2[key]["median"], ".1f"),
-                    fmt(p2[key]["p99"], ".1f"),
-                    fmt(p2[key]["max"], ".1f"),
-                    f"{p2[key]['timeouts']}/{p2[key]['trials']}",
-                ]
-                for label, key in (
-                    ("new domain", "new_domain_ms"),
-                    ("location change", "location_change_ms"),
-                )
-            ]
-            notes = [
-                "From just before the etcd write to the first answer by the new rule;"
-                " gogeta polled every 1 ms over one keep-alive connection."
-            ]
-            out.append(("2. Propagation", header, rows, notes))
+    for key2, api in (("propagation", "v2"), ("propagation_v3", "v3")):
+        tables_of_propagation(out, results.get(key2), api)
     p3 = results.get("scale")
     if p3:
         if "skipped" in p3:
@@ -1201,6 +1244,7 @@ def main() -> int:
     parts: list[tuple[int, str, Callable[[], dict[str, Any]]]] = [
         (1, "throughput", lambda: part_throughput(opts, procs, tools, port_a)),
         (2, "propagation", lambda: part_propagation(opts, procs, tools, port_a, port_b)),
+        (2, "propagation_v3", lambda: part_propagation(opts, procs, tools, port_a, port_b, "v3")),
         (3, "scale", lambda: part_scale(opts, procs, tools, port_a, port_b)),
         (4, "connections", lambda: part_connections(opts, procs, port_a)),
     ]
