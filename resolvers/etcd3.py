@@ -146,27 +146,31 @@ class Gateway:
 
     def stream(self, path: str, body: dict[str, Any], read_timeout: float) -> Any:
         """An open streaming answer (urllib3's response) to a POST: the caller closes it."""
-        url = self.current + path
-        try:
-            resp = self.pool.urlopen(
-                "POST",
-                url,
-                body=json.dumps(body).encode(),
-                headers=self._headers(),
-                timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT, read=read_timeout),
-                preload_content=False,
-                redirect=False,
-            )
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise EtcdDown(f"{self.current}: {exc}") from exc
-        if resp.status != 200:
+        for attempt in range(2):
+            try:
+                resp = self.pool.urlopen(
+                    "POST",
+                    self.current + path,
+                    body=json.dumps(body).encode(),
+                    headers=self._headers(),
+                    timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT, read=read_timeout),
+                    preload_content=False,
+                    redirect=False,
+                )
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                raise EtcdDown(f"{self.current}: {exc}") from exc
+            if resp.status == 200:
+                return resp
             try:
                 data = resp.read()
             finally:
                 resp.release_conn()
+            if resp.status == 401 and self.access.username and attempt == 0:
+                self.token = None  # as in `call`: authenticate again, once
+                continue
             self._answer(path, resp.status, data)  # raises
             raise EtcdDown(f"{self.current}: answered {resp.status} to {path}")
-        return resp
+        raise AssertionError("not reached: the second attempt returns or raises")
 
     def _headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json"}
@@ -315,6 +319,8 @@ class Watcher(Background):
                 self.revision = None
             except EtcdRefused as exc:
                 self._refused(exc)
+                if isinstance(exc, WrongApi) and len(self.gateway.urls) > 1:
+                    self.gateway.rotate()  # another endpoint may be the etcd meant
                 gevent.sleep(min(BACKOFF_CAP, backoff.next()))
             except EtcdDown as exc:
                 self._set_reachable(False, exc)
