@@ -158,7 +158,7 @@ class Gateway:
                     redirect=False,
                 )
             except (urllib3.exceptions.HTTPError, OSError) as exc:
-                raise EtcdDown(f"{self.current}: {exc}") from exc
+                raise EtcdDown(str(exc)) from exc
             if resp.status == 200:
                 return resp
             try:
@@ -169,7 +169,7 @@ class Gateway:
                 self.token = None  # as in `call`: authenticate again, once
                 continue
             self._answer(path, resp.status, data)  # raises
-            raise EtcdDown(f"{self.current}: answered {resp.status} to {path}")
+            raise EtcdDown(f"answered {resp.status} to {path}")
         raise AssertionError("not reached: the second attempt returns or raises")
 
     def _headers(self) -> dict[str, str]:
@@ -206,7 +206,7 @@ class Gateway:
                 redirect=False,
             )
         except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise EtcdDown(f"{self.current}: {exc}") from exc
+            raise EtcdDown(str(exc)) from exc
         return resp.status, resp.data
 
     def _answer(self, path: str, status: int, data: bytes) -> dict[str, Any]:
@@ -217,7 +217,7 @@ class Gateway:
                 " than 3.4, or one serving only v2, needs -etcdApi v2"
             )
         if status >= 500:
-            raise EtcdDown(f"{where}: {status} {_error_of(data)[1]}")
+            raise EtcdDown(f"{status} {_error_of(data)[1]}")
         if status != 200:
             code, message = _error_of(data)
             if code == CODE_OUT_OF_RANGE and "compacted" in message:
@@ -233,9 +233,9 @@ class Gateway:
         try:
             answer = json.loads(data)
         except ValueError as exc:
-            raise EtcdDown(f"{where}: answered {path} with invalid JSON: {exc}") from exc
+            raise EtcdDown(f"answered {path} with invalid JSON: {exc}") from exc
         if not isinstance(answer, dict):
-            raise EtcdDown(f"{where}: answered {path} with {type(answer).__name__}")
+            raise EtcdDown(f"answered {path} with {type(answer).__name__}")
         return answer
 
 
@@ -304,7 +304,7 @@ class Watcher(Background):
                 if self._watch(backoff):
                     continue  # reopened after a silence: not a failure
                 # The stream ended (etcd stopping...): reconnect as after a failure.
-                self._set_reachable(False, EtcdDown(f"{self.gateway.current}: watch ended"))
+                self._set_reachable(False, EtcdDown("watch ended"))
                 gevent.sleep(backoff.next())
             except Compacted as exc:
                 log.info(
@@ -369,7 +369,7 @@ class Watcher(Background):
         }
         for attempt in range(2):
             # The answer head and `created` come at once from a live etcd: a frozen one is down.
-            with gevent.Timeout(REQUEST_TIMEOUT, EtcdDown(f"{self.gateway.current}: no answer")):
+            with gevent.Timeout(REQUEST_TIMEOUT, EtcdDown("no answer")):
                 resp = self.gateway.stream("/v3/watch", request, self.watch_timeout)
                 try:
                     lines = lines_of(resp)
@@ -393,7 +393,7 @@ class Watcher(Background):
             for line in lines:
                 result = self._result(line)
                 if result.get("canceled"):
-                    raise EtcdDown(f"{self.gateway.current}: watch cancelled: {result}")
+                    raise EtcdDown(f"watch cancelled: {result}")
                 events = result.get("events")
                 if events:
                     self._apply(events)
@@ -401,7 +401,7 @@ class Watcher(Background):
         except urllib3.exceptions.ReadTimeoutError:
             return True
         except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise EtcdDown(f"{self.gateway.current}: {exc}") from exc
+            raise EtcdDown(str(exc)) from exc
         finally:
             resp.close()
             resp.release_conn()
@@ -409,15 +409,15 @@ class Watcher(Background):
     def _result(self, line: bytes) -> dict[str, Any]:
         """The `result` of one message of the watch stream; raises on errors."""
         if not line:
-            raise EtcdDown(f"{self.gateway.current}: watch ended before it started")
+            raise EtcdDown("watch ended before it started")
         try:
             message = json.loads(line)
         except ValueError as exc:
-            raise EtcdDown(f"{self.gateway.current}: invalid watch message: {exc}") from exc
+            raise EtcdDown(f"invalid watch message: {exc}") from exc
         if not isinstance(message, dict):
-            raise EtcdDown(f"{self.gateway.current}: invalid watch message")
+            raise EtcdDown("invalid watch message")
         if "error" in message:  # etcd going away mid-stream: {"error": {"grpc_code": 14...}}
-            raise EtcdDown(f"{self.gateway.current}: {_error_of(line)[1]}")
+            raise EtcdDown(_error_of(line)[1])
         result = message.get("result") or {}
         if result.get("compact_revision") and result.get("canceled"):
             raise Compacted(f"compacted at revision {result['compact_revision']}")
@@ -457,7 +457,7 @@ class Watcher(Background):
             self.unreachable_since = None
             self.last_error = None
             return
-        self.last_error = str(exc)
+        self.last_error = f"{self.gateway.current}: {exc}"
         if self.reachable is not False:
             assert exc is not None
             self.reachability.failed(self.prefix, self.gateway.current, exc)
@@ -552,7 +552,8 @@ class V3Source:
             except (EtcdRefused, Compacted) as exc:  # another endpoint would say the same
                 raise WriteRefused(str(exc)) from exc
             except EtcdDown as exc:
+                endpoint = self.writes.current
                 self.writes.rotate()
                 if attempt == len(self.writes.urls) - 1:
-                    raise SourceDown(str(exc)) from exc
+                    raise SourceDown(f"{endpoint}: {exc}") from exc
         raise AssertionError("not reached: the last attempt returns or raises")

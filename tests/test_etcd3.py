@@ -342,3 +342,24 @@ def test_a_dead_first_endpoint_is_passed_over(
     )
     write_domain(client, "second2.test", "service", "second")
     routed(proxy, "second2.test")
+
+
+def test_etcd_stopping_mid_stream_is_an_outage_resumed_without_loss(
+    own_servers: list[EtcdServer], gogeta: Start, app: Backend
+) -> None:
+    server = own(own_servers)
+    client = server.client()
+    write_instance(client, "calm", "1", app.port)
+    write_domain(client, "calm.test", "service", "calm")
+    proxy = gogeta(*server.flags)
+    routed(proxy, "calm.test")
+    server.kill(signal.SIGTERM)  # etcd 3.5 ends open watches with {"error": ...}
+    wait_until(lambda: log_count(proxy, "etcd unreachable") == 1, what="the outage noticed")
+    routed(proxy, "calm.test")  # the last table keeps serving
+    server.start()
+    write_domain(server.client(), "back.test", "service", "calm")
+    routed(proxy, "back.test", timeout=20)
+    assert log_count(proxy, "etcd reachable again") == 1, proxy.log()
+    for prefix in ("/domains", "/services"):
+        assert log_count(proxy, f"{prefix}: resuming from revision") == 1, proxy.log()
+        assert log_count(proxy, f"{prefix}: loaded at etcd revision") == 1, proxy.log()
