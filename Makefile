@@ -14,8 +14,9 @@ $(STAMP): requirements.txt requirements-dev.txt
 	@touch $@
 
 # A local etcd (when none answers), two example instances, the route to them, gogeta on :7777.
+# ETCD_API=v3: gogeta speaks etcd's v3 API, and the etcd started here has no v2.
 run: $(STAMP)
-	$(BIN)/python devtools/run_example.py $(RUN_ARGS)
+	$(if $(ETCD_API),GOGETA_ETCD_API=$(ETCD_API) )$(BIN)/python devtools/run_example.py $(RUN_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

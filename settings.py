@@ -238,6 +238,12 @@ SETTINGS: tuple[Setting, ...] = (
         _urls,
         "etcd endpoint(s), comma-separated, tried in turn",
     ),
+    Setting(
+        "etcdApi",
+        "v2",
+        _choice("v2", "v3"),
+        "etcd API to use: v2 (/v2/keys, etcd < 3.6 with --enable-v2) or v3 (etcd 3.4+)",
+    ),
     Setting("etcdCaFile", "", _file, "CA bundle to verify https etcd endpoints (empty: system's)"),
     Setting("etcdCertFile", "", _file, "client certificate (PEM) for etcd's --client-cert-auth"),
     Setting("etcdKeyFile", "", _file, "private key (PEM) of -etcdCertFile"),
@@ -388,6 +394,7 @@ class Config:
     domainDir: str
     serviceDir: str
     etcdAddress: tuple[str, ...]
+    etcdApi: str
     etcdCaFile: str
     etcdCertFile: str
     etcdKeyFile: str

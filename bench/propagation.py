@@ -46,15 +46,17 @@ def _pause() -> None:
     time.sleep(0.02 + random.random() * 0.02)  # unaligned with any periodic work
 
 
-def run(rig: Rig) -> PropagationResult | Skipped:
+def run(rig: Rig, api: str = "v2") -> PropagationResult | Skipped:
+    """Through etcd's `api` (v2 or v3): gogeta reads that API, the writes go through it."""
     skip = etcd_skip()
     if skip:
         return skip
     opts, procs = rig.opts, rig.procs
-    etcd = Etcd(procs, rig.tools.etcd, "etcd-propagation")
+    etcd = Etcd(procs, rig.tools.etcd, f"etcd-propagation-{api}", api)
     port = free_port()
-    name = "gogeta-propagation"
-    gogeta = start_gogeta(procs, name, port, ["-resolverType", "IoEtcd", "-etcdAddress", etcd.url])
+    name = f"gogeta-propagation-{api}"
+    flags = ["-resolverType", "IoEtcd", "-etcdAddress", etcd.url, "-etcdApi", api]
+    gogeta = start_gogeta(procs, name, port, flags)
     probe = Probe(port)
     try:
         # One domain routed end to end first: gogeta has loaded and is watching.

@@ -56,7 +56,8 @@ class BenchResults:
     command: str
     errors: dict[str, str] = field(default_factory=dict)  # part name → what failed
     throughput: ThroughputResult | None = None
-    propagation: PropagationResult | Skipped | None = None
+    propagation: PropagationResult | Skipped | None = None  # through etcd's v2 API
+    propagation_v3: PropagationResult | Skipped | None = None
     scale: ScaleResult | Skipped | None = None
     connections: ConnectionsResult | None = None
 
@@ -105,7 +106,7 @@ def _throughput(p1: ThroughputResult, opts: BenchOptions) -> Table:
     return ("1. Throughput and latency", header, rows, notes)
 
 
-def _propagation(p2: PropagationResult) -> Table:
+def _propagation(p2: PropagationResult, title: str) -> Table:
     header = ["change", "min ms", "median ms", "p99 ms", "max ms", "timeouts"]
     rows = [
         [
@@ -125,7 +126,7 @@ def _propagation(p2: PropagationResult) -> Table:
         "From just before the etcd write to the first answer by the new rule;"
         " gogeta polled every 1 ms over one keep-alive connection."
     ]
-    return ("2. Propagation", header, rows, notes)
+    return (title, header, rows, notes)
 
 
 def _scale(p3: ScaleResult) -> Table:
@@ -180,11 +181,13 @@ def tables(results: BenchResults) -> list[Table]:
     out: list[Table] = []
     if results.throughput:
         out.append(_throughput(results.throughput, results.options))
-    p2, p3 = results.propagation, results.scale
-    if isinstance(p2, Skipped):
-        out.append(_skipped("2. Propagation", p2))
-    elif p2 is not None:
-        out.append(_propagation(p2))
+    p3 = results.scale
+    for api, p2 in (("v2", results.propagation), ("v3", results.propagation_v3)):
+        title = f"2. Propagation (etcd {api})"
+        if isinstance(p2, Skipped):
+            out.append(_skipped(title, p2))
+        elif p2 is not None:
+            out.append(_propagation(p2, title))
     if isinstance(p3, Skipped):
         out.append(_skipped("3. Scale", p3))
     elif p3 is not None:

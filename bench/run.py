@@ -4,7 +4,7 @@ Four parts, each bounded in time; every figure that depends on the machine is re
 ratio to a reference measured in the same run, because the machine is shared and noisy.
 
 1. throughput and latency (wrk) of gogeta against nginx, nginx as a proxy and a bare
-   pywsgi app; 2. propagation of an etcd change; 3. scale with many domains; 4. RSS with
+   pywsgi app; 2. propagation of an etcd change (v2, v3); 3. scale with many domains; 4. RSS with
    many idle keep-alive connections. See bench/README.md for what each part measures and
    the BENCH_* variables that bound it. Results: a table on stdout, JSON and Markdown in
    bench/results/runs/ (git-ignored), and in bench/results/latest.* with BENCH_RECORD=1.
@@ -63,7 +63,8 @@ def main() -> int:
         results.throughput = throughput.run(rig)
 
     def part_2() -> None:
-        results.propagation = propagation.run(rig)
+        results.propagation = propagation.run(rig, "v2")
+        results.propagation_v3 = propagation.run(rig, "v3")
 
     def part_3() -> None:
         results.scale = scale.run(rig)

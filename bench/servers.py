@@ -7,6 +7,7 @@ tail of its log). What is measured of them is the parts' business.
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import subprocess
@@ -143,16 +144,22 @@ def etcd_argv(
     ]
 
 
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode("ascii")
+
+
 def location(port: int) -> str:
     """An instance's `location` value (docs/behaviour.md §1) for a loopback port."""
     return json.dumps({"host": "127.0.0.1", "port": port})
 
 
 class Etcd:
-    """A single-node etcd with the v2 API on free loopback ports, and a small v2 client
-    (one keep-alive connection per thread) for the writes the parts time."""
+    """A single-node etcd with the v2 API (v3 too) on free loopback ports, and a small
+    client of `api` (v2's PUT, or v3's JSON gateway; one keep-alive connection per thread)
+    for the writes the parts time."""
 
-    def __init__(self, procs: Processes, binary: str, name: str) -> None:
+    def __init__(self, procs: Processes, binary: str, name: str, api: str = "v2") -> None:
+        self.api = api
         self.port = free_port()
         peer_port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -169,12 +176,12 @@ class Etcd:
             self._local.conn = conn
         return conn
 
-    def _request(self, method: str, key: str, body: str | None = None) -> int:
+    def _request(self, method: str, key: str, body: str | None = None, path: str = "") -> int:
         headers = {"Content-Type": "application/x-www-form-urlencoded"} if body else {}
         for attempt in (1, 2):
             conn = self._conn()
             try:
-                conn.request(method, "/v2/keys" + key, body=body, headers=headers)
+                conn.request(method, path or "/v2/keys" + key, body=body, headers=headers)
                 resp = conn.getresponse()
                 resp.read()
                 return resp.status
@@ -191,9 +198,13 @@ class Etcd:
         return self._request("GET", key)
 
     def put(self, key: str, value: str) -> None:
-        status = self._request("PUT", key, urlencode({"value": value}))
+        if self.api == "v3":
+            body = json.dumps({"key": _b64(key), "value": _b64(value)})
+            status = self._request("POST", key, body, path="/v3/kv/put")
+        else:
+            status = self._request("PUT", key, urlencode({"value": value}))
         if status not in (200, 201):
-            raise RuntimeError(f"etcd PUT {key}: HTTP {status}")
+            raise RuntimeError(f"etcd {self.api} put {key}: HTTP {status}")
 
     def put_many(self, writes: Callable[[int], list[tuple[str, str]]], indices: range) -> float:
         """Write `writes(i)` (in order) for each i, from many threads; return the seconds."""

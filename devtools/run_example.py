@@ -2,11 +2,12 @@
 
 It uses the etcd at `--etcd-address` (default `GOGETA_ETCD_ADDRESS`, else
 http://127.0.0.1:4001) and, when nothing answers there, starts one from the virtualenv
-(`etcd --enable-v2`, data under `.run/etcd`). It serves a two-instance example backend from
-this process, writes its route in etcd (docs/behaviour.md §1), starts gogeta, and prints the curl
-commands that show a routed request and the "not found" page. SIGINT or SIGTERM stops
-everything it started, gogeta first, then etcd, then the backend. Arguments it does not
-know are gogeta's own flags, checked here and passed on.
+(data under `.run/etcd`): with `--enable-v2`, or for `-etcdApi v3` (`make run ETCD_API=v3`)
+without it, as etcd 3.6 and later run. It serves a two-instance example backend from
+this process, writes the route to it in etcd (docs/behaviour.md §1), starts gogeta, and
+prints the curl commands that show a routed request and the "not found" page. SIGINT or
+SIGTERM stops everything it started, gogeta first, then etcd, then the backend. Arguments
+it does not know are gogeta's own flags, checked here and passed on.
 
 Before starting anything it refuses, in one line, a taken gogeta or etcd port (naming the
 process that holds it when /proc tells) and a route in etcd whose example instances still
@@ -19,6 +20,7 @@ only and the shutdown order stays ours; on Linux they are also told to die with 
 from __future__ import annotations
 
 import argparse
+import base64
 import http.client
 import json
 import os
@@ -189,21 +191,24 @@ def terminate(proc: Any, name: str, timeout: float = 15) -> None:
     log(f"{name} stopped (exit {proc.returncode})")
 
 
-def etcd_answers(host: str, port: int) -> bool:
+def etcd_answers(host: str, port: int, api: str = "v2") -> bool:
     try:
+        if api == "v3":
+            v3_call(host, port, "/v3/kv/range", {"key": _b64("\0")})
+            return True
         status, _ = http_get(host, port, "/v2/keys/", {})
         return status == 200
-    except OSError:
+    except (OSError, RuntimeError, ValueError):
         return False
 
 
-def start_etcd(host: str, port: int, data_dir: Path, run_dir: Path) -> Any:
+def start_etcd(host: str, port: int, data_dir: Path, run_dir: Path, api: str = "v2") -> Any:
     if host not in ("127.0.0.1", "localhost"):
         raise RuntimeError(
             f"nothing answers at {host}:{port} and it is not a loopback address: start etcd"
             " there, or leave GOGETA_ETCD_ADDRESS unset for a local one"
         )
-    fix = "no etcd v2 API answers there; stop it, or name another etcd with --etcd-address"
+    fix = f"no etcd {api} API answers there; stop it, or name another etcd with --etcd-address"
     check_free(port, "etcd's", fix)
     client = f"http://127.0.0.1:{port}"
     peer = f"http://127.0.0.1:{free_port()}"
@@ -211,7 +216,7 @@ def start_etcd(host: str, port: int, data_dir: Path, run_dir: Path) -> Any:
     proc = spawn(
         [
             etcd_binary(),
-            "--enable-v2",
+            *(["--enable-v2"] if api == "v2" else []),
             "--name=gogeta-example",
             f"--data-dir={data_dir}",
             f"--listen-client-urls={client}",
@@ -227,7 +232,7 @@ def start_etcd(host: str, port: int, data_dir: Path, run_dir: Path) -> Any:
     def up() -> bool:
         if proc.poll() is not None:
             raise RuntimeError(f"etcd exited {proc.returncode}: see {run_dir / 'etcd.log'}")
-        return etcd_answers("127.0.0.1", port)
+        return etcd_answers("127.0.0.1", port, api)
 
     wait_for(up, 30, "etcd to answer")
     return proc
@@ -295,21 +300,63 @@ def backend_ports(requested: Sequence[int]) -> list[int]:
 # --------------------------------------------------------------------------- etcd keys
 
 
-def live_instances(host: str, port: int, service_dir: str) -> list[str]:
-    """The example's instances in etcd that accept a connection: another example's."""
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode("ascii")
+
+
+def _prefix_end(prefix: str) -> str:
+    raw = prefix.encode()
+    return base64.b64encode(raw[:-1] + bytes([raw[-1] + 1])).decode("ascii")
+
+
+def v3_call(host: str, port: int, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    """One call to etcd's v3 JSON gateway (POST, keys and values base64)."""
+    conn = http.client.HTTPConnection(host, port, timeout=5)
+    try:
+        conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        status, data = resp.status, resp.read()
+    finally:
+        conn.close()
+    if status != 200:
+        raise RuntimeError(f"etcd answered {status} to {path}: {data[:200]!r}")
+    answer: dict[str, Any] = json.loads(data)
+    return answer
+
+
+def v3_keys(host: str, port: int, prefix: str) -> list[tuple[str, str]]:
+    """(key, value) of every key under `prefix` + "/", through etcd's v3 API."""
+    below = prefix + "/"
+    answer = v3_call(
+        host, port, "/v3/kv/range", {"key": _b64(below), "range_end": _prefix_end(below)}
+    )
+    return [
+        (base64.b64decode(kv["key"]).decode(), base64.b64decode(kv.get("value", "")).decode())
+        for kv in answer.get("kvs", [])
+    ]
+
+
+def _keys_of(host: str, port: int, prefix: str, api: str) -> list[tuple[str, str]]:
+    if api == "v3":
+        return v3_keys(host, port, prefix)
     import etcd  # python-etcd: untyped, its Any stays in this function
 
     client = etcd.Client(host=host, port=port, read_timeout=5)
     try:
-        nodes = list(client.read(f"{service_dir}/{SERVICE}", recursive=True).leaves)
+        nodes = list(client.read(prefix, recursive=True).leaves)
     except etcd.EtcdKeyNotFound:
         return []
+    return [(str(node.key), str(node.value)) for node in nodes if not node.dir]
+
+
+def live_instances(host: str, port: int, service_dir: str, api: str = "v2") -> list[str]:
+    """The example's instances in etcd that accept a connection: another example's."""
     live = []
-    for node in nodes:
-        if not node.key.endswith("/location"):
+    for key, value in _keys_of(host, port, f"{service_dir}/{SERVICE}", api):
+        if not key.endswith("/location"):
             continue
         try:
-            location = json.loads(node.value)
+            location = json.loads(value)
             where = (str(location["host"]), int(location["port"]))
         except (TypeError, ValueError, KeyError):
             continue
@@ -318,21 +365,35 @@ def live_instances(host: str, port: int, service_dir: str) -> list[str]:
     return live
 
 
-def write_route(host: str, port: int, domain_dir: str, service_dir: str, ports: list[int]) -> None:
-    """The example route (docs/behaviour.md §1): one domain, one service, an instance per port."""
-    import etcd  # python-etcd: untyped, its Any stays in this function
-
-    client = etcd.Client(host=host, port=port, read_timeout=5)
+def write_route(
+    host: str, port: int, domain_dir: str, service_dir: str, ports: list[int], api: str = "v2"
+) -> None:
+    """The example route (docs/behaviour.md §1): a service domain, its service, an instance
+    per port."""
     service = f"{service_dir}/{SERVICE}"
-    try:
-        client.delete(service, recursive=True, dir=True)  # drop instances of an older run
-    except etcd.EtcdKeyNotFound:
-        pass
-    client.write(f"{domain_dir}/{DOMAIN}/type", "service")
-    client.write(f"{domain_dir}/{DOMAIN}/value", SERVICE)
+    write: Callable[[str, str], object]
+    if api == "v3":
+        below = service + "/"  # drop instances of an older run
+        v3_call(
+            host, port, "/v3/kv/deleterange", {"key": _b64(below), "range_end": _prefix_end(below)}
+        )
+
+        def write(key: str, value: str) -> object:
+            return v3_call(host, port, "/v3/kv/put", {"key": _b64(key), "value": _b64(value)})
+    else:
+        import etcd  # python-etcd: untyped, its Any stays in this function
+
+        client = etcd.Client(host=host, port=port, read_timeout=5)
+        try:
+            client.delete(service, recursive=True, dir=True)  # drop instances of an older run
+        except etcd.EtcdKeyNotFound:
+            pass
+        write = client.write
+    write(f"{domain_dir}/{DOMAIN}/type", "service")
+    write(f"{domain_dir}/{DOMAIN}/value", SERVICE)
     for index, p in enumerate(ports, start=1):
         location = json.dumps({"host": "127.0.0.1", "port": p}, separators=(",", ":"))
-        client.write(f"{service}/{index}/location", location)
+        write(f"{service}/{index}/location", location)
         log(f"etcd: {service}/{index}/location = {location}")
     log(f"etcd: {domain_dir}/{DOMAIN}/type = service, value = {SERVICE}")
 
@@ -390,6 +451,7 @@ def main(argv: Sequence[str]) -> int:
     run_dir: Path = args.run_dir.resolve()
     domain_dir: str = config.domainDir
     service_dir: str = config.serviceDir
+    api: str = config.etcdApi
 
     etcd_proc: Any = None
     gogeta: Any = None
@@ -397,8 +459,8 @@ def main(argv: Sequence[str]) -> int:
     code = 0
     try:
         check_free(args.port, "gogeta's", 'stop it, or choose another port: RUN_ARGS="--port N"')
-        if etcd_answers(etcd_host, etcd_port):
-            live = live_instances(etcd_host, etcd_port, service_dir)
+        if etcd_answers(etcd_host, etcd_port, api):
+            live = live_instances(etcd_host, etcd_port, service_dir, api)
             if live:
                 holders = ", ".join(
                     f"{w} held by {holder_of(int(w.rpartition(':')[2]))}"
@@ -413,12 +475,12 @@ def main(argv: Sequence[str]) -> int:
                 )
             log(f"using the etcd that answers at {first}")
         else:
-            etcd_proc = start_etcd(etcd_host, etcd_port, run_dir / "etcd", run_dir)
+            etcd_proc = start_etcd(etcd_host, etcd_port, run_dir / "etcd", run_dir, api)
         ports = backend_ports([int(p) for p in args.backend_ports.split(",")])
         for index, p in enumerate(ports, start=1):
             backends.append(start_backend(str(index), p))
             log(f"example instance {index} listening on http://127.0.0.1:{p}/")
-        write_route(etcd_host, etcd_port, domain_dir, service_dir, ports)
+        write_route(etcd_host, etcd_port, domain_dir, service_dir, ports, api)
 
         gogeta_log = run_dir / "gogeta.log"
         argv_gogeta = [

@@ -40,11 +40,14 @@ def health_of(described: dict[str, Any], grace: float, now: float) -> tuple[int,
         "etcd_unreachable_seconds": None if since is None else round(now - since, 1),
         "pid": os.getpid(),
     }
+    # What etcd last said or did (wrong credentials, wrong API...) tells the operator why.
+    error = described.get("last_error")
+    why = f": {error}" if error else ""
     if not body["loaded"]:
-        body.update(status="unavailable", reason="routing table not loaded yet")
+        body.update(status="unavailable", reason=f"routing table not loaded yet{why}")
         return 503, body
     if since is not None and now - since > grace:
-        body.update(status="unavailable", reason=f"etcd unreachable for {now - since:.0f}s")
+        body.update(status="unavailable", reason=f"etcd unreachable for {now - since:.0f}s{why}")
         return 503, body
     return 200, body
 

@@ -18,8 +18,7 @@ def make_resolver(config: Config) -> Resolver:
         from resolvers.dummy import DummyResolver
 
         return DummyResolver(config.dummyTarget)
-    from resolvers.etcd2 import V2Source
-    from resolvers.source import EtcdAccess
+    from resolvers.source import EtcdAccess, Source
     from resolvers.table import TableResolver
 
     access = EtcdAccess(
@@ -30,11 +29,21 @@ def make_resolver(config: Config) -> Resolver:
         username=config.etcdUsername,
         password=config.etcdPassword,
     )
+    source: Source
+    if config.etcdApi == "v3":
+        from resolvers.etcd3 import V3Source
+
+        source = V3Source(access)
+    else:
+        from resolvers.etcd2 import V2Source
+
+        source = V2Source(access)
     return TableResolver(
-        V2Source(access),
+        source,
         config.domainDir,
         config.serviceDir,
         config.lastAccessInterval,
         config.ejectSeconds,
         env=config.resolverType == "Env",
+        implicit_dirs=config.etcdApi == "v3",  # v3 has keys only
     )

@@ -198,6 +198,8 @@ class Watcher(Background):
                 )
                 self.index = None
             except ETCD_DOWN as exc:
+                if "404 page not found" in str(exc):  # an etcd without v2 (3.6+, or v2 off)
+                    exc = etcd.EtcdException("no etcd v2 API there (404): use -etcdApi v3")
                 self._set_reachable(False, exc)
                 if len(self.endpoints.urls) > 1:
                     self.endpoints.rotate()

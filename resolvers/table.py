@@ -206,12 +206,15 @@ class TableResolver:
         last_access_interval: float,
         eject_seconds: float,
         env: bool = False,
+        implicit_dirs: bool = False,
     ) -> None:
         self.env = env
         self.name = "Env" if env else "IoEtcd"
         self.source = source
-        self.domains = DomainTree(domain_dir)
-        self.services = ServiceTree(service_dir)
+        # implicit_dirs: a source of keys only (etcd v3), see resolvers/tree.py
+        self.domains = DomainTree(domain_dir, implicit_dirs)
+        self.services = ServiceTree(service_dir, implicit_dirs)
+        self.implicit_dirs = implicit_dirs
         self._changed = gevent.event.Event()
         source.mirror(self.services, self._on_change)
         if not env:
@@ -266,11 +269,12 @@ class TableResolver:
         changed.set()
         # An instance deleted (or reloaded away) is a new one if it comes back: it must not
         # inherit the wake-up marks of the old one.
+        # Without directories (v3) any key's deletion may be the instance's last one.
         prefix = self.services.prefix
         if kind == "load" or (
             isinstance(detail, str)
             and (detail == prefix or detail.startswith(prefix + "/"))
-            and detail[len(prefix) :].count("/") <= 2
+            and (self.implicit_dirs or detail[len(prefix) :].count("/") <= 2)
         ):
             self.writer.forget_wakes(self.services.services)
 

@@ -4,6 +4,10 @@ Pure: fed with `Node`s (key, value, dir) by the watcher, no I/O. `load` builds a
 table and swaps it in with one assignment; `apply` changes only the domain or the
 instance an event names (O(instances of that service), never O(table)).
 
+etcd v2 has directories, sent as nodes and events of their own. etcd v3 has only keys:
+with `implicit_dirs`, a domain, service or instance exists while a key under it does and is
+gone with its last key (a status directory likewise), as a v2 directory deleted would be.
+
 Requests read `domains` / `services` without locks. That is safe because greenlets only
 switch at blocking calls and nothing here blocks: each update is a single assignment of
 an immutable value (a `Domain`, a `Service`) or of a whole new dict.
@@ -81,8 +85,9 @@ def _event(prefix: str, node: Node, action: str) -> tuple[list[str], bool] | Non
 class DomainTree:
     """`/domains/{host}/type|value` → `domains[host]`."""
 
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, implicit_dirs: bool = False) -> None:
         self.prefix = prefix
+        self.implicit_dirs = implicit_dirs
         self.domains: dict[str, Domain] = {}
         self._raw: dict[str, dict[str, str]] = {}
         self._report = _Reporter()
@@ -134,6 +139,8 @@ class DomainTree:
         fields = self._raw.setdefault(host, {})
         if deleted:
             fields.pop(parts[1], None)
+            if self.implicit_dirs and not fields:
+                del self._raw[host]  # its last key: the domain is gone
         elif node.value is not None:
             fields[parts[1]] = node.value
         if parts[1] not in ("type", "value"):
@@ -177,14 +184,18 @@ STATUS_FIELDS = ("current", "expected", "alive")
 class ServiceTree:
     """`/services/{name}/{index}/...` → `services[name]` (docs/behaviour.md §1, §3.1)."""
 
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, implicit_dirs: bool = False) -> None:
         self.prefix = prefix
+        self.implicit_dirs = implicit_dirs
         self.services: dict[str, Service] = {}
         self._raw: dict[str, _RawService] = {}
+        # implicit_dirs: (service, index) → the instance's keys, relative ("status/current")
+        self._keys: dict[tuple[str, str], set[str]] = {}
         self._report = _Reporter()
 
     def load(self, nodes: Iterable[Node]) -> None:
         raw: dict[str, _RawService] = {}
+        keys: dict[tuple[str, str], set[str]] = {}
         for node in nodes:
             parts = _parts(self.prefix, node.key)
             if not parts or not parts[0]:
@@ -195,6 +206,12 @@ class ServiceTree:
             service = raw.setdefault(parts[0], _RawService())
             if len(parts) >= 2:
                 self._set(service, parts, node, deleted=False)
+                if self.implicit_dirs and len(parts) >= 3 and parts[1] in service.raw:
+                    keys.setdefault((parts[0], parts[1]), set()).add("/".join(parts[2:]))
+        if self.implicit_dirs:
+            for (name, index), held in keys.items():
+                raw[name].raw[index].status_dir = any(k.startswith("status/") for k in held)
+            self._keys = keys
         services = {}
         for name, service in raw.items():
             service.built = {
@@ -233,10 +250,52 @@ class ServiceTree:
                 return False
             service = self._raw[name] = _RawService()
         index = parts[1]
+        if self.implicit_dirs and len(parts) >= 3 and index:
+            return self._apply_key(name, service, parts, node, deleted)
         if len(parts) == 3 and parts[2] == "lastAccess" and index in service.raw:
             return False  # our own write: nothing to recompute
         if not self._set(service, parts, node, deleted):
             return False
+        return self._rebuild(name, service, index)
+
+    def _apply_key(
+        self, name: str, service: _RawService, parts: list[str], node: Node, deleted: bool
+    ) -> bool:
+        """One key of an instance, with implicit directories: its last key deletes it."""
+        index, relative = parts[1], "/".join(parts[2:])
+        held = self._keys.get((name, index))
+        if deleted:
+            if held is None or relative not in held:
+                return False
+            held.discard(relative)
+            if not held:  # the instance's last key: gone, and its service with its last one
+                del self._keys[(name, index)]
+                service.raw.pop(index, None)
+                service.built.pop(index, None)
+                if not service.raw:
+                    del self._raw[name]
+                    return self.services.pop(name, None) is not None
+                self.services[name] = make_service(name, list(service.built.values()))
+                return True
+        else:
+            known = held is not None and index in service.raw
+            if held is None:
+                held = self._keys[(name, index)] = set()
+            held.add(relative)
+            if known and relative == "lastAccess":
+                return False  # our own write: nothing to recompute
+        if len(parts) > 3 or parts[2] not in ("status", "config"):
+            # (a key named `status` or `config` is no directory here: only held)
+            self._set(service, parts, node, deleted)
+        elif service.raw.get(index) is None:
+            service.raw[index] = _RawInstance()
+        instance = service.raw.get(index)
+        if instance is not None:
+            instance.status_dir = any(k.startswith("status/") for k in held)
+        return self._rebuild(name, service, index)
+
+    def _rebuild(self, name: str, service: _RawService, index: str) -> bool:
+        """Rebuild instance `index` of `name` after a change of its keys; True."""
         instance = service.raw.get(index)
         if instance is None:
             service.built.pop(index, None)

@@ -124,7 +124,9 @@ def write_instance(
 
 
 def etcd_index(client: Any) -> int:
-    """etcd's current index (of its last write)."""
+    """etcd's current index (of its last write), or its revision for a v3 client."""
+    if hasattr(client, "revision"):
+        return int(client.revision())
     return int(client.read("/").etcd_index)
 
 
@@ -134,6 +136,8 @@ def key_writes(client: Any, key: str, since: int) -> list[Any]:
     Walks the history with watches, each answered at once because the key's current
     `modifiedIndex` proves an event at or after the waitIndex exists.
     """
+    if hasattr(client, "history"):  # v3: one watch from `since` replays them all
+        return list(client.history(key, since))
     last = int(client.read(key).modifiedIndex)
     writes = []
     index = since

@@ -65,25 +65,59 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 # --------------------------------------------------------------------------- etcd
 
 
-class EtcdServer:
-    """A real single-node etcd 3.5 with the v2 API, on free loopback ports."""
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files of a test CA, a server certificate and a client certificate."""
 
-    def __init__(self, data_dir: Path | None = None) -> None:
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+
+class EtcdServer:
+    """A real single-node etcd 3.5 on free loopback ports, serving `api` (v2 or v3).
+
+    With `api="v3"` the v2 API is off, as on etcd 3.6 and later. `tls`: https with client
+    certificates required; `extra`: more flags (auth token TTL...).
+    """
+
+    def __init__(
+        self,
+        data_dir: Path | None = None,
+        api: str = "v2",
+        tls: TlsFiles | None = None,
+        extra: tuple[str, ...] = (),
+    ) -> None:
         self._tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="gogeta-etcd-")
         self.data_dir = data_dir or Path(self._tmp.name)  # type: ignore[union-attr]
+        self.api = api
+        self.tls = tls
+        self.extra = extra
+        self.username = self.password = ""  # for `client()`, once auth is enabled
         self.client_port = free_port()
         self.peer_port = free_port()
-        self.url = f"http://127.0.0.1:{self.client_port}"
+        scheme = "https" if tls else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.client_port}"
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = LOG_DIR / f"etcd-{self.client_port}.log"
 
     def start(self) -> EtcdServer:
         peer = f"http://127.0.0.1:{self.peer_port}"
         self._log = open(self.log_path, "ab")
+        tls: list[str] = []
+        if self.tls:
+            tls = [
+                f"--cert-file={self.tls.server_cert}",
+                f"--key-file={self.tls.server_key}",
+                f"--trusted-ca-file={self.tls.ca}",
+                "--client-cert-auth",
+            ]
         self.proc = subprocess.Popen(
             [
                 etcd_binary(),
-                "--enable-v2",
+                *(["--enable-v2"] if self.api == "v2" else []),
                 "--name=gogeta-test",
                 f"--data-dir={self.data_dir / 'data'}",
                 f"--listen-client-urls={self.url}",
@@ -92,6 +126,8 @@ class EtcdServer:
                 f"--initial-advertise-peer-urls={peer}",
                 f"--initial-cluster=gogeta-test={peer}",
                 "--log-level=error",
+                *tls,
+                *self.extra,
             ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -99,7 +135,23 @@ class EtcdServer:
         wait_until(self.healthy, timeout=30, what="etcd to answer")
         return self
 
+    @property
+    def flags(self) -> list[str]:
+        """gogeta's flags to reach this etcd: address, API, TLS files, user."""
+        flags = ["-etcdAddress", self.url, "-etcdApi", self.api]
+        if self.tls:
+            flags += ["-etcdCaFile", str(self.tls.ca), "-etcdCertFile", str(self.tls.client_cert)]
+            flags += ["-etcdKeyFile", str(self.tls.client_key)]
+        if self.username:
+            flags += ["-etcdUsername", self.username]
+        return flags
+
     def healthy(self) -> bool:
+        if self.api == "v3":
+            try:
+                return bool(self.client().call("/v3/maintenance/status", {}, timeout=1))
+            except Exception:
+                return False
         conn = http.client.HTTPConnection("127.0.0.1", self.client_port, timeout=1)
         try:
             conn.request("GET", "/v2/keys/")
@@ -123,15 +175,32 @@ class EtcdServer:
             self._tmp.cleanup()
 
     def client(self) -> Any:
+        """A python-etcd client (v2), or one of the same shape for v3 (tests/etcd3_client.py)."""
+        if self.api == "v3":
+            from tests.etcd3_client import V3Client
+
+            tls = self.tls
+            return V3Client(
+                self.url,
+                self.username,
+                self.password,
+                ca_file=str(tls.ca) if tls else "",
+                cert_file=str(tls.client_cert) if tls else "",
+                key_file=str(tls.client_key) if tls else "",
+            )
         import etcd  # type: ignore[import-untyped]
 
         return etcd.Client(host="127.0.0.1", port=self.client_port, read_timeout=5)
 
     def wipe(self, *dirs: str) -> None:
         """Delete these directories (recursively) if they exist."""
+        client = self.client()
+        if self.api == "v3":
+            for d in dirs:
+                client.delete(d, recursive=True)
+            return
         import etcd
 
-        client = self.client()
         for d in dirs:
             try:
                 client.delete(d, recursive=True, dir=True)

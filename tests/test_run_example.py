@@ -111,7 +111,8 @@ def test_a_port_in_time_wait_counts_as_free() -> None:
         assert run_example.port_free(port)
 
 
-def test_make_run_routes_the_example_and_stops_cleanly(tmp_path: Path) -> None:
+@pytest.mark.parametrize("api", ["v2", "v3"])
+def test_make_run_routes_the_example_and_stops_cleanly(tmp_path: Path, api: str) -> None:
     port = free_port()
     etcd_address = f"http://127.0.0.1:{free_port()}"
     out_path = tmp_path / "out.log"
@@ -119,7 +120,7 @@ def test_make_run_routes_the_example_and_stops_cleanly(tmp_path: Path) -> None:
     with open(out_path, "wb") as out:
         proc = subprocess.Popen(
             # gogeta's own flags are passed on
-            run_argv(port, etcd_address, run_dir, "-accessLog", "json"),
+            run_argv(port, etcd_address, run_dir, "-accessLog", "json", "-etcdApi", api),
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
@@ -140,6 +141,7 @@ def test_make_run_routes_the_example_and_stops_cleanly(tmp_path: Path) -> None:
         children = psutil.Process(proc.pid).children(recursive=True)
         names = " ".join(" ".join(c.cmdline()) for c in children)
         assert "etcd" in names and "gogeta.py" in names, names
+        assert ("--enable-v2" in names) == (api == "v2"), names
 
         answers = []
         for _ in range(4):
@@ -162,7 +164,7 @@ def test_make_run_routes_the_example_and_stops_cleanly(tmp_path: Path) -> None:
         ), access
 
         # A second example on the same etcd must not take the first one's route over.
-        second = refused(run_argv(free_port(), etcd_address, tmp_path / "second"))
+        second = refused(run_argv(free_port(), etcd_address, tmp_path / "second", "-etcdApi", api))
         (line,) = second.stdout.splitlines()
         assert "/services/example" in line and "answer" in line, line
         for _ in range(2):

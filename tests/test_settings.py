@@ -32,6 +32,7 @@ DEFAULTS: list[tuple[str, Any]] = [
     ("domainDir", "/domains"),
     ("serviceDir", "/services"),
     ("etcdAddress", ("http://127.0.0.1:4001/",)),
+    ("etcdApi", "v2"),
     ("etcdCaFile", ""),
     ("etcdCertFile", ""),
     ("etcdKeyFile", ""),

@@ -181,3 +181,76 @@ def test_bad_instance_values_are_skipped(caplog: pytest.LogCaptureFixture) -> No
         "/services/a/2/config/gogeta",
     ):
         assert path in logged
+
+
+# --------------------------------------------------------------------------- keys only (v3)
+
+
+def flat_services(*nodes: Node) -> ServiceTree:
+    tree = ServiceTree("/services", implicit_dirs=True)
+    tree.load(list(nodes))
+    return tree
+
+
+def test_without_directories_an_instance_goes_with_its_last_key() -> None:
+    tree = flat_services(
+        key("/services/a/1/location", LOC1),
+        key("/services/a/1/lastAccess", "2026-01-01 00:00:00"),
+        key("/services/a/2/location", LOC2),
+    )
+    assert [i.index for i in tree.services["a"].instances] == ["1", "2"]
+    assert tree.apply(key("/services/a/1/location"), "delete") is True
+    assert tree.services["a"].instances[0].upstream is None  # one key left: still there
+    assert tree.apply(key("/services/a/1/lastAccess"), "delete") is True
+    assert [i.index for i in tree.services["a"].instances] == ["2"]
+    assert tree.apply(key("/services/a/1/lastAccess"), "delete") is False  # already gone
+    tree.apply(key("/services/a/2/location"), "delete")
+    assert "a" not in tree.services  # the service went with its last instance
+    tree.apply(key("/services/a/2/location", LOC2), "set")
+    assert [i.index for i in tree.services["a"].instances] == ["2"]
+
+
+def test_without_directories_the_status_directory_is_its_keys() -> None:
+    tree = flat_services(
+        key("/services/a/1/location", LOC1),
+        key("/services/a/1/status/current", "started"),
+        key("/services/a/1/status/expected", "started"),
+        key("/services/a/1/status/alive", "1"),
+    )
+    assert statuses(tree, "a")["1"] is Status.STARTED
+    tree.apply(key("/services/a/1/status/alive"), "delete")  # a lease ran out
+    assert statuses(tree, "a")["1"] is Status.ERROR
+    tree.apply(key("/services/a/1/status/current"), "delete")
+    assert statuses(tree, "a")["1"] is Status.ERROR  # status/expected is left
+    tree.apply(key("/services/a/1/status/expected"), "delete")
+    assert statuses(tree, "a")["1"] is Status.STARTED  # no status keys: no status directory
+    tree.apply(key("/services/a/1/status/other", "x"), "set")
+    assert statuses(tree, "a")["1"] is Status.ERROR  # a status directory without current
+    loaded = flat_services(key("/services/b/1/location", LOC1), key("/services/b/1/status/x", "y"))
+    assert statuses(loaded, "b")["1"] is Status.ERROR
+
+
+def test_without_directories_last_access_alone_causes_no_rebuild() -> None:
+    tree = flat_services(key("/services/a/1/location", LOC1))
+    service = tree.services["a"]
+    assert tree.apply(key("/services/a/1/lastAccess", "2026-01-01 00:00:00"), "set") is False
+    assert tree.services["a"] is service
+    tree.apply(key("/services/a/1/location"), "delete")
+    assert tree.services["a"].instances[0].upstream is None  # lastAccess keeps it
+
+
+def test_with_directories_an_instance_outlives_its_keys() -> None:
+    # v2: the directory is there until it is deleted itself.
+    tree = service_tree(folder("/services/a/1"), key("/services/a/1/location", LOC1))
+    tree.apply(key("/services/a/1/location"), "delete")
+    assert [i.index for i in tree.services["a"].instances] == ["1"]
+
+
+def test_without_directories_a_domain_goes_with_its_last_key() -> None:
+    tree = DomainTree("/domains", implicit_dirs=True)
+    tree.load([key("/domains/a.com/type", "service"), key("/domains/a.com/value", "a")])
+    assert set(tree.domains) == {"a.com"}
+    tree.apply(key("/domains/a.com/type"), "delete")
+    assert tree.domains == {}
+    tree.apply(key("/domains/a.com/value"), "delete")
+    assert tree._raw == {}  # nothing kept of it

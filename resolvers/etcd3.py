@@ -1,0 +1,559 @@
+"""The etcd v3 source: prefixes mirrored by a range read and a watch, and gogeta's two writes.
+
+The only module that talks to etcd's v3 API, through etcd's JSON gateway (`/v3/...`, every
+call a POST, keys and values base64) on urllib3: gRPC clients would block gevent's loop.
+Rules:
+- load a prefix with one range read, then watch it from the read's revision + 1 and after
+  each event from its revision + 1, so nothing written between or during the two is lost;
+- one watch stream per prefix: over HTTP/1.1 the gateway takes one create request per
+  stream, and one range covering both prefixes would carry every key between them;
+- a watch cancelled with `compact_revision` (history compacted) reloads; so does a new
+  `cluster_id` (another etcd: its revisions say nothing about ours);
+- a stream that ends or fails reconnects with capped exponential backoff, each endpoint in
+  turn, and resumes from the last revision + 1; one silent for `watch_timeout` is reopened,
+  which shows etcd still answers (a frozen etcd does not answer the new one);
+- with `-etcdUsername`, a token from `/v3/auth/authenticate`, taken again when etcd no
+  longer accepts it (simple tokens expire after `--auth-token-ttl` idle seconds).
+"""
+
+from __future__ import annotations
+
+import base64
+import gc
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import gevent
+import urllib3
+
+from resolvers.source import (
+    BACKOFF_CAP,
+    Background,
+    Backoff,
+    EtcdAccess,
+    Mirror,
+    Reachability,
+    SourceDown,
+    SyncState,
+    WriteRefused,
+)
+from resolvers.tree import Node
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+WATCH_TIMEOUT = 55.0  # seconds a watch may stay silent before we reopen it
+REQUEST_TIMEOUT = 10.0
+CONNECT_TIMEOUT = 5.0
+
+# gRPC status codes etcd puts in its JSON errors
+CODE_INVALID_ARGUMENT = 3  # also "authentication failed" and "user name is empty"
+CODE_OUT_OF_RANGE = 11  # "required revision has been compacted"
+CODE_UNAUTHENTICATED = 16  # "invalid auth token": expired, or etcd restarted
+
+
+class EtcdDown(Exception):
+    """etcd did not answer: no connection, a timeout, a 5xx, an error ending a stream."""
+
+
+class EtcdRefused(Exception):
+    """etcd answered, and said no (permissions, a bad request): retrying won't help soon."""
+
+
+class BadCredentials(EtcdRefused):
+    """The user or password is wrong, or etcd wants one and none is set."""
+
+
+class WrongApi(EtcdRefused):
+    """Nothing serves etcd's v3 API at the endpoint."""
+
+
+class Compacted(Exception):
+    """The revision asked for is older than etcd's compacted history."""
+
+
+class ClusterChanged(Exception):
+    """The endpoint belongs to another etcd cluster than the one loaded from."""
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode("ascii")
+
+
+def unb64(text: str) -> str:
+    return base64.b64decode(text).decode("utf-8", "replace")
+
+
+def range_end(prefix: str) -> str:
+    """The end of the range of every key starting with `prefix`: its last byte + 1."""
+    raw = prefix.encode()
+    return base64.b64encode(raw[:-1] + bytes([raw[-1] + 1])).decode("ascii")
+
+
+def _error_of(data: bytes) -> tuple[int | None, str]:
+    """(gRPC code, message) of one of etcd's JSON error answers."""
+    try:
+        body = json.loads(data)
+    except ValueError:
+        return None, data[:200].decode("utf-8", "replace").strip()
+    if not isinstance(body, dict):
+        return None, str(body)[:200]
+    error = body.get("error")
+    if isinstance(error, dict):  # a stream's error: {"error": {"grpc_code":..., "message":...}}
+        return error.get("grpc_code"), str(error.get("message", error))
+    code = body.get("code")
+    return code if isinstance(code, int) else None, str(body.get("message") or error)
+
+
+class Gateway:
+    """etcd's JSON gateway at the endpoints of `-etcdAddress`, one at a time, with a token."""
+
+    def __init__(self, access: EtcdAccess) -> None:
+        self.access = access
+        self.urls = [url.rstrip("/") for url in access.urls]
+        self._position = 0
+        self.token: str | None = None
+        self.pool = urllib3.PoolManager(
+            maxsize=2,
+            retries=False,
+            ca_certs=access.ca_file or None,
+            cert_file=access.cert_file or None,
+            key_file=access.key_file or None,
+            cert_reqs="CERT_REQUIRED",
+        )
+
+    @property
+    def current(self) -> str:
+        return self.urls[self._position]
+
+    def rotate(self) -> None:
+        """Give up on the current endpoint: the next call goes to the next one."""
+        self.token = None
+        self._position = (self._position + 1) % len(self.urls)
+
+    def call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST `body` to `path`; the decoded answer. Raises EtcdDown, EtcdRefused..."""
+        for attempt in range(2):
+            status, data = self._post(path, body, self._headers())
+            if status == 401 and self.access.username and attempt == 0:
+                self.token = None  # expired (or etcd restarted): authenticate again
+                continue
+            return self._answer(path, status, data)
+        raise AssertionError("not reached: the second attempt returns or raises")
+
+    def stream(self, path: str, body: dict[str, Any], read_timeout: float) -> Any:
+        """An open streaming answer (urllib3's response) to a POST: the caller closes it."""
+        for attempt in range(2):
+            try:
+                resp = self.pool.urlopen(
+                    "POST",
+                    self.current + path,
+                    body=json.dumps(body).encode(),
+                    headers=self._headers(),
+                    timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT, read=read_timeout),
+                    preload_content=False,
+                    redirect=False,
+                )
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                raise EtcdDown(str(exc)) from exc
+            if resp.status == 200:
+                return resp
+            try:
+                data = resp.read()
+            finally:
+                resp.release_conn()
+            if resp.status == 401 and self.access.username and attempt == 0:
+                self.token = None  # as in `call`: authenticate again, once
+                continue
+            self._answer(path, resp.status, data)  # raises
+            raise EtcdDown(f"answered {resp.status} to {path}")
+        raise AssertionError("not reached: the second attempt returns or raises")
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if self.access.username:
+            if self.token is None:
+                self.token = self._authenticate()
+            headers["Authorization"] = self.token
+        return headers
+
+    def _authenticate(self) -> str:
+        credentials = {"name": self.access.username, "password": self.access.password}
+        status, data = self._post("/v3/auth/authenticate", credentials, {})
+        try:
+            answer = self._answer("/v3/auth/authenticate", status, data)
+        except EtcdRefused as exc:
+            raise BadCredentials(
+                f"etcd at {self.current} refused user {self.access.username!r}: {exc}"
+                " (check -etcdUsername and -etcdPassword)"
+            ) from None
+        token = answer.get("token")
+        if not isinstance(token, str) or not token:
+            raise BadCredentials(f"etcd at {self.current} gave no token: is auth enabled?")
+        return token
+
+    def _post(self, path: str, body: dict[str, Any], headers: dict[str, str]) -> tuple[int, bytes]:
+        try:
+            resp = self.pool.urlopen(
+                "POST",
+                self.current + path,
+                body=json.dumps(body).encode(),
+                headers={"Content-Type": "application/json", **headers},
+                timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT, read=REQUEST_TIMEOUT),
+                redirect=False,
+            )
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise EtcdDown(str(exc)) from exc
+        return resp.status, resp.data
+
+    def _answer(self, path: str, status: int, data: bytes) -> dict[str, Any]:
+        where = self.current
+        if status == 404:
+            raise WrongApi(
+                f"etcd at {where} does not serve the v3 API ({path}: 404); an etcd older"
+                " than 3.4, or one serving only v2, needs -etcdApi v2"
+            )
+        if status >= 500:
+            raise EtcdDown(f"{status} {_error_of(data)[1]}")
+        if status != 200:
+            code, message = _error_of(data)
+            if code == CODE_OUT_OF_RANGE and "compacted" in message:
+                raise Compacted(message)
+            if status == 401 or (code == CODE_INVALID_ARGUMENT and "user name" in message):
+                raise BadCredentials(
+                    f"etcd at {where} wants credentials: {message} (set -etcdUsername and"
+                    " GOGETA_ETCD_PASSWORD)"
+                    if not self.access.username
+                    else f"etcd at {where} refused user {self.access.username!r}: {message}"
+                )
+            raise EtcdRefused(f"etcd at {where} refused {path}: {message}")
+        try:
+            answer = json.loads(data)
+        except ValueError as exc:
+            raise EtcdDown(f"answered {path} with invalid JSON: {exc}") from exc
+        if not isinstance(answer, dict):
+            raise EtcdDown(f"answered {path} with {type(answer).__name__}")
+        return answer
+
+
+def lines_of(resp: Any) -> Iterator[bytes]:
+    """The newline-separated JSON objects of a streaming answer, as they arrive."""
+    pending = b""
+    for chunk in resp.stream(65536, decode_content=False):
+        pending += chunk
+        *complete, pending = pending.split(b"\n")
+        yield from (line for line in complete if line.strip())
+    if pending.strip():
+        yield pending
+
+
+class Refusals:
+    """What etcd refuses (credentials, API, permissions), logged once per message."""
+
+    def __init__(self) -> None:
+        self._said: set[str] = set()
+
+    def report(self, message: str) -> None:
+        if message not in self._said:
+            self._said.add(message)
+            log.error("%s", message)
+
+    def clear(self) -> None:
+        self._said.clear()
+
+
+class Watcher(Background):
+    """Mirrors one prefix (`mirror.prefix` + "/") of etcd into `mirror`, forever."""
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        mirror: Mirror,
+        on_change: Callable[[str, Any], None] = lambda event, detail: None,
+        watch_timeout: float = WATCH_TIMEOUT,
+        reachability: Reachability | None = None,
+        refusals: Refusals | None = None,
+    ) -> None:
+        self.gateway = gateway
+        self.mirror = mirror
+        self.prefix = mirror.prefix
+        self.on_change = on_change
+        self.watch_timeout = watch_timeout
+        self.reachability = reachability or Reachability()
+        self.refusals = refusals or Refusals()
+        self.revision: int | None = None  # next revision to watch from; None: (re)load first
+        self.cluster_id: str | None = None  # of the etcd the table was loaded from
+        self.loaded = False
+        self.reachable: bool | None = None
+        self.unreachable_since: float | None = None
+        self.last_error: str | None = None
+        self.events_applied = 0
+        self.reloads = 0
+
+    def run(self) -> None:
+        backoff = Backoff()
+        while True:
+            try:
+                if self.revision is None:
+                    self._load()
+                    self._set_reachable(True)
+                    backoff.reset()
+                if self._watch(backoff):
+                    continue  # reopened after a silence: not a failure
+                # The stream ended (etcd stopping...): reconnect as after a failure.
+                self._set_reachable(False, EtcdDown("watch ended"))
+                gevent.sleep(backoff.next())
+            except Compacted as exc:
+                log.info(
+                    "%s: etcd compacted its history past revision %s (%s): reloading",
+                    self.prefix,
+                    self.revision,
+                    exc,
+                )
+                self.revision = None
+            except ClusterChanged as exc:
+                log.warning("%s: %s: reloading", self.prefix, exc)
+                self.revision = None
+            except EtcdRefused as exc:
+                self._refused(exc)
+                if isinstance(exc, WrongApi) and len(self.gateway.urls) > 1:
+                    self.gateway.rotate()  # another endpoint may be the etcd meant
+                gevent.sleep(min(BACKOFF_CAP, backoff.next()))
+            except EtcdDown as exc:
+                self._set_reachable(False, exc)
+                if len(self.gateway.urls) > 1:
+                    self.gateway.rotate()
+                gevent.sleep(backoff.next())
+
+    def _load(self) -> None:
+        answer = self.gateway.call(
+            "/v3/kv/range",
+            {"key": b64(self.prefix + "/"), "range_end": range_end(self.prefix + "/")},
+        )
+        header = answer.get("header") or {}
+        revision = int(header.get("revision", 0))
+        kvs = answer.pop("kvs", None) or []
+        del answer
+        # As etcd2.py: no cyclic collection while a million objects are made, and the table
+        # frozen out of the collector's sight afterwards.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            self.mirror.load(
+                Node(unb64(kv["key"]), unb64(kv.get("value", "")), False) for kv in kvs
+            )
+        finally:
+            if collecting:
+                gc.enable()
+        del kvs
+        gc.freeze()
+        self.revision = revision + 1
+        self.cluster_id = header.get("cluster_id")
+        self.reloads += 1
+        self.loaded = True
+        log.info("%s: loaded at etcd revision %s", self.prefix, revision)
+        self.on_change("load", revision)
+
+    def _watch(self, backoff: Backoff) -> bool:
+        """Watch from `self.revision` until the stream ends (False) or stays silent (True)."""
+        assert self.revision is not None
+        request = {
+            "create_request": {
+                "key": b64(self.prefix + "/"),
+                "range_end": range_end(self.prefix + "/"),
+                "start_revision": str(self.revision),
+            }
+        }
+        for attempt in range(2):
+            # The answer head and `created` come at once from a live etcd: a frozen one is down.
+            with gevent.Timeout(REQUEST_TIMEOUT, EtcdDown("no answer")):
+                resp = self.gateway.stream("/v3/watch", request, self.watch_timeout)
+                try:
+                    lines = lines_of(resp)
+                    created = self._result(next(lines, b""))
+                except BaseException:
+                    resp.close()
+                    resp.release_conn()
+                    raise
+            if not created.get("canceled"):
+                break
+            resp.close()
+            resp.release_conn()
+            reason = str(created.get("cancel_reason", "cancelled"))
+            if attempt == 0 and self.gateway.access.username:
+                self.gateway.token = None  # refused at once: the token expired, take another
+                continue
+            raise EtcdRefused(f"etcd at {self.gateway.current} refused to watch: {reason}")
+        try:
+            self._set_reachable(True)
+            backoff.reset()
+            for line in lines:
+                result = self._result(line)
+                if result.get("canceled"):
+                    raise EtcdDown(f"watch cancelled: {result}")
+                events = result.get("events")
+                if events:
+                    self._apply(events)
+            return False
+        except urllib3.exceptions.ReadTimeoutError:
+            return True
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise EtcdDown(str(exc)) from exc
+        finally:
+            resp.close()
+            resp.release_conn()
+
+    def _result(self, line: bytes) -> dict[str, Any]:
+        """The `result` of one message of the watch stream; raises on errors."""
+        if not line:
+            raise EtcdDown("watch ended before it started")
+        try:
+            message = json.loads(line)
+        except ValueError as exc:
+            raise EtcdDown(f"invalid watch message: {exc}") from exc
+        if not isinstance(message, dict):
+            raise EtcdDown("invalid watch message")
+        if "error" in message:  # etcd going away mid-stream: {"error": {"grpc_code": 14...}}
+            raise EtcdDown(_error_of(line)[1])
+        result = message.get("result") or {}
+        if result.get("compact_revision") and result.get("canceled"):
+            raise Compacted(f"compacted at revision {result['compact_revision']}")
+        cluster = (result.get("header") or {}).get("cluster_id")
+        if cluster and self.cluster_id and cluster != self.cluster_id:
+            raise ClusterChanged(
+                f"etcd at {self.gateway.current} is another cluster ({cluster}, was"
+                f" {self.cluster_id}): its revisions are not the ones the table reflects"
+            )
+        return dict(result)
+
+    def _apply(self, events: list[dict[str, Any]]) -> None:
+        for event in events:
+            kv = event.get("kv") or {}
+            key = unb64(kv.get("key", ""))
+            deleted = event.get("type") == "DELETE"  # a PUT event has no `type`
+            node = Node(key, None if deleted else unb64(kv.get("value", "")), False)
+            self.revision = int(kv.get("mod_revision", 0)) + 1
+            self.events_applied += 1
+            if self.mirror.apply(node, "delete" if deleted else "set"):
+                self.on_change("event", key)
+
+    def _refused(self, exc: EtcdRefused) -> None:
+        self.last_error = str(exc)
+        self.refusals.report(str(exc))
+        if self.reachable is not False:
+            self.unreachable_since = time.time()
+        self.reachable = False
+
+    def _set_reachable(self, reachable: bool, exc: BaseException | None = None) -> None:
+        if reachable:
+            if self.reachable is False:
+                log.info("%s: resuming from revision %s", self.prefix, self.revision)
+                self.reachability.answered(self.prefix, self.gateway.current)
+                self.refusals.clear()
+            self.reachable = True
+            self.unreachable_since = None
+            self.last_error = None
+            return
+        self.last_error = f"{self.gateway.current}: {exc}"
+        if self.reachable is not False:
+            assert exc is not None
+            self.reachability.failed(self.prefix, self.gateway.current, exc)
+            self.unreachable_since = time.time()
+        self.reachable = False
+
+
+class V3Source:
+    """etcd's v3 API (its JSON gateway) as a `Source`: one watcher greenlet per prefix."""
+
+    name = "etcd v3"
+
+    def __init__(self, access: EtcdAccess, watch_timeout: float = WATCH_TIMEOUT) -> None:
+        self.access = access
+        self.watch_timeout = watch_timeout
+        self.watchers: list[Watcher] = []
+        self.reachability = Reachability()  # one line per outage, however many watchers see it
+        self.refusals = Refusals()
+        self.writes = Gateway(access)
+
+    def mirror(self, mirror: Mirror, on_change: Callable[[str, Any], None]) -> None:
+        self.watchers.append(
+            Watcher(
+                Gateway(self.access),
+                mirror,
+                on_change,
+                watch_timeout=self.watch_timeout,
+                reachability=self.reachability,
+                refusals=self.refusals,
+            )
+        )
+
+    def start(self) -> None:
+        for watcher in self.watchers:
+            watcher.start()
+
+    def stop(self) -> None:
+        for watcher in self.watchers:
+            watcher.stop()
+
+    def state(self) -> SyncState:
+        watchers = self.watchers
+        unreachable = [w.unreachable_since for w in watchers if w.unreachable_since]
+        errors = [w.last_error for w in watchers if w.last_error]
+        return SyncState(
+            loaded=all(w.loaded for w in watchers),
+            index=min((w.revision or 1) - 1 for w in watchers) if watchers else None,
+            unreachable_since=min(unreachable) if unreachable else None,
+            last_error=errors[-1] if errors else None,
+            events_applied=sum(w.events_applied for w in watchers),
+            reloads=sum(w.reloads for w in watchers),
+            lag=0,  # a watch message carries every event up to its revision, applied at once
+        )
+
+    def touch(self, service_dir: str, service: str, index: str, stamp: str) -> None:
+        # A put only while the instance's `location` exists (gogeta only routes to an
+        # instance that has one): a lastAccess never re-creates a deleted instance.
+        base = f"{service_dir}/{service}/{index}"
+        self._on_any_endpoint(
+            {
+                "compare": [
+                    {
+                        "key": b64(f"{base}/location"),
+                        "result": "GREATER",
+                        "target": "CREATE",
+                        "create_revision": "0",
+                    }
+                ],
+                "success": [
+                    {"request_put": {"key": b64(f"{base}/lastAccess"), "value": b64(stamp)}}
+                ],
+            }
+        )
+
+    def wake(self, service_dir: str, service: str, index: str) -> bool:
+        key = b64(f"{service_dir}/{service}/{index}/status/expected")
+        answer = self._on_any_endpoint(
+            {
+                "compare": [
+                    {"key": key, "result": "EQUAL", "target": "VALUE", "value": b64("passivated")}
+                ],
+                "success": [{"request_put": {"key": key, "value": b64("started")}}],
+            }
+        )
+        return bool(answer.get("succeeded"))  # absent when the compare failed
+
+    def _on_any_endpoint(self, txn: dict[str, Any]) -> dict[str, Any]:
+        """One transaction, tried on each endpoint in turn until one answers."""
+        for attempt in range(len(self.writes.urls)):
+            try:
+                return self.writes.call("/v3/kv/txn", txn)
+            except (EtcdRefused, Compacted) as exc:  # another endpoint would say the same
+                raise WriteRefused(str(exc)) from exc
+            except EtcdDown as exc:
+                endpoint = self.writes.current
+                self.writes.rotate()
+                if attempt == len(self.writes.urls) - 1:
+                    raise SourceDown(f"{endpoint}: {exc}") from exc
+        raise AssertionError("not reached: the last attempt returns or raises")
