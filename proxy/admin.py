@@ -40,11 +40,14 @@ def health_of(described: dict[str, Any], grace: float, now: float) -> tuple[int,
         "etcd_unreachable_seconds": None if since is None else round(now - since, 1),
         "pid": os.getpid(),
     }
+    problem = described.get("etcd_problem")  # etcd answers, but refuses: say why
     if not body["loaded"]:
-        body.update(status="unavailable", reason="routing table not loaded yet")
+        body.update(status="unavailable", reason=problem or "routing table not loaded yet")
         return 503, body
     if since is not None and now - since > grace:
-        body.update(status="unavailable", reason=f"etcd unreachable for {now - since:.0f}s")
+        body.update(
+            status="unavailable", reason=problem or f"etcd unreachable for {now - since:.0f}s"
+        )
         return 503, body
     return 200, body
 

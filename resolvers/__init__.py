@@ -28,7 +28,7 @@ def make_resolver(config: Any) -> Resolver:
         password=config.etcdPassword,
     )
     return TableResolver(
-        V2Source(access),
+        V2Source(access, health_grace=config.healthGraceSeconds),
         config.domainDir,
         config.serviceDir,
         config.lastAccessInterval,

@@ -111,6 +111,9 @@ class EtcdNode(EtcdServer):
         self.peer_url = f"http://127.0.0.1:{self.peer_port}"
         self.initial_cluster = f"{name}={self.peer_url}"
         self.auth: tuple[str, str] | None = None
+        # With the name and peer URLs, what etcd derives its cluster id from: a fresh data
+        # directory started with the same three has the same cluster id.
+        self.token = "gogeta-test"
 
     def argv(self) -> list[str]:
         argv = [
@@ -122,7 +125,7 @@ class EtcdNode(EtcdServer):
             f"--listen-peer-urls={self.peer_url}",
             f"--initial-advertise-peer-urls={self.peer_url}",
             f"--initial-cluster={self.initial_cluster}",
-            "--initial-cluster-token=gogeta-test",
+            f"--initial-cluster-token={self.token}",
             "--log-level=error",
         ]
         if self.v2:
