@@ -213,13 +213,14 @@ class Endpoints:
         self._position = (self._position + 1) % len(self.urls)
 
 
-def nodes_of(body: bytes, witness: list[tuple[str, int]] | None = None) -> Iterator[Node]:
+def nodes_of(body: bytes, witness: list[tuple[str, int, int]] | None = None) -> Iterator[Node]:
     """The nodes of a recursive GET's JSON answer, each parent before its children.
 
     Each node becomes a `Node` as soon as the decoder has read it (children first), so
     the decoded answer never exists as a tree of dicts (about three times the memory);
     the list is then consumed from its end, parents first, and shrinks as the mirror fills.
-    The first key (not directory) decoded goes into `witness`, with its createdIndex.
+    The key (not directory, without TTL) modified longest ago goes into `witness`, as
+    (key, createdIndex, modifiedIndex): the one most likely unchanged after an outage.
     """
     found: list[Node] = []
     append = found.append
@@ -228,8 +229,10 @@ def nodes_of(body: bytes, witness: list[tuple[str, int]] | None = None) -> Itera
         if "action" in obj:
             return obj  # the envelope: {"action": "get", "node": ...}
         is_dir = bool(obj.get("dir"))
-        if witness is not None and not witness and not is_dir:
-            witness.append((obj.get("key", ""), int(obj.get("createdIndex", 0))))
+        if witness is not None and not is_dir and "ttl" not in obj:
+            modified = int(obj.get("modifiedIndex", 0))
+            if not witness or modified < witness[0][2]:
+                witness[:] = [(obj.get("key", ""), int(obj.get("createdIndex", 0)), modified)]
         append(Node(obj.get("key", ""), obj.get("value"), is_dir))
         return None  # in its parent's "nodes", in place of the dict
 
@@ -277,8 +280,8 @@ class Watcher(Background):
         self.load_seconds = 0.0  # how long the last load took
         self._gap = 1.0  # index distance between our consecutive events (moving average)
         self._poll_seconds = POLL_SECONDS  # one long poll answered at once (moving average)
-        # A key of the table and its createdIndex: the same in the etcd we follow, whatever
-        # happened to it since; another at the same address has it elsewhere or not at all.
+        # A key of the table and its createdIndex, which etcd keeps until the key is deleted
+        # or re-`set`; another etcd at the same address has it at another index or not at all.
         self.witness: tuple[str, int] | None = None
 
     def run(self) -> None:
@@ -371,8 +374,10 @@ class Watcher(Background):
         return following > max(CATCH_UP_SECONDS, 2 * self.load_seconds)
 
     def _follow_witness(self, result: Any) -> None:
-        if result.action in ("set", "create", "update", "compareAndSwap") and not result.dir:
-            self.witness = (result.key, int(result.createdIndex))
+        written = result.action in ("set", "create", "update", "compareAndSwap")
+        if written and not result.dir and result.ttl is None:
+            if self.witness is None or self.witness[0] == result.key:
+                self.witness = (result.key, int(result.createdIndex))  # `set` re-creates
         elif self.witness is not None and (
             self.witness[0] == result.key or self.witness[0].startswith(result.key + "/")
         ):
@@ -397,11 +402,11 @@ class Watcher(Background):
             collecting = gc.isenabled()
             gc.disable()
             try:
-                witness: list[tuple[str, int]] = []
+                witness: list[tuple[str, int, int]] = []
                 nodes = nodes_of(body, witness)
                 del body  # the generator's reference is dropped once decoded
                 self.mirror.load(nodes)
-                self.witness = witness[0] if witness else None
+                self.witness = witness[0][:2] if witness else None
             finally:
                 if collecting:
                     gc.enable()
