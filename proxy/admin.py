@@ -41,13 +41,15 @@ def health_of(described: dict[str, Any], grace: float, now: float) -> tuple[int,
         "pid": os.getpid(),
     }
     # What etcd last said or did (wrong credentials, wrong API...) tells the operator why.
+    problem = described.get("etcd_problem")  # etcd answers, but refuses: say why
     error = described.get("last_error")
     why = f": {error}" if error else ""
     if not body["loaded"]:
-        body.update(status="unavailable", reason=f"routing table not loaded yet{why}")
+        body.update(status="unavailable", reason=problem or f"routing table not loaded yet{why}")
         return 503, body
     if since is not None and now - since > grace:
-        body.update(status="unavailable", reason=f"etcd unreachable for {now - since:.0f}s{why}")
+        reason = problem or f"etcd unreachable for {now - since:.0f}s{why}"
+        body.update(status="unavailable", reason=reason)
         return 503, body
     return 200, body
 

@@ -37,7 +37,7 @@ def make_resolver(config: Config) -> Resolver:
     else:
         from resolvers.etcd2 import V2Source
 
-        source = V2Source(access)
+        source = V2Source(access, health_grace=config.healthGraceSeconds)
     return TableResolver(
         source,
         config.domainDir,

@@ -6,8 +6,17 @@ The only module that talks to etcd's v2 API. Rules (docs/behaviour.md §5.4):
   from the answer's `X-Etcd-Index` + 1 and after each event from its `modifiedIndex` + 1,
   so nothing written between or during the two is lost;
 - a watch that times out keeps its index; etcd's 401 "event index cleared" reloads;
+- a watch silent for a while is probed with a cheap read and a short timeout: a frozen etcd
+  holds long polls open forever, and only a question it does not answer tells it from an
+  idle one;
+- after an outage, resume only where etcd still holds the history we followed: its index
+  not lower, its cluster id the same, and a key we saw still created at the same index (an
+  etcd restarted empty with the same flags has the same cluster id); otherwise reload. So
+  is a watch far behind, when one reload costs less than one long poll per event;
 - when etcd fails, the last table keeps serving; reconnect with capped exponential
-  backoff, trying each endpoint in turn; log each state change once, not each retry.
+  backoff, trying each endpoint in turn; log each state change once, not each retry;
+  an etcd that answers but cannot be used (credentials refused, v2 not served, TLS) says
+  why, once.
 python-etcd is untyped: its values stay inside this module.
 """
 
@@ -16,6 +25,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import ssl
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
@@ -64,9 +74,16 @@ class _RetriesAtDebug(logging.Filter):
 
 logging.getLogger("urllib3.connectionpool").addFilter(_RetriesAtDebug())
 
-WATCH_TIMEOUT = 55.0  # seconds a long poll may stay silent before we re-open it
+WATCH_TIMEOUT = 55.0  # seconds a long poll may stay silent before we probe and re-open it
 REQUEST_TIMEOUT = 10.0
-PROBE_KEY = "/.gogeta-index-probe"  # never written: reading it returns etcd's current index
+PROBE_TIMEOUT = 5.0  # at most: a probe etcd does not answer in this long counts as an outage
+# Never written: reading it (under the prefix, which a restricted user may read) answers
+# etcd's current index.
+PROBE_NAME = ".gogeta-index-probe"
+# A watch far behind reloads only when following the events would take longer than this
+# and than twice the last load: a big table (seconds to load) is never reloaded for a burst.
+CATCH_UP_SECONDS = 0.1
+POLL_SECONDS = 0.002  # first guess of one long poll per event (~1.3 ms measured here)
 
 # etcd answered, and said no: a key in the way, a failed compare, missing permissions.
 # Not an outage (no backoff, no "unreachable"), whatever python-etcd's class tree says.
@@ -78,6 +95,71 @@ ETCD_DOWN = (
     urllib3.exceptions.HTTPError,
     OSError,
 )
+
+
+class V2NotServed(etcd.EtcdException):  # type: ignore[misc]
+    """etcd answered a v2 path with a plain 404: its v2 API is off (or gone, etcd >= 3.6)."""
+
+
+def index_of_miss(exc: Any) -> int:
+    """etcd's index in a "key not found" answer, which a v2-less etcd's 404 does not have."""
+    payload = exc.payload if isinstance(getattr(exc, "payload", None), dict) else {}
+    if "errorCode" not in payload or "index" not in payload:
+        raise V2NotServed(f"not a v2 answer: {payload.get('cause', '')}".strip()) from exc
+    return int(payload["index"])
+
+
+def v2_not_served(exc: BaseException) -> bool:
+    """Whether `exc` is etcd answering a v2 path with its router's plain-text 404."""
+    if isinstance(exc, V2NotServed):
+        return True
+    payload = getattr(exc, "payload", None)
+    # python-etcd's own payload for an answer that is not JSON: the text is in "cause".
+    return (
+        isinstance(payload, dict)
+        and "errorCode" not in payload
+        and str(payload.get("cause", "")).startswith("404 page not found")
+    )
+
+
+def tls_failure(exc: BaseException) -> str | None:
+    """The TLS reason in a python-etcd connection failure (through urllib3's wrappers)."""
+    cause: Any = getattr(exc, "cause", None)
+    for _ in range(4):
+        if isinstance(cause, ssl.SSLError):
+            return str(cause.reason or cause)
+        if isinstance(cause, urllib3.exceptions.MaxRetryError):
+            cause = cause.reason
+        elif isinstance(cause, urllib3.exceptions.SSLError) and cause.args:
+            cause = cause.args[0]
+            if not isinstance(cause, BaseException):
+                return str(cause)
+        else:
+            return None
+    return None
+
+
+def problem_of(exc: BaseException, access: EtcdAccess) -> str | None:
+    """Why etcd cannot be used although it answers, in words for a log line and health."""
+    if v2_not_served(exc):
+        return (
+            "etcd does not serve the v2 API (etcd 3.6 and later, or started without"
+            " --enable-v2): run gogeta with -etcdApi v3"
+        )
+    if isinstance(exc, etcd.EtcdInsufficientPermissions):
+        if not access.username:
+            return (
+                "etcd refused gogeta's credentials (none given, and etcd has auth on):"
+                " set -etcdUsername and -etcdPassword"
+            )
+        return (
+            f"etcd refused gogeta's credentials (user {access.username!r}, or its permissions"
+            " on the watched directories): check -etcdUsername and -etcdPassword"
+        )
+    reason = tls_failure(exc)
+    if reason is not None:
+        return f"TLS with etcd failed ({reason}): check -etcdCaFile, -etcdCertFile and -etcdKeyFile"
+    return None
 
 
 class Endpoints:
@@ -95,6 +177,9 @@ class Endpoints:
         self.read_timeout = read_timeout
         self._position = 0
         self._client: Any = None
+        # The X-Etcd-Cluster-Id last seen, kept across clients: python-etcd raises
+        # EtcdClusterIdChanged once when an answer carries another one.
+        self.cluster_id: str | None = None
 
     @property
     def current(self) -> str:
@@ -116,21 +201,26 @@ class Endpoints:
                 ca_cert=access.ca_file or None,
                 username=access.username or None,
                 password=access.password or None,
+                expected_cluster_id=self.cluster_id,
             )
         return self._client
 
     def rotate(self) -> None:
         """Give up on the current endpoint; the next call to `client` uses the next one."""
+        if self._client is not None:
+            self.cluster_id = self._client.expected_cluster_id or self.cluster_id
         self._client = None
         self._position = (self._position + 1) % len(self.urls)
 
 
-def nodes_of(body: bytes) -> Iterator[Node]:
+def nodes_of(body: bytes, witness: list[tuple[str, int, int]] | None = None) -> Iterator[Node]:
     """The nodes of a recursive GET's JSON answer, each parent before its children.
 
     Each node becomes a `Node` as soon as the decoder has read it (children first), so
     the decoded answer never exists as a tree of dicts (about three times the memory);
     the list is then consumed from its end, parents first, and shrinks as the mirror fills.
+    The key (not directory, without TTL) modified longest ago goes into `witness`, as
+    (key, createdIndex, modifiedIndex): the one most likely unchanged after an outage.
     """
     found: list[Node] = []
     append = found.append
@@ -138,7 +228,12 @@ def nodes_of(body: bytes) -> Iterator[Node]:
     def node_of(obj: dict[str, Any]) -> Any:
         if "action" in obj:
             return obj  # the envelope: {"action": "get", "node": ...}
-        append(Node(obj.get("key", ""), obj.get("value"), bool(obj.get("dir"))))
+        is_dir = bool(obj.get("dir"))
+        if witness is not None and not is_dir and "ttl" not in obj:
+            modified = int(obj.get("modifiedIndex", 0))
+            if not witness or modified < witness[0][2]:
+                witness[:] = [(obj.get("key", ""), int(obj.get("createdIndex", 0)), modified)]
+        append(Node(obj.get("key", ""), obj.get("value"), is_dir))
         return None  # in its parent's "nodes", in place of the dict
 
     try:
@@ -163,13 +258,16 @@ class Watcher(Background):
         on_change: Callable[[str, Any], None] = lambda event, detail: None,
         watch_timeout: float = WATCH_TIMEOUT,
         reachability: Reachability | None = None,
+        probe_timeout: float = PROBE_TIMEOUT,
     ) -> None:
         self.reachability = reachability or Reachability()
         self.endpoints = endpoints
         self.mirror = mirror
         self.prefix = mirror.prefix
+        self.probe_key = f"{self.prefix}/{PROBE_NAME}"
         self.on_change = on_change
-        self.watch_timeout = watch_timeout
+        self.watch_timeout = watch_timeout  # the silence after which etcd is probed
+        self.probe_timeout = probe_timeout
         self.index: int | None = None  # next waitIndex; None: (re)load first
         self.loaded = False
         self.reachable: bool | None = None
@@ -178,16 +276,24 @@ class Watcher(Background):
         self.events_applied = 0
         self.lag = 0
         self.reloads = 0
+        self.problem: str | None = None
+        self.load_seconds = 0.0  # how long the last load took
+        self._gap = 1.0  # index distance between our consecutive events (moving average)
+        self._poll_seconds = POLL_SECONDS  # one long poll answered at once (moving average)
+        # A key of the table and its createdIndex, which etcd keeps until the key is deleted
+        # or re-`set`; another etcd at the same address has it at another index or not at all.
+        self.witness: tuple[str, int] | None = None
 
     def run(self) -> None:
         backoff = Backoff()
         while True:
             try:
-                if self.index is None:
+                reloaded = self.index is None
+                if reloaded:
                     self.index = self._load()
-                elif self.reachable is False:
-                    self._check_index()
-                self._set_reachable(True)
+                elif self.reachable is False and not self._holds_our_history():
+                    self.index, reloaded = self._load(), True
+                self._set_reachable(True, resumed=not reloaded)
                 backoff.reset()
                 self._watch_forever()
             except etcd.EtcdEventIndexCleared:
@@ -197,17 +303,28 @@ class Watcher(Background):
                     self.index,
                 )
                 self.index = None
+            except etcd.EtcdClusterIdChanged as exc:
+                # A new etcd (a fresh data directory) at the address: its index says nothing
+                # about our table, even when higher than the one we had.
+                log.warning(
+                    "%s: etcd's cluster id changed (%s), so its index says nothing of ours:"
+                    " reloading",
+                    self.prefix,
+                    exc,
+                )
+                self.index = None
             except ETCD_DOWN as exc:
-                if "404 page not found" in str(exc):  # an etcd without v2 (3.6+, or v2 off)
-                    exc = etcd.EtcdException("no etcd v2 API there (404): use -etcdApi v3")
                 self._set_reachable(False, exc)
                 if len(self.endpoints.urls) > 1:
                     self.endpoints.rotate()
                 gevent.sleep(backoff.next())
 
     def _watch_forever(self) -> None:
+        """Apply etcd's events as they come; return when a reload is the faster way on."""
         client = self.endpoints.client()
         while True:
+            assert self.index is not None
+            asked = time.monotonic()
             try:
                 result = client.read(
                     self.prefix,
@@ -217,24 +334,64 @@ class Watcher(Background):
                     timeout=self.watch_timeout,
                 )
             except etcd.EtcdWatchTimedOut:
-                continue  # nothing happened: same index (a timeout must not advance it)
-            self.index = int(result.modifiedIndex) + 1
+                # Idle, or frozen with our poll open: only a question etcd does not answer
+                # tells (a failed probe raises, and counts as an outage).
+                self._check_index(self.probe_timeout)
+                continue  # the same index: a timeout must not advance it
+            modified = int(result.modifiedIndex)
+            gap = modified - self.index + 1
+            self.index = modified + 1
             self.events_applied += 1
+            answered_at_once = self.lag > 0  # etcd had this event already when asked
             # How far etcd was ahead of the event just received: events still to come.
-            self.lag = max(0, int(result.etcd_index or 0) - int(result.modifiedIndex))
+            self.lag = max(0, int(result.etcd_index or 0) - modified)
             changed = self.mirror.apply(
                 Node(result.key, result.value, bool(result.dir)), result.action
             )
             if changed:
                 self.on_change("event", result.key)
+            self._follow_witness(result)
+            if self.lag and self._far_behind(gap, time.monotonic() - asked, answered_at_once):
+                log.info(
+                    "%s: behind etcd by %d events: reloading rather than following them",
+                    self.prefix,
+                    self.lag,
+                )
+                self.index = None
+                return
+
+    def _far_behind(self, gap: int, seconds: float, answered_at_once: bool) -> bool:
+        """Whether following the `lag` events still to come costs more than a reload.
+
+        `lag` counts every event in etcd, ours or not: the share that is ours is taken to be
+        what the last events showed (their index gaps), and the time each takes what the
+        last polls answered at once took.
+        """
+        self._gap = 0.7 * self._gap + 0.3 * max(1, gap)
+        if answered_at_once:
+            self._poll_seconds = 0.7 * self._poll_seconds + 0.3 * seconds
+        following = self.lag / self._gap * self._poll_seconds
+        return following > max(CATCH_UP_SECONDS, 2 * self.load_seconds)
+
+    def _follow_witness(self, result: Any) -> None:
+        written = result.action in ("set", "create", "update", "compareAndSwap")
+        if written and not result.dir and result.ttl is None:
+            if self.witness is None or self.witness[0] == result.key:
+                self.witness = (result.key, int(result.createdIndex))  # `set` re-creates
+        elif self.witness is not None and (
+            self.witness[0] == result.key or self.witness[0].startswith(result.key + "/")
+        ):
+            self.witness = None  # deleted or expired: the next key written takes its place
 
     def _load(self) -> int:
+        started = time.monotonic()
         client = self.endpoints.client()
         try:
             index, body = self._read_tree(client)
         except etcd.EtcdKeyNotFound as exc:
+            index = index_of_miss(exc)
             self.mirror.load([])
-            index = int(exc.payload["index"])
+            self.witness = None
         else:
             # Decoding and building the table make a million objects at 100,000 domains,
             # without blocking (no other greenlet runs meanwhile): the cyclic collector,
@@ -245,15 +402,19 @@ class Watcher(Background):
             collecting = gc.isenabled()
             gc.disable()
             try:
-                nodes = nodes_of(body)
+                witness: list[tuple[str, int, int]] = []
+                nodes = nodes_of(body, witness)
                 del body  # the generator's reference is dropped once decoded
                 self.mirror.load(nodes)
+                self.witness = witness[0][:2] if witness else None
             finally:
                 if collecting:
                     gc.enable()
             gc.freeze()
         self.reloads += 1
         self.loaded = True
+        self.load_seconds = time.monotonic() - started
+        self._gap, self.lag = 1.0, 0
         log.info("%s: loaded at etcd index %s", self.prefix, index)
         self.on_change("load", index)
         return index + 1
@@ -277,29 +438,67 @@ class Watcher(Background):
         except (ValueError, TypeError) as exc:
             raise etcd.EtcdException(f"etcd answered without a valid index: {exc}") from exc
 
-    def _check_index(self) -> None:
-        """After an outage: if etcd's index went backwards (data lost), reload."""
+    def _check_index(self, timeout: float) -> None:
+        """A cheap read: raises when etcd does not answer; reloads if its index went back.
+
+        Also where another etcd at the address shows first (its cluster id).
+        """
         try:
-            self.endpoints.client().read(PROBE_KEY)
+            self.endpoints.client().read(self.probe_key, timeout=timeout)
             return  # someone wrote the probe key: cannot tell, keep watching
         except etcd.EtcdKeyNotFound as exc:
-            current = int(exc.payload["index"])
+            current = index_of_miss(exc)
         if self.index is not None and current + 1 < self.index:
             log.warning("%s: etcd index went back to %s: reloading", self.prefix, current)
             self.index = self._load()
 
-    def _set_reachable(self, reachable: bool, exc: BaseException | None = None) -> None:
+    def _holds_our_history(self) -> bool:
+        """After an outage: whether etcd still holds what we followed, so we may resume."""
+        client = self.endpoints.client()
+        try:
+            client.read(self.probe_key, timeout=self.probe_timeout)
+            current = None  # someone wrote the probe key: cannot tell from it
+        except etcd.EtcdKeyNotFound as exc:
+            current = index_of_miss(exc)
+        if current is not None and self.index is not None and current + 1 < self.index:
+            log.warning("%s: etcd index went back to %s: reloading", self.prefix, current)
+            return False
+        if self.witness is None:
+            return True
+        key, created = self.witness
+        try:
+            same = int(client.read(key, timeout=self.probe_timeout).createdIndex) == created
+        except etcd.EtcdKeyNotFound as exc:
+            index_of_miss(exc)
+            same = False
+        if not same:
+            log.warning(
+                "%s: etcd no longer holds %s as created at index %s (a new etcd, or restored"
+                " from a backup): reloading",
+                self.prefix,
+                key,
+                created,
+            )
+        return same
+
+    def _set_reachable(
+        self, reachable: bool, exc: BaseException | None = None, resumed: bool = True
+    ) -> None:
         if reachable:
             if self.reachable is False:
-                log.info("%s: resuming from index %s", self.prefix, self.index)
+                if resumed:
+                    log.info("%s: resuming from index %s", self.prefix, self.index)
                 self.reachability.answered(self.prefix, self.endpoints.current)
             self.reachable = True
             self.unreachable_since = None
+            self.problem = None
             return
+        assert exc is not None
         self.last_error = f"{self.endpoints.current}: {exc}"
+        self.problem = problem_of(exc, self.endpoints.access)
+        if self.reachable is not False or self.problem is not None:
+            self.reachability.failed(self.prefix, self.endpoints.current, exc, self.problem)
         if self.reachable is not False:
-            assert exc is not None
-            self.reachability.failed(self.prefix, self.endpoints.current, exc)
             self.unreachable_since = time.time()
         self.reachable = False
 
@@ -309,10 +508,21 @@ class V2Source:
 
     name = "etcd v2"
 
-    def __init__(self, access: EtcdAccess, watch_timeout: float = WATCH_TIMEOUT) -> None:
+    def __init__(
+        self,
+        access: EtcdAccess,
+        watch_timeout: float = WATCH_TIMEOUT,
+        health_grace: float | None = None,
+    ) -> None:
         self.access = access
         self.urls = list(access.urls)
         self.watch_timeout = watch_timeout
+        self.probe_timeout = PROBE_TIMEOUT
+        if health_grace is not None:
+            # A frozen etcd is noticed within about half the grace (a silent watch probed),
+            # so health turns 503 near when the grace says, not a whole long poll later.
+            self.watch_timeout = min(watch_timeout, max(1.0, health_grace / 2))
+            self.probe_timeout = min(PROBE_TIMEOUT, max(1.0, health_grace / 4))
         self.watchers: list[Watcher] = []
         self.reachability = Reachability()  # one line per outage, however many watchers see it
         self.writes = Endpoints(self.urls, access=access)
@@ -325,6 +535,7 @@ class V2Source:
                 on_change,
                 watch_timeout=self.watch_timeout,
                 reachability=self.reachability,
+                probe_timeout=self.probe_timeout,
             )
         )
 
@@ -340,6 +551,7 @@ class V2Source:
         watchers = self.watchers
         unreachable = [w.unreachable_since for w in watchers if w.unreachable_since]
         errors = [w.last_error for w in watchers if w.last_error]
+        problems = [w.problem for w in watchers if w.problem]
         return SyncState(
             loaded=all(w.loaded for w in watchers),
             index=min((w.index or 1) - 1 for w in watchers) if watchers else None,
@@ -348,6 +560,7 @@ class V2Source:
             events_applied=sum(w.events_applied for w in watchers),
             reloads=sum(w.reloads for w in watchers),
             lag=max((w.lag for w in watchers), default=0),
+            problem=problems[-1] if problems else None,
         )
 
     def touch(self, service_dir: str, service: str, index: str, stamp: str) -> None:
@@ -366,7 +579,12 @@ class V2Source:
         """
         for attempt in range(len(self.writes.urls)):
             try:
-                return write(self.writes.client())
+                try:
+                    return write(self.writes.client())
+                except etcd.EtcdClusterIdChanged:
+                    # Another etcd answered (the watchers reload from it): the client knows
+                    # its id now, and the write is for that etcd too.
+                    return write(self.writes.client())
             except ETCD_REFUSED as exc:  # etcd answered: another endpoint would say the same
                 raise WriteRefused(f"{type(exc).__name__}: {exc}") from exc
             except ETCD_DOWN as exc:

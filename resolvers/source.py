@@ -62,6 +62,9 @@ class SyncState:
     events_applied: int
     reloads: int
     lag: int  # events etcd had beyond the last one applied
+    # Why etcd cannot be used, when it answers but refuses (credentials, API not served,
+    # TLS): the reason `/__gogeta/health` gives. None for a plain outage.
+    problem: str | None = None
 
 
 class Source(Protocol):
@@ -132,17 +135,25 @@ class Reachability:
     def __init__(self) -> None:
         self._failing: set[str] = set()
         self._since = 0.0
+        self.problem: str | None = None  # the last problem logged, until etcd answers
 
     @property
     def unreachable(self) -> bool:
         return bool(self._failing)
 
-    def failed(self, who: str, endpoint: str, exc: BaseException) -> None:
-        if not self._failing:
-            self._since = time.monotonic()
+    def failed(
+        self, who: str, endpoint: str, exc: BaseException, problem: str | None = None
+    ) -> None:
+        """`problem`: etcd answered but cannot be used (bad credentials...), said instead."""
+        if problem is not None and problem != self.problem:
+            log.error("%s (%s)", problem, endpoint)  # once per problem, not per retry
+            self.problem = problem
+        elif not self._failing and problem is None:
             log.warning(
                 "etcd unreachable (%s: %s); serving the last table, retrying", endpoint, exc
             )
+        if not self._failing:
+            self._since = time.monotonic()
         self._failing.add(who)
 
     def answered(self, who: str, endpoint: str) -> None:
@@ -150,6 +161,7 @@ class Reachability:
             return
         self._failing.discard(who)
         if not self._failing:
+            self.problem = None
             log.warning(
                 "etcd reachable again at %s after %.1f s", endpoint, time.monotonic() - self._since
             )

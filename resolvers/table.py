@@ -344,6 +344,7 @@ class TableResolver:
             "etcd_index": state.index,
             "unreachable_since": state.unreachable_since,
             "last_error": state.last_error,
+            "etcd_problem": state.problem,
             "counters": {
                 "events_applied": state.events_applied,
                 "reloads": state.reloads,

@@ -188,7 +188,7 @@ class EtcdServer:
                 cert_file=str(tls.client_cert) if tls else "",
                 key_file=str(tls.client_key) if tls else "",
             )
-        import etcd  # type: ignore[import-untyped]
+        import etcd
 
         return etcd.Client(host="127.0.0.1", port=self.client_port, read_timeout=5)
 

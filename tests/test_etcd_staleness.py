@@ -1,0 +1,236 @@
+"""No silent staleness, v2 API: every way etcd can stop telling gogeta the truth, noticed.
+
+A new etcd at the old address (another cluster id) at a higher index, a frozen etcd
+(SIGSTOP), a burst of writes the watch cannot follow one long poll at a time, and an etcd
+that does not serve the v2 API at all. Each against a real etcd started by the test.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.etcd_nodes import EtcdNode
+from tests.etcd_routes import log_count, named_backend, write_domain, write_instance
+from tests.support import Backend, GogetaProcess, Start, wait_until
+
+
+@pytest.fixture
+def app() -> Iterator[Backend]:
+    with named_backend("app") as backend:
+        yield backend
+
+
+@pytest.fixture
+def own_etcd(tmp_path: Path) -> Iterator[EtcdNode]:
+    node = EtcdNode(tmp_path / "etcd").start()
+    yield node
+    node.stop()
+
+
+def routed(proxy: GogetaProcess, host: str, timeout: float = 15) -> None:
+    wait_until(
+        lambda: (r := proxy.get(host=host)).status == 200 and r.text == "app",
+        timeout=timeout,
+        what=f"gogeta to route {host}",
+    )
+
+
+def health(proxy: GogetaProcess) -> tuple[int, dict[str, Any]]:
+    resp = proxy.get("/__gogeta/health")
+    return resp.status, json.loads(resp.body)
+
+
+def routes(proxy: GogetaProcess) -> dict[str, Any]:
+    return dict(json.loads(proxy.get("/__gogeta/routes").body))
+
+
+def metric(proxy: GogetaProcess, name: str) -> float:
+    for line in proxy.get("/__gogeta/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"no {name} in the metrics")
+
+
+def write_many(
+    make_client: Callable[[], Any], keys: list[tuple[str, str]], threads: int = 4
+) -> None:
+    """Write `keys` back to back from a few threads, each with its own etcd client."""
+
+    def run(chunk: list[tuple[str, str]]) -> None:
+        client = make_client()
+        for key, value in chunk:
+            client.write(key, value)
+
+    workers = [
+        threading.Thread(target=run, args=(keys[i::threads],), daemon=True) for i in range(threads)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+
+
+# --------------------------------------------------------------------------- a new etcd
+
+
+@pytest.mark.parametrize(
+    ("token", "said"),
+    [("gogeta-test", "no longer holds"), ("another-cluster", "cluster id changed")],
+    ids=["same-cluster-id", "new-cluster-id"],
+)
+def test_new_etcd_at_a_higher_index_is_reloaded_not_resumed(
+    gogeta: Start, own_etcd: EtcdNode, app: Backend, tmp_path: Path, token: str, said: str
+) -> None:
+    client = own_etcd.client()
+    write_instance(client, "old", "1", app.port)
+    write_domain(client, "old.test", "service", "old")
+    proxy = gogeta("-etcdAddress", own_etcd.url)
+    routed(proxy, "old.test")
+    old_index = routes(proxy)["etcd_index"]
+    assert proxy.proc is not None
+    # gogeta is held while etcd is replaced, so it reconnects only once the new etcd is
+    # ahead of the index it had: the index alone cannot tell it anything happened.
+    proxy.proc.send_signal(signal.SIGSTOP)
+    own_etcd.kill()
+    new = EtcdNode(tmp_path / "etcd-new", ports=(own_etcd.client_port, own_etcd.peer_port))
+    new.token = token
+    try:
+        fresh = new.start().client()
+        for i in range(old_index + 20):
+            fresh.write("/filler", str(i))
+        write_instance(fresh, "new", "1", app.port)
+        write_domain(fresh, "new.test", "service", "new")
+        proxy.proc.send_signal(signal.SIGCONT)
+        routed(proxy, "new.test")
+        wait_until(lambda: proxy.get(host="old.test").status == 404, what="old.test gone")
+        assert log_count(proxy, said) >= 1, proxy.log()
+        assert log_count(proxy, "resuming from index") == 0, proxy.log()
+        assert health(proxy)[0] == 200
+    finally:
+        proxy.proc.send_signal(signal.SIGCONT)
+        new.stop()
+
+
+# --------------------------------------------------------------------------- a frozen etcd
+
+
+def test_frozen_etcd_is_noticed_and_nothing_is_lost(
+    gogeta: Start, own_etcd: EtcdNode, app: Backend
+) -> None:
+    client = own_etcd.client()
+    write_instance(client, "ice", "1", app.port)
+    write_domain(client, "before.ice.test", "service", "ice")
+    proxy = gogeta("-etcdAddress", own_etcd.url, "-healthGraceSeconds", "2")
+    routed(proxy, "before.ice.test")
+    assert health(proxy)[0] == 200
+    own_etcd.freeze()
+    thawed = False
+    try:
+
+        def noticed() -> bool:
+            assert proxy.get(host="before.ice.test").text == "app"  # serving meanwhile
+            code, body = health(proxy)
+            return code == 503 and "etcd unreachable" in body["reason"]
+
+        wait_until(noticed, timeout=30, what="health 503 with etcd frozen")
+        assert metric(proxy, "gogeta_etcd_unreachable") == 1
+        assert health(proxy)[1]["etcd_unreachable_seconds"] >= 2
+        own_etcd.thaw()
+        thawed = True
+    finally:
+        if not thawed:
+            own_etcd.thaw()
+    write_domain(client, "after.ice.test", "service", "ice")
+    routed(proxy, "after.ice.test")
+    wait_until(lambda: health(proxy)[0] == 200, timeout=15, what="health 200 again")
+    assert metric(proxy, "gogeta_etcd_unreachable") == 0
+    assert log_count(proxy, "etcd unreachable") == 1, proxy.log()
+    assert log_count(proxy, "etcd reachable again") == 1, proxy.log()
+    assert log_count(proxy, "loaded at etcd index") == 2, proxy.log()  # resumed, not reloaded
+
+
+# --------------------------------------------------------------------------- bursts
+
+
+def burst(hosts: list[str], service: str) -> list[tuple[str, str]]:
+    keys: list[tuple[str, str]] = []
+    for host in hosts:
+        keys += [(f"/domains/{host}/type", "service"), (f"/domains/{host}/value", service)]
+    return keys
+
+
+def test_burst_while_the_watch_is_behind_is_one_reload(
+    gogeta: Start, own_etcd: EtcdNode, app: Backend
+) -> None:
+    client = own_etcd.client()
+    write_instance(client, "burst", "1", app.port)
+    write_domain(client, "first.burst.test", "service", "burst")
+    proxy = gogeta("-etcdAddress", own_etcd.url, "-lastAccessInterval", "3600")
+    routed(proxy, "first.burst.test")
+    before = routes(proxy)["counters"]
+    assert proxy.proc is not None
+    hosts = [f"d{i}.burst.test" for i in range(500)]
+    proxy.proc.send_signal(signal.SIGSTOP)  # the watch falls 1,000 events behind
+    try:
+        write_many(own_etcd.client, burst(hosts, "burst"))
+    finally:
+        proxy.proc.send_signal(signal.SIGCONT)
+    routed(proxy, hosts[-1])
+    for host in hosts:
+        assert proxy.get(host=host).status == 200, host
+    after = routes(proxy)["counters"]
+    assert after["reloads"] - before["reloads"] == 1, (before, after)
+    assert after["events_applied"] - before["events_applied"] < 50, (before, after)
+    assert log_count(proxy, "/domains: behind etcd") == 1, proxy.log()
+    # and it watches on from the reload: a later change arrives
+    write_domain(client, "later.burst.test", "service", "burst")
+    routed(proxy, "later.burst.test")
+
+
+def test_1000_back_to_back_writes_are_all_served(
+    gogeta: Start, own_etcd: EtcdNode, app: Backend
+) -> None:
+    client = own_etcd.client()
+    write_instance(client, "rush", "1", app.port)
+    proxy = gogeta("-etcdAddress", own_etcd.url, "-lastAccessInterval", "3600")
+    wait_until(lambda: routes(proxy)["loaded"], what="table loaded")
+    before = routes(proxy)["counters"]
+    hosts = [f"d{i}.rush.test" for i in range(500)]
+    write_many(own_etcd.client, burst(hosts, "rush"))
+    routed(proxy, hosts[-1])
+    for host in hosts:
+        assert proxy.get(host=host).status == 200, host
+    after = routes(proxy)["counters"]
+    # Caught up by a few reloads at most (or by following, when it kept up), never lost.
+    assert after["reloads"] - before["reloads"] <= 25, (before, after)
+    write_domain(client, "later.rush.test", "service", "rush")
+    routed(proxy, "later.rush.test")
+
+
+# --------------------------------------------------------------------------- no v2 API
+
+
+def test_etcd_without_the_v2_api_says_so(gogeta: Start, tmp_path: Path) -> None:
+    node = EtcdNode(tmp_path / "etcd", v2=False).start()
+    try:
+        proxy = gogeta("-etcdAddress", node.url)
+
+        def said() -> bool:
+            code, body = health(proxy)
+            return code == 503 and "v2 API" in body["reason"]
+
+        wait_until(said, timeout=15, what="health 503 naming the v2 API")
+        assert "-etcdApi v3" in health(proxy)[1]["reason"]
+        lines = [line for line in proxy.log().splitlines() if "v2 API" in line]
+        assert len(lines) == 1 and "-etcdApi v3" in lines[0], proxy.log()
+        assert "Traceback" not in proxy.log(), proxy.log()
+        assert proxy.proc is not None and proxy.proc.poll() is None
+    finally:
+        node.stop()
