@@ -7,20 +7,30 @@ from typing import TYPE_CHECKING
 from resolvers.base import DEFAULT_ROBOTS, Resolver, RoutingError, Status, Upstream
 
 if TYPE_CHECKING:
+    from resolvers.source import Source
     from settings import Config
 
-__all__ = ["DEFAULT_ROBOTS", "Resolver", "RoutingError", "Status", "Upstream", "make_resolver"]
+__all__ = [
+    "DEFAULT_ROBOTS",
+    "Resolver",
+    "RoutingError",
+    "Status",
+    "Upstream",
+    "make_resolver",
+    "make_source",
+]
 
 
-def make_resolver(config: Config) -> Resolver:
-    """The resolver named by `config.resolverType`, not started yet."""
+def make_source(config: Config) -> Source | None:
+    """The etcd source the resolver reads (None: the Dummy resolver reads no etcd).
+
+    Not started: whoever else needs a directory mirrored (the certificates) asks it first;
+    the resolver starts it.
+    """
     if config.resolverType == "Dummy":
-        from resolvers.dummy import DummyResolver
-
-        return DummyResolver(config.dummyTarget)
+        return None
     from resolvers.etcd2 import V2Source
     from resolvers.source import EtcdAccess
-    from resolvers.table import TableResolver
 
     access = EtcdAccess(
         urls=tuple(config.etcdAddress),
@@ -30,8 +40,22 @@ def make_resolver(config: Config) -> Resolver:
         username=config.etcdUsername,
         password=config.etcdPassword,
     )
+    return V2Source(access)
+
+
+def make_resolver(config: Config, source: Source | None = None) -> Resolver:
+    """The resolver named by `config.resolverType`, reading `source` (made when not given),
+    not started yet."""
+    if config.resolverType == "Dummy":
+        from resolvers.dummy import DummyResolver
+
+        return DummyResolver(config.dummyTarget)
+    from resolvers.table import TableResolver
+
+    source = source or make_source(config)
+    assert source is not None
     return TableResolver(
-        V2Source(access),
+        source,
         config.domainDir,
         config.serviceDir,
         config.lastAccessInterval,
