@@ -4,9 +4,12 @@ It uses the etcd at `--etcd-address` (default `GOGETA_ETCD_ADDRESS`, else
 http://127.0.0.1:4001) and, when nothing answers there, starts one from the virtualenv
 (`etcd --enable-v2`, data under `.run/etcd`). It serves a two-instance example backend from
 this process, writes its route in etcd (docs/behaviour.md §1), starts gogeta, and prints the curl
-commands that show a routed request and the "not found" page. SIGINT or SIGTERM stops
-everything it started, gogeta first, then etcd, then the backend. Arguments it does not
-know are gogeta's own flags, checked here and passed on.
+commands that show a routed request and the "not found" page. It also serves the example
+on HTTPS (`--https-port`, default 7443, 0: off) with a certificate for example.localhost
+that it makes, signed by a CA of its own (`{run-dir}/tls/ca.pem`, for curl's --cacert),
+and writes into etcd under `certDir` as an operator would (docs/behaviour.md §9). SIGINT or
+SIGTERM stops everything it started, gogeta first, then etcd, then the backend. Arguments
+it does not know are gogeta's own flags, checked here and passed on.
 
 Before starting anything it refuses, in one line, a taken gogeta or etcd port (naming the
 process that holds it when /proc tells) and a route in etcd whose example instances still
@@ -46,6 +49,7 @@ DOMAIN = "example.localhost"
 SERVICE = "example"
 DEFAULT_ETCD = "http://127.0.0.1:4001"
 DEFAULT_BACKEND_PORTS = (8081, 8082)
+DEFAULT_HTTPS_PORT = 7443
 
 
 def log(message: str) -> None:
@@ -337,6 +341,28 @@ def write_route(host: str, port: int, domain_dir: str, service_dir: str, ports: 
     log(f"etcd: {domain_dir}/{DOMAIN}/type = service, value = {SERVICE}")
 
 
+def write_certificate(host: str, port: int, cert_dir: str, tls_dir: Path) -> Path:
+    """A CA of this run's own, a certificate it signs for the example, stored in etcd.
+
+    Returns the CA's file, which a client trusts with `curl --cacert`. Made with trustme
+    (a test tool in requirements-dev.txt), fresh each run; the key only goes to etcd.
+    """
+    import etcd
+    import trustme
+
+    ca = trustme.CA(organization_name="gogeta make run")
+    leaf = ca.issue_cert(DOMAIN)
+    tls_dir.mkdir(parents=True, exist_ok=True)
+    ca_file = tls_dir / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    client = etcd.Client(host=host, port=port, read_timeout=5)
+    chain = "".join(blob.bytes().decode() for blob in leaf.cert_chain_pems)
+    client.write(f"{cert_dir}/{DOMAIN}/cert", chain)
+    client.write(f"{cert_dir}/{DOMAIN}/key", leaf.private_key_pem.bytes().decode())
+    log(f"etcd: {cert_dir}/{DOMAIN}/cert and /key (signed by {ca_file})")
+    return ca_file
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -358,6 +384,13 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     )
     parser.add_argument(
         "--port", "-port", type=int, default=7777, help="gogeta's port (default 7777)"
+    )
+    parser.add_argument(
+        "--https-port",
+        type=int,
+        default=DEFAULT_HTTPS_PORT,
+        help=f"gogeta's -tlsPort, any free one when taken; 0: no HTTPS (default"
+        f" {DEFAULT_HTTPS_PORT})",
     )
     parser.add_argument(
         "--backend-ports",
@@ -419,6 +452,15 @@ def main(argv: Sequence[str]) -> int:
             backends.append(start_backend(str(index), p))
             log(f"example instance {index} listening on http://127.0.0.1:{p}/")
         write_route(etcd_host, etcd_port, domain_dir, service_dir, ports)
+        https_port = config.tlsPort or args.https_port
+        tls_flags: list[str] = []
+        if https_port:
+            if not config.tlsPort and not port_free(https_port):
+                https_port = free_port()
+                log(f"port {args.https_port} is taken: HTTPS on {https_port}")
+            ca_file = write_certificate(etcd_host, etcd_port, config.certDir, run_dir / "tls")
+            if not config.tlsPort:
+                tls_flags = ["-tlsPort", str(https_port)]
 
         gogeta_log = run_dir / "gogeta.log"
         argv_gogeta = [
@@ -430,6 +472,7 @@ def main(argv: Sequence[str]) -> int:
             str(args.port),
             "-etcdAddress",
             args.etcd_address,
+            *tls_flags,
             *gogeta_flags,
         ]
         log("starting " + " ".join(argv_gogeta[1:]) + f" (log in {gogeta_log})")
@@ -465,7 +508,15 @@ def main(argv: Sequence[str]) -> int:
             "A hostname that etcd does not know gets 404 'not found', as JSON for curl"
             " (its Accept is */*),\nas the HTML page with -H 'Accept: text/html':\n\n"
             f"    curl -i -H 'Host: nowhere.localhost' {base}\n\n"
-            "Ctrl-C stops gogeta, the example instances and the etcd started here.\n",
+            + (
+                "Over HTTPS, with the certificate made for example.localhost (curl trusts its"
+                " CA with\n--cacert; --resolve sends SNI and Host for that name to 127.0.0.1):"
+                f"\n\n    curl --cacert {ca_file} --resolve {DOMAIN}:{https_port}:127.0.0.1"
+                f" https://{DOMAIN}:{https_port}/\n\n"
+                if https_port
+                else ""
+            )
+            + "Ctrl-C stops gogeta, the example instances and the etcd started here.\n",
             flush=True,
         )
         while not _stop.is_set():
