@@ -404,3 +404,21 @@ def test_under_gunicorn_every_worker_serves_tls_and_follows_etcd(certs: EtcdServ
         assert "Traceback" not in server.log()
     finally:
         server.stop()
+
+
+def test_a_client_asking_to_close_is_told_so_on_both_ports(tls_gogeta, certs: EtcdServer) -> None:
+    """RFC 9112 §9.6: the answer to `Connection: close` says `close` before the server
+    closes, or a client counting on keep-alive takes the close for a failure."""
+    store(certs, "a.example.com", A)
+    proc, port = tls_gogeta()
+    plain = request(proc.port, "/__gogeta/health", headers={"Connection": "close"})
+    assert plain.header("Connection") == "close"
+    conn = Conn(connect(port, "a.example.com"))
+    try:
+        answer = conn.get("/__gogeta/health", Connection="close")
+        assert answer.header("Connection") == "close"
+        assert conn.reader.read() == b""  # and the connection ends there
+    finally:
+        conn.close()
+    kept = https_get(port, "a.example.com", "/__gogeta/health")
+    assert kept.header("Connection") is None  # HTTP/1.1 keeps it open, unsaid

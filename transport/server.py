@@ -204,6 +204,21 @@ class ProxyHandler(pywsgi.WSGIHandler):  # type: ignore[misc]  # gevent is untyp
             raise
         self.response_length += len(data)
 
+    close_connection: bool
+    request_version: str | None
+    response_headers: list[tuple[Any, Any]]
+
+    def start_response(self, status: str, headers: Any, exc_info: Any = None) -> Any:
+        write = super().start_response(status, headers, exc_info)
+        # RFC 9112 §9.6: a server closing after this answer (the client asked, or the
+        # answer is an error that ends the connection) says so. pywsgi only does for
+        # HTTP/1.0, and a keep-alive client would take the close for a failure.
+        if self.close_connection and self.request_version == "HTTP/1.1":
+            names = {(k if isinstance(k, str) else k.decode()).lower() for k, _ in headers}
+            if "connection" not in names:
+                self.response_headers.append((b"Connection", b"close"))
+        return write
+
     def finalize_headers(self) -> None:
         super().finalize_headers()
         if self.response_use_chunked and self.command == "HEAD":
