@@ -17,6 +17,7 @@ if __name__ == "__main__":
 
     monkey.patch_all()
 
+import dataclasses  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
 import signal  # noqa: E402
@@ -28,7 +29,8 @@ from typing import TYPE_CHECKING, Any  # noqa: E402
 import settings  # noqa: E402
 
 if TYPE_CHECKING:
-    pass
+    from resolvers.source import Source
+    from transport.tls import Certificates
 
 log = logging.getLogger("gogeta")
 
@@ -95,15 +97,19 @@ class Process:
         from proxy.pages import StatusPages, TemplateError
         from proxy.static import StaticFiles
         from proxy.tunnel import Tunnels
-        from resolvers import make_resolver
+        from resolvers import make_resolver, make_source
         from transport.server import ServerOptions
 
         try:
             pages = StatusPages(config.templateDir)
         except TemplateError as exc:
             raise settings.SettingError(f"-templateDir: {exc}") from exc
-        self.resolver = resolver = make_resolver(config)
-        self.metrics = metrics = Metrics(resolver.stats)
+        source = make_source(config)
+        self.certificates = certificates = self._certificates(config, source)
+        self.resolver = resolver = make_resolver(config, source)
+        self.metrics = metrics = Metrics(
+            resolver.stats, certificates.figures if certificates else None
+        )
         self.forwarder = forwarder = Forwarder(
             config.connectTimeout, config.readTimeout, max_body=config.maxBodySize
         )
@@ -124,14 +130,47 @@ class Process:
             wake_hold=config.wakeHoldSeconds,
             trusted_proxies=config.trustedProxies,
             no_wake_agents=config.noWakeUserAgents,
+            tls_port=config.tlsPort,
+            hsts_max_age=config.hstsMaxAge,
         )
-        admin = Admin(resolver, pages, metrics, config.trustedNetworks, config.healthGraceSeconds)
+        admin = Admin(
+            resolver,
+            pages,
+            metrics,
+            config.trustedNetworks,
+            config.healthGraceSeconds,
+            certificates.describe if certificates else None,
+        )
         self.app: Front = Front(
             app, formatter(config.accessLog), admin, metrics, config.accessLogHealth
         )
-        self.server_options = ServerOptions(config.clientTimeout, metrics.count_connection)
+        # With TLS: the context to serve it with, on -tlsPort (transport.worker under gunicorn).
+        self.server_options = ServerOptions(
+            config.clientTimeout,
+            metrics.count_connection,
+            tls=certificates.context if certificates else None,
+            tls_port=config.tlsPort,
+        )
         self._started = False
         self._publisher: Any = None
+
+    @staticmethod
+    def _certificates(config: settings.Config, source: "Source | None") -> "Certificates | None":
+        """With -tlsPort: the default certificate, and `certDir` mirrored from etcd into
+        TLS contexts through the same source, whichever etcd API it speaks."""
+        if not config.tlsPort:
+            return None
+        from resolvers.certs import CertTree
+        from transport.tls import CertificateProblem, Certificates
+
+        try:
+            certificates = Certificates(config.tlsCertFile, config.tlsKeyFile)
+        except CertificateProblem as exc:
+            raise settings.SettingError(f"-tlsCertFile/-tlsKeyFile: {exc}") from None
+        if source is not None:
+            tree = CertTree(config.certDir)
+            source.mirror(tree, lambda kind, detail: certificates.update(tree.take_changes()))
+        return certificates
 
     def start(self) -> "Process":
         if not self._started:
@@ -243,18 +282,28 @@ def serve(config: settings.Config, process: Process) -> None:
     from proxy.diagnostics import CpuProfiler, stacks
     from transport.server import ProxyServer
 
-    server = ProxyServer(
-        (config.listenAddress, config.port),
-        process.app,
-        options=process.server_options,
-        log=None,  # pywsgi's own access lines: off, `proxy.front` writes gogeta's
-        error_log=logging.getLogger("gogeta.server"),
-    )
+    options = process.server_options
+    servers = [
+        ProxyServer(
+            (config.listenAddress, port),
+            process.app,
+            options=dataclasses.replace(options, tls=tls),
+            log=None,  # pywsgi's own access lines: off, `proxy.front` writes gogeta's
+            error_log=logging.getLogger("gogeta.server"),
+        )
+        for port, tls in ((config.port, None), (config.tlsPort, options.tls))
+        if port
+    ]
+    server = servers[0]
     stopped = gevent.event.Event()
     profiler = CpuProfiler(config.cpuProfile)
 
     def drain(timeout: float) -> None:
-        left = server.drain(timeout)
+        for each in servers:
+            each.close()  # every port stops accepting before the wait
+        drains = [gevent.spawn(each.drain, timeout) for each in servers]
+        gevent.joinall(drains)
+        left = sum(d.value or 0 for d in drains)
         if left:
             log.warning("drain timeout: %d connection(s) cut after %ss", left, timeout)
         stopped.set()
@@ -276,11 +325,13 @@ def serve(config: settings.Config, process: Process) -> None:
     gevent.signal_handler(signal.SIGUSR1, dump_stacks)
     gevent.signal_handler(signal.SIGUSR2, profiler.toggle)
 
-    try:
-        server.start()
-    except OSError as exc:
-        log.error("cannot listen on %s:%s: %s", config.listenAddress, config.port, exc)
-        raise SystemExit(1) from None
+    for each in servers:
+        try:
+            each.start()
+        except OSError as exc:
+            port = each.address[1] if isinstance(each.address, tuple) else each.address
+            log.error("cannot listen on %s:%s: %s", config.listenAddress, port, exc)
+            raise SystemExit(1) from None
     process.start()
     log.info(
         "gogeta listening on http://%s:%s/ (resolver %s)",
@@ -288,6 +339,8 @@ def serve(config: settings.Config, process: Process) -> None:
         server.server_port,
         config.resolverType,
     )
+    if len(servers) > 1:
+        log.info("gogeta listening on https://%s:%s/", config.listenAddress, config.tlsPort)
     try:
         stopped.wait()
     finally:

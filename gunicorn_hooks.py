@@ -10,6 +10,9 @@
 - A stop signal sent while a worker boots is not lost (`post_fork`).
 - Each worker starts its own resolver (its own etcd watch) after the fork, even with
   `--preload`, where the app object was made in the arbiter (`gogeta.DeferredApp`).
+- With `-tlsPort` (GOGETA_TLS_PORT) gunicorn binds that port too, on the host of its first
+  bind (`on_starting`); every worker then serves TLS on that listener with the same
+  certificates, each from its own watch of etcd (transport.worker).
 - Metrics cover all workers: prometheus-client's multiprocess mode, one directory of
   per-process files named by `PROMETHEUS_MULTIPROC_DIR`. The variable must be set before
   any process imports prometheus_client, so `gunicorn.conf.py` calls `metrics_dir` when
@@ -25,7 +28,7 @@ import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,7 +130,26 @@ def post_fork(server: Any, worker: Any) -> None:
     worker.init_signals = init_signals_then_unblock
 
 
+def tls_bind(binds: list[str], environ: Mapping[str, str] = os.environ) -> list[str]:
+    """gunicorn's binds with `-tlsPort` added, on the first bind's host, unless bound."""
+    import settings
+
+    setting = settings.BY_NAME["tlsPort"]
+    try:
+        port = setting.parse(environ.get(setting.env_name, setting.default))
+    except ValueError:
+        return binds  # the app refuses the setting when it loads, with its reason
+    if not port or any(b.rpartition(":")[2] == str(port) for b in binds):
+        return binds
+    host = binds[0].rpartition(":")[0] if binds and ":" in binds[0] else "0.0.0.0"
+    return [*binds, f"{host}:{port}"]
+
+
 def on_starting(server: Any) -> None:
+    # Before gunicorn opens its listeners: the TLS port is one more of them.
+    binds = tls_bind(list(server.cfg.bind))
+    if binds != list(server.cfg.bind):
+        server.cfg.set("bind", binds)
     # Files left by a previous run would be summed into this one's counters.
     for stale in glob.glob(os.path.join(metrics_dir(), "*.db")):
         os.remove(stale)

@@ -230,8 +230,27 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "listenAddress", "0.0.0.0", _listen_address, "address to listen on (127.0.0.1 for local)"
     ),
+    Setting(
+        "tlsPort",
+        "0",
+        _port,
+        "also listen with TLS on -listenAddress:N, certificates from -certDir (0: off)",
+    ),
     Setting("domainDir", "/domains", _key_prefix, "etcd directory holding the domains"),
     Setting("serviceDir", "/services", _key_prefix, "etcd directory holding the services"),
+    Setting(
+        "certDir",
+        "/certs",
+        _key_prefix,
+        "etcd directory of the TLS certificates: {hostname}/cert (PEM chain), {hostname}/key",
+    ),
+    Setting(
+        "tlsCertFile",
+        "",
+        _file,
+        "default certificate (PEM chain) for clients without SNI or names without one in etcd",
+    ),
+    Setting("tlsKeyFile", "", _file, "private key (PEM) of -tlsCertFile"),
     Setting(
         "etcdAddress",
         "http://127.0.0.1:4001/",
@@ -279,6 +298,12 @@ SETTINGS: tuple[Setting, ...] = (
         _bool,
         "redirect to https unless X-Forwarded-Proto is https",
         boolean=True,
+    ),
+    Setting(
+        "hstsMaxAge",
+        "0",
+        _non_negative_int,
+        "Strict-Transport-Security: max-age=S on answers over TLS (0: not sent)",
     ),
     Setting(
         "UrlHeaderParam",
@@ -391,8 +416,12 @@ class Config:
 
     port: int
     listenAddress: str
+    tlsPort: int
     domainDir: str
     serviceDir: str
+    certDir: str
+    tlsCertFile: str
+    tlsKeyFile: str
     etcdAddress: tuple[str, ...]
     etcdApi: str
     etcdCaFile: str
@@ -404,6 +433,7 @@ class Config:
     templateDir: Path
     lastAccessInterval: int
     forceFwSsl: bool
+    hstsMaxAge: int
     UrlHeaderParam: str
     cpuProfile: str
     drainTimeout: float
@@ -525,6 +555,10 @@ def parse(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Conf
         raise SettingError("-etcdCertFile and -etcdKeyFile go together: set both or neither")
     if values["etcdPassword"] and not values["etcdUsername"]:
         raise SettingError("-etcdPassword needs -etcdUsername")
+    if bool(values["tlsCertFile"]) != bool(values["tlsKeyFile"]):
+        raise SettingError("-tlsCertFile and -tlsKeyFile go together: set both or neither")
+    if values["tlsPort"] and values["tlsPort"] == values["port"]:
+        raise SettingError("-tlsPort must differ from -port")
     return Config(**values)
 
 

@@ -69,10 +69,11 @@ def run_wrk(
     server_pid: int | None = None,
     script: Path | None = None,
     env: dict[str, str] | None = None,
+    extra: list[str] | None = None,
 ) -> WrkResult:
-    """`wrk -t1 -cN -dSs --latency`; with `server_pid`, the CPU that server (and its
-    children) used per request over the run."""
-    argv = [wrk, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    """`wrk -t1 -cN -dSs --latency` (and `extra` options); with `server_pid`, the CPU that
+    server (and its children) used per request over the run."""
+    argv = [wrk, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", *(extra or [])]
     if script is not None:
         argv += ["-s", str(script)]
     before = cpu_seconds(server_pid) if server_pid else 0.0

@@ -47,7 +47,7 @@ class BenchOptions:
             if path not in ("small", "big") or not conns.isdigit():
                 raise SystemExit(f"BENCH_CASES: {item!r} is not small:N or big:N")
             cases.append((path, int(conns)))
-        parts = os.environ.get("BENCH_PARTS", "1,2,3,4")
+        parts = os.environ.get("BENCH_PARTS", "1,2,3,4,5")
         return cls(
             seconds=max(1, _int("BENCH_SECONDS", 10)),
             rounds=max(1, _int("BENCH_ROUNDS", 3)),

@@ -21,11 +21,12 @@ from bench.propagation import PropagationResult
 from bench.rig import Skipped
 from bench.scale import ScaleResult
 from bench.throughput import ThroughputResult
+from bench.tls import CONNECTIONS, TlsResult
 from bench.tools import Machine
 
 RESULTS = ROOT / "bench" / "results"  # the recorded results, tracked by git
 RUNS = RESULTS / "runs"  # every run's own copy, git-ignored
-ALL_PARTS = {1, 2, 3, 4}
+ALL_PARTS = {1, 2, 3, 4, 5}
 
 
 def result_stems(name: str, record: bool, stamp: str) -> list[Path]:
@@ -60,6 +61,7 @@ class BenchResults:
     propagation_v3: PropagationResult | Skipped | None = None
     scale: ScaleResult | Skipped | None = None
     connections: ConnectionsResult | None = None
+    tls: TlsResult | None = None
 
     def to_json(self) -> dict[str, Any]:
         """Every field; a part that did not run is left out rather than null."""
@@ -172,6 +174,30 @@ def _connections(p4: ConnectionsResult) -> Table:
     return (title, header, [row], [p4.note] if p4.note else [])
 
 
+def _tls(p5: TlsResult, opts: BenchOptions) -> Table:
+    header = ["load", "target", "req/s", "p99 ms", "errors", "CPU µs/req", "× nginx-tls"]
+    rows = [
+        [
+            r.load,
+            r.target,
+            fmt(r.rps, ".0f"),
+            fmt(r.p99_ms, ".2f"),
+            str(r.errors),
+            fmt(r.cpu_us_per_req, ".0f"),
+            fmt(r.x_nginx, ".3f"),
+        ]
+        for r in p5.summary
+    ]
+    notes = [
+        f"wrk -t1 -c{CONNECTIONS} https://…/small, {opts.seconds} s × {opts.rounds} round(s),"
+        " alternating order; ratios to nginx-tls within a round, medians over rounds.",
+        "handshakes: `Connection: close`, a new connection and a full handshake per request;"
+        " keep-alive: one handshake per connection.",
+        f"Same certificate ({p5.key_type}) for both; TLS 1.3 chosen by wrk; one process each.",
+    ]
+    return ("5. TLS", header, rows, notes)
+
+
 def _skipped(title: str, part: Skipped) -> Table:
     return (title, ["skipped"], [[part.skipped]], [])
 
@@ -194,6 +220,8 @@ def tables(results: BenchResults) -> list[Table]:
         out.append(_scale(p3))
     if results.connections:
         out.append(_connections(results.connections))
+    if results.tls:
+        out.append(_tls(results.tls, results.options))
     for part_name, error in results.errors.items():
         out.append((f"{part_name}: failed", ["error"], [[error]], []))
     return out

@@ -1,13 +1,14 @@
 """gogeta's benchmark: `make bench` (or `python bench/run.py`), everything on 127.0.0.1.
 
-Four parts, each bounded in time; every figure that depends on the machine is reported as a
+Five parts, each bounded in time; every figure that depends on the machine is reported as a
 ratio to a reference measured in the same run, because the machine is shared and noisy.
 
 1. throughput and latency (wrk) of gogeta against nginx, nginx as a proxy and a bare
-   pywsgi app; 2. propagation of an etcd change (v2, v3); 3. scale with many domains; 4. RSS with
-   many idle keep-alive connections. See bench/README.md for what each part measures and
-   the BENCH_* variables that bound it. Results: a table on stdout, JSON and Markdown in
-   bench/results/runs/ (git-ignored), and in bench/results/latest.* with BENCH_RECORD=1.
+   pywsgi app; 2. propagation of an etcd change (v2, v3); 3. scale with many domains; 4. RSS
+   with many idle keep-alive connections; 5. TLS against nginx terminating TLS. See
+   bench/README.md for what each part measures and the BENCH_* variables that bound it.
+   Results: a table on stdout, JSON and Markdown in bench/results/runs/ (git-ignored), and
+   in bench/results/latest.* with BENCH_RECORD=1.
 
 This file only wires the parts together; each lives in its own module of the `bench`
 package (see bench/__init__.py).
@@ -30,7 +31,7 @@ import tempfile  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from types import FrameType  # noqa: E402
 
-from bench import connections, propagation, scale, throughput  # noqa: E402
+from bench import connections, propagation, scale, throughput, tls  # noqa: E402
 from bench.harness import Processes, free_port, raise_nofile, say  # noqa: E402
 from bench.options import BenchOptions  # noqa: E402
 from bench.report import BenchResults, write_bench  # noqa: E402
@@ -72,11 +73,15 @@ def main() -> int:
     def part_4() -> None:
         results.connections = connections.run(rig)
 
+    def part_5() -> None:
+        results.tls = tls.run(rig)
+
     parts: list[tuple[int, str, Callable[[], None]]] = [
         (1, "throughput", part_1),
         (2, "propagation", part_2),
         (3, "scale", part_3),
         (4, "connections", part_4),
+        (5, "tls", part_5),
     ]
     failed = False
     for number, name, run in parts:

@@ -5,7 +5,11 @@ http://127.0.0.1:4001) and, when nothing answers there, starts one from the virt
 (data under `.run/etcd`): with `--enable-v2`, or for `-etcdApi v3` (`make run ETCD_API=v3`)
 without it, as etcd 3.6 and later run. It serves a two-instance example backend from
 this process, writes the route to it in etcd (docs/behaviour.md §1), starts gogeta, and
-prints the curl commands that show a routed request and the "not found" page. SIGINT or
+prints the curl commands that show a routed request and the "not found" page. It also
+serves the example on HTTPS (`--https-port`, default 7443, 0: off) with a certificate for
+example.localhost that it makes, signed by a CA of its own (`{run-dir}/tls/ca.pem`, for
+curl's --cacert), and writes into etcd under `certDir` as an operator would
+(docs/behaviour.md §9). SIGINT or
 SIGTERM stops everything it started, gogeta first, then etcd, then the backend. Arguments
 it does not know are gogeta's own flags, checked here and passed on.
 
@@ -48,6 +52,7 @@ DOMAIN = "example.localhost"
 SERVICE = "example"
 DEFAULT_ETCD = "http://127.0.0.1:4001"
 DEFAULT_BACKEND_PORTS = (8081, 8082)
+DEFAULT_HTTPS_PORT = 7443
 
 
 def log(message: str) -> None:
@@ -371,15 +376,12 @@ def write_route(
     """The example route (docs/behaviour.md §1): a service domain, its service, an instance
     per port."""
     service = f"{service_dir}/{SERVICE}"
-    write: Callable[[str, str], object]
     if api == "v3":
         below = service + "/"  # drop instances of an older run
         v3_call(
             host, port, "/v3/kv/deleterange", {"key": _b64(below), "range_end": _prefix_end(below)}
         )
 
-        def write(key: str, value: str) -> object:
-            return v3_call(host, port, "/v3/kv/put", {"key": _b64(key), "value": _b64(value)})
     else:
         import etcd  # python-etcd: untyped, its Any stays in this function
 
@@ -388,7 +390,7 @@ def write_route(
             client.delete(service, recursive=True, dir=True)  # drop instances of an older run
         except etcd.EtcdKeyNotFound:
             pass
-        write = client.write
+    write = writer(host, port, api)
     write(f"{domain_dir}/{DOMAIN}/type", "service")
     write(f"{domain_dir}/{DOMAIN}/value", SERVICE)
     for index, p in enumerate(ports, start=1):
@@ -396,6 +398,41 @@ def write_route(
         write(f"{service}/{index}/location", location)
         log(f"etcd: {service}/{index}/location = {location}")
     log(f"etcd: {domain_dir}/{DOMAIN}/type = service, value = {SERVICE}")
+
+
+def writer(host: str, port: int, api: str) -> Callable[[str, str], object]:
+    """A key write through etcd's `api` (v2: python-etcd; v3: the JSON gateway)."""
+    if api == "v3":
+
+        def write(key: str, value: str) -> object:
+            return v3_call(host, port, "/v3/kv/put", {"key": _b64(key), "value": _b64(value)})
+
+        return write
+    import etcd  # python-etcd: untyped, its Any stays in this function
+
+    written: Callable[[str, str], object] = etcd.Client(host=host, port=port, read_timeout=5).write
+    return written
+
+
+def write_certificate(host: str, port: int, cert_dir: str, tls_dir: Path, api: str = "v2") -> Path:
+    """A CA of this run's own, a certificate it signs for the example, stored in etcd.
+
+    Returns the CA's file, which a client trusts with `curl --cacert`. Made with trustme
+    (a test tool in requirements-dev.txt), fresh each run; the key only goes to etcd.
+    """
+    import trustme
+
+    ca = trustme.CA(organization_name="gogeta make run")
+    leaf = ca.issue_cert(DOMAIN)
+    tls_dir.mkdir(parents=True, exist_ok=True)
+    ca_file = tls_dir / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    write = writer(host, port, api)
+    chain = "".join(blob.bytes().decode() for blob in leaf.cert_chain_pems)
+    write(f"{cert_dir}/{DOMAIN}/cert", chain)
+    write(f"{cert_dir}/{DOMAIN}/key", leaf.private_key_pem.bytes().decode())
+    log(f"etcd: {cert_dir}/{DOMAIN}/cert and /key (signed by {ca_file})")
+    return ca_file
 
 
 # --------------------------------------------------------------------------- main
@@ -419,6 +456,13 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     )
     parser.add_argument(
         "--port", "-port", type=int, default=7777, help="gogeta's port (default 7777)"
+    )
+    parser.add_argument(
+        "--https-port",
+        type=int,
+        default=DEFAULT_HTTPS_PORT,
+        help=f"gogeta's -tlsPort, any free one when taken; 0: no HTTPS (default"
+        f" {DEFAULT_HTTPS_PORT})",
     )
     parser.add_argument(
         "--backend-ports",
@@ -481,6 +525,15 @@ def main(argv: Sequence[str]) -> int:
             backends.append(start_backend(str(index), p))
             log(f"example instance {index} listening on http://127.0.0.1:{p}/")
         write_route(etcd_host, etcd_port, domain_dir, service_dir, ports, api)
+        https_port = config.tlsPort or args.https_port
+        tls_flags: list[str] = []
+        if https_port:
+            if not config.tlsPort and not port_free(https_port):
+                https_port = free_port()
+                log(f"port {args.https_port} is taken: HTTPS on {https_port}")
+            ca_file = write_certificate(etcd_host, etcd_port, config.certDir, run_dir / "tls", api)
+            if not config.tlsPort:
+                tls_flags = ["-tlsPort", str(https_port)]
 
         gogeta_log = run_dir / "gogeta.log"
         argv_gogeta = [
@@ -492,6 +545,7 @@ def main(argv: Sequence[str]) -> int:
             str(args.port),
             "-etcdAddress",
             args.etcd_address,
+            *tls_flags,
             *gogeta_flags,
         ]
         log("starting " + " ".join(argv_gogeta[1:]) + f" (log in {gogeta_log})")
@@ -527,7 +581,15 @@ def main(argv: Sequence[str]) -> int:
             "A hostname that etcd does not know gets 404 'not found', as JSON for curl"
             " (its Accept is */*),\nas the HTML page with -H 'Accept: text/html':\n\n"
             f"    curl -i -H 'Host: nowhere.localhost' {base}\n\n"
-            "Ctrl-C stops gogeta, the example instances and the etcd started here.\n",
+            + (
+                "Over HTTPS, with the certificate made for example.localhost (curl trusts its"
+                " CA with\n--cacert; --resolve sends SNI and Host for that name to 127.0.0.1):"
+                f"\n\n    curl --cacert {ca_file} --resolve {DOMAIN}:{https_port}:127.0.0.1"
+                f" https://{DOMAIN}:{https_port}/\n\n"
+                if https_port
+                else ""
+            )
+            + "Ctrl-C stops gogeta, the example instances and the etcd started here.\n",
             flush=True,
         )
         while not _stop.is_set():

@@ -3,7 +3,8 @@
 - `health`: 200 once the resolver has loaded its table and etcd has not been unreachable
   for longer than `-healthGraceSeconds`; 503 otherwise, with the reason. For load
   balancers and the Docker HEALTHCHECK, so open to every client.
-- `routes`: `Resolver.describe()` (the live table and sync state) as JSON.
+- `routes`: `Resolver.describe()` (the live table and sync state) as JSON, and with
+  `-tlsPort` the certificates served (`tls`: state, expiry, why one is skipped; never a key).
 - `metrics`: Prometheus text (`proxy.metrics`).
 
 `routes` and `metrics` show the customers' table and traffic: only clients whose address
@@ -62,7 +63,9 @@ class Admin:
         metrics: Metrics,
         trusted: Sequence[Network],
         health_grace: float,
+        certificates: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
+        self.certificates = certificates
         self.resolver = resolver
         self.pages = pages
         self.metrics = metrics
@@ -88,7 +91,10 @@ class Admin:
                 code, body = health_of(self.resolver.stats(), self.health_grace, time.time())
                 return self._json(start_response, code, body, method)
             if name == "routes":
-                return self._json(start_response, 200, self.resolver.describe(), method)
+                routes = self.resolver.describe()
+                if self.certificates is not None:
+                    routes["tls"] = self.certificates()
+                return self._json(start_response, 200, routes, method)
             content_type, data = self.metrics.render()
             return self._send(start_response, 200, content_type, data, method)
         page = self.pages.render("notfound", 404)

@@ -26,6 +26,7 @@ from proxy.trust import Network, TrustedPeers
 from proxy.tunnel import Tunnels, wants_upgrade
 from proxy.wake import WakeFilter
 from resolvers.base import Resolver, RoutingError, Status, Upstream
+from transport.sockets import shutdown
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,16 @@ class Gogeta:
         wake_hold: float = 0.0,
         trusted_proxies: Iterable[Network] = (),
         no_wake_agents: re.Pattern[str] | None = None,
+        tls_port: int = 0,
+        hsts_max_age: int = 0,
     ) -> None:
+        # docs/behaviour.md §2.2: the redirect names gogeta's own TLS port unless it is
+        # https's default (or gogeta serves no TLS: a load balancer's 443, then).
+        self.https_port = f":{tls_port}" if tls_port and tls_port != 443 else ""
+        # RFC 6797 §7.2: only over a secure transport, so only on what gogeta served by TLS.
+        self.hsts = (
+            ("Strict-Transport-Security", f"max-age={hsts_max_age}") if hsts_max_age else None
+        )
         self.wake_hold = wake_hold
         self.wake_filter = WakeFilter(no_wake_agents)
         self.proxies = TrustedPeers(trusted_proxies)
@@ -105,6 +115,8 @@ class Gogeta:
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         hostname = ""
+        if self.hsts is not None and environ.get("wsgi.url_scheme") == "https":
+            start_response = self._with_hsts(start_response)
         try:
             hostname = hostname_of(environ.get("HTTP_HOST"))
             return self._serve(environ, start_response, hostname)
@@ -113,6 +125,19 @@ class Gogeta:
             if isinstance(exc, PayloadTooLarge):
                 return self._send_and_stop_reading(environ, start_response, page)
             return self._send(start_response, page)
+
+    def _with_hsts(self, start_response: StartResponse) -> StartResponse:
+        """`start_response` adding Strict-Transport-Security unless the backend set its own
+        (the application may want `includeSubDomains` or `preload`)."""
+        hsts = self.hsts
+        assert hsts is not None
+
+        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            if not any(name.lower() == "strict-transport-security" for name, _ in headers):
+                headers = [*headers, hsts]
+            return start_response(status, headers, exc_info)
+
+        return start
 
     def _error_page(self, environ: dict[str, Any], hostname: str, exc: Exception) -> Page:
         """The page answering `exc`, the one place errors become pages (docs/behaviour.md §2.8)."""
@@ -159,7 +184,9 @@ class Gogeta:
         if self.force_ssl and self._proto(environ, trusted) != "https":
             query = environ.get("QUERY_STRING", "")
             raw_path = (environ.get("RAW_URI") or path).partition("?")[0]
-            location = f"https://{hostname}{raw_path}" + (f"?{query}" if query else "")
+            location = f"https://{hostname}{self.https_port}{raw_path}" + (
+                f"?{query}" if query else ""
+            )
             start_response(
                 "301 Moved Permanently", [("Location", location), ("Content-Length", "0")]
             )
@@ -215,9 +242,12 @@ class Gogeta:
 
     @staticmethod
     def _proto(environ: dict[str, Any], trusted: bool) -> str:
-        """The scheme the client used: a trusted proxy's X-Forwarded-Proto, else ours."""
+        """The scheme the client used: ours over TLS, a trusted proxy's X-Forwarded-Proto,
+        else ours (docs/behaviour.md §2.5)."""
         scheme: str = environ.get("wsgi.url_scheme", "http")
-        return environ.get("HTTP_X_FORWARDED_PROTO", scheme) if trusted else scheme
+        if trusted and scheme != "https":
+            return str(environ.get("HTTP_X_FORWARDED_PROTO", scheme))
+        return scheme
 
     def _resolve_holding(self, hostname: str, wake: bool) -> Upstream:
         """`resolve`, but with `-wakeHoldSeconds` a request that finds its application
@@ -305,7 +335,7 @@ class Gogeta:
         sock = environ.get("gogeta.socket") or environ.get("gunicorn.socket")
         if sock is not None:
             try:
-                sock.shutdown(socket.SHUT_RD)
+                shutdown(sock, socket.SHUT_RD)
             except OSError:
                 pass
 

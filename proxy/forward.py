@@ -131,9 +131,13 @@ def request_headers(
     if trusted:  # a proxy of ours: what it says it saw, then where it came from
         forwarded_for = headers.get("X-Forwarded-For")
         headers["X-Forwarded-For"] = f"{forwarded_for}, {remote}" if forwarded_for else remote
-        proto = headers.setdefault("X-Forwarded-Proto", scheme)
         headers.setdefault("X-Forwarded-Host", host)
-        port = headers.setdefault("X-Forwarded-Port", own_port)
+        if scheme == "https":  # over gogeta's own TLS: TLS ended here (docs/behaviour.md §9)
+            headers["X-Forwarded-Proto"] = proto = scheme
+            headers["X-Forwarded-Port"] = port = own_port
+        else:
+            proto = headers.setdefault("X-Forwarded-Proto", scheme)
+            port = headers.setdefault("X-Forwarded-Port", own_port)
     else:  # anyone else: only what gogeta saw itself, whatever the client claimed
         headers["X-Forwarded-For"] = remote
         headers["X-Forwarded-Proto"] = proto = scheme

@@ -20,7 +20,8 @@ over the workers, gauges one per worker (label `pid`).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import (
@@ -42,12 +43,15 @@ from resolvers.base import Upstream
 MAX_DOMAINS = 200
 MAX_SERVICES = 200
 MAX_UPSTREAMS = 400
+MAX_CERTIFICATES = 200  # hostnames with an expiry series: the soonest to expire
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 FAILURE_KINDS = ("connect_refused", "connect_timeout", "timeout", "reset", "bad_answer")
 # The `class` label by `status // 100`; index 0 for any code outside 100–599.
 CLASSES = ("other", "1xx", "2xx", "3xx", "4xx", "5xx")
 
 Stats = Callable[[], dict[str, Any]]
+# ((hostname, notAfter epoch seconds) soonest first, {state: certificates}) (transport.tls)
+CertificateFigures = Callable[[], tuple[Sequence[tuple[str, float]], Mapping[str, int]]]
 
 
 def class_index(status: int) -> int:
@@ -84,6 +88,38 @@ class ResolverCollector(Collector):
             )
 
 
+class CertificateCollector(Collector):
+    """The certificates served, read at scrape time: seconds each has left, by state.
+
+    Every gunicorn worker holds the same certificates, so the worker answering a scrape
+    speaks for all (and a deleted certificate leaves at once, which the shared files of
+    prometheus-client's multiprocess mode cannot do).
+    """
+
+    def __init__(self, figures: CertificateFigures) -> None:
+        self.figures = figures
+
+    def collect(self) -> Iterable[Metric]:
+        expiries, states = self.figures()
+        now = time.time()
+        left = GaugeMetricFamily(
+            "gogeta_certificate_expiry_seconds",
+            f"Seconds until the certificate expires (the {MAX_CERTIFICATES} soonest)",
+            labels=["hostname"],
+        )
+        for hostname, not_after in expiries[:MAX_CERTIFICATES]:
+            left.add_metric([hostname], round(not_after - now))
+        yield left
+        counts = GaugeMetricFamily(
+            "gogeta_certificates",
+            "Certificates by state: ok, expiring (within 14 days), expired, skipped",
+            labels=["state"],
+        )
+        for state in ("ok", "expiring", "expired", "skipped"):
+            counts.add_metric([state], states.get(state, 0))
+        yield counts
+
+
 class _Upstream:
     """One upstream's labelled children, looked up once (`labels()` takes a lock and
     builds a key): requests by class, latency, failures by kind, retries."""
@@ -111,7 +147,9 @@ class _Upstream:
 
 
 class Metrics:
-    def __init__(self, stats: Stats | None = None) -> None:
+    def __init__(
+        self, stats: Stats | None = None, certificates: CertificateFigures | None = None
+    ) -> None:
         disable_created_metrics()  # type: ignore[no-untyped-call]  # `*_created`: noise
         self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         self.registry = CollectorRegistry()
@@ -190,6 +228,9 @@ class Metrics:
         if not self.multiprocess:
             for collector in self._local:
                 r.register(collector)
+        self._alike = None if certificates is None else CertificateCollector(certificates)
+        if self._alike is not None and not self.multiprocess:
+            r.register(self._alike)
         self._published: dict[str, Any] = {}  # family name → Gauge or Counter
         self._counted: dict[str, float] = {}  # counter name → value already added
 
@@ -326,5 +367,7 @@ class Metrics:
             self.publish()  # this worker's figures as of now
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            if self._alike is not None:
+                registry.register(self._alike)
             return CONTENT_TYPE_LATEST, generate_latest(registry)
         return CONTENT_TYPE_LATEST, generate_latest(self.registry)

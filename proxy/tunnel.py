@@ -23,6 +23,7 @@ from framing.response import relay_head
 from proxy.errors import BadGateway, GatewayTimeout
 from proxy.forward import AnswerHead, request_headers, target_of
 from resolvers.base import Upstream
+from transport.sockets import shutdown
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +192,7 @@ class Tunnels:
             self.on_count(-1)
             for sock in (backend, client):
                 try:
-                    sock.shutdown(socket.SHUT_RDWR)
+                    shutdown(sock, socket.SHUT_RDWR)
                 except OSError:
                     pass
             backend.close()

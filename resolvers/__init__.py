@@ -7,19 +7,29 @@ from typing import TYPE_CHECKING
 from resolvers.base import DEFAULT_ROBOTS, Resolver, RoutingError, Status, Upstream
 
 if TYPE_CHECKING:
+    from resolvers.source import Source
     from settings import Config
 
-__all__ = ["DEFAULT_ROBOTS", "Resolver", "RoutingError", "Status", "Upstream", "make_resolver"]
+__all__ = [
+    "DEFAULT_ROBOTS",
+    "Resolver",
+    "RoutingError",
+    "Status",
+    "Upstream",
+    "make_resolver",
+    "make_source",
+]
 
 
-def make_resolver(config: Config) -> Resolver:
-    """The resolver named by `config.resolverType`, not started yet."""
+def make_source(config: Config) -> Source | None:
+    """The etcd source of `-etcdApi` (None: the Dummy resolver reads no etcd).
+
+    Not started: whoever else needs a directory mirrored (the certificates) asks it first;
+    the resolver starts it.
+    """
     if config.resolverType == "Dummy":
-        from resolvers.dummy import DummyResolver
-
-        return DummyResolver(config.dummyTarget)
-    from resolvers.source import EtcdAccess, Source
-    from resolvers.table import TableResolver
+        return None
+    from resolvers.source import EtcdAccess
 
     access = EtcdAccess(
         urls=tuple(config.etcdAddress),
@@ -29,15 +39,26 @@ def make_resolver(config: Config) -> Resolver:
         username=config.etcdUsername,
         password=config.etcdPassword,
     )
-    source: Source
     if config.etcdApi == "v3":
         from resolvers.etcd3 import V3Source
 
-        source = V3Source(access)
-    else:
-        from resolvers.etcd2 import V2Source
+        return V3Source(access)
+    from resolvers.etcd2 import V2Source
 
-        source = V2Source(access, health_grace=config.healthGraceSeconds)
+    return V2Source(access, health_grace=config.healthGraceSeconds)
+
+
+def make_resolver(config: Config, source: Source | None = None) -> Resolver:
+    """The resolver named by `config.resolverType`, reading `source` (made when not given),
+    not started yet."""
+    if config.resolverType == "Dummy":
+        from resolvers.dummy import DummyResolver
+
+        return DummyResolver(config.dummyTarget)
+    from resolvers.table import TableResolver
+
+    source = source or make_source(config)
+    assert source is not None
     return TableResolver(
         source,
         config.domainDir,
@@ -45,5 +66,5 @@ def make_resolver(config: Config) -> Resolver:
         config.lastAccessInterval,
         config.ejectSeconds,
         env=config.resolverType == "Env",
-        implicit_dirs=config.etcdApi == "v3",  # v3 has keys only
+        implicit_dirs=source.implicit_dirs,
     )

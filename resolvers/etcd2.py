@@ -507,6 +507,7 @@ class V2Source:
     """etcd's v2 API (`/v2/keys`) as a `Source`: one watcher greenlet per directory."""
 
     name = "etcd v2"
+    implicit_dirs = False
 
     def __init__(
         self,

@@ -469,6 +469,7 @@ class V3Source:
     """etcd's v3 API (its JSON gateway) as a `Source`: one watcher greenlet per prefix."""
 
     name = "etcd v3"
+    implicit_dirs = True  # v3 has keys only
 
     def __init__(self, access: EtcdAccess, watch_timeout: float = WATCH_TIMEOUT) -> None:
         self.access = access

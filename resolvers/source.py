@@ -71,6 +71,9 @@ class Source(Protocol):
     """One etcd API behind the routing table."""
 
     name: str  # for logs and /__gogeta/routes: "etcd v2"...
+    # Keys only, no directories (etcd v3): a domain or an instance exists while a key under
+    # it does, and goes with its last key (resolvers/tree.py).
+    implicit_dirs: bool
 
     def mirror(self, mirror: Mirror, on_change: OnChange) -> None:
         """Keep `mirror` (its `prefix`) loaded and live once started. Before `start`."""

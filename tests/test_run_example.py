@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -35,6 +36,8 @@ def run_argv(port: int, etcd_address: str, run_dir: Path, *extra: str) -> list[s
         etcd_address,
         "--backend-ports",
         "0,0",
+        "--https-port",
+        str(free_port()),
         "--run-dir",
         str(run_dir),
         *extra,
@@ -162,6 +165,21 @@ def test_make_run_routes_the_example_and_stops_cleanly(tmp_path: Path, api: str)
             for line in access
             if line.startswith("{")
         ), access
+
+        # HTTPS as printed: the example's certificate, signed by the run's own CA.
+        command = next(ln for ln in output().splitlines() if "curl --cacert" in ln)
+        https_port = int(command.split("https://example.localhost:")[1].strip(" /"))
+        context = ssl.create_default_context(cafile=str(run_dir / "tls" / "ca.pem"))
+        with socket.create_connection(("127.0.0.1", https_port), timeout=10) as raw:
+            with context.wrap_socket(raw, server_hostname="example.localhost") as tls:
+                tls.sendall(
+                    b"GET / HTTP/1.1\r\nHost: example.localhost\r\nConnection: close\r\n\r\n"
+                )
+                answer = b""
+                while chunk := tls.recv(65536):
+                    answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+        assert b"Hello from the example application" in answer
 
         # A second example on the same etcd must not take the first one's route over.
         second = refused(run_argv(free_port(), etcd_address, tmp_path / "second", "-etcdApi", api))

@@ -29,6 +29,11 @@ def parse(*argv: str, **env: str) -> settings.Config:
 # Every flag with its default: the original's, plus the ones this implementation adds.
 DEFAULTS: list[tuple[str, Any]] = [
     ("port", 7777),
+    ("tlsPort", 0),
+    ("certDir", "/certs"),
+    ("tlsCertFile", ""),
+    ("tlsKeyFile", ""),
+    ("hstsMaxAge", 0),
     ("domainDir", "/domains"),
     ("serviceDir", "/services"),
     ("etcdAddress", ("http://127.0.0.1:4001/",)),

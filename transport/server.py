@@ -9,12 +9,16 @@ HEAD answer without Content-Length with a chunked body.
 Draining (SIGTERM, docs/behaviour.md §6): the listener closes, connections idle between two requests
 are closed, a connection busy with a request finishes that request and then closes; after
 the drain timeout whatever is still running is cut.
+
+TLS (docs/behaviour.md §9): a server given a context does each handshake in the
+connection's own greenlet, within `-clientTimeout`, before the handler sees the socket.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,7 +34,7 @@ from framing.request import (
     parse_request_line,
     read_header_lines,
 )
-from transport.sockets import sendall
+from transport.sockets import sendall, shutdown
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +111,13 @@ class ProxyHandler(pywsgi.WSGIHandler):  # type: ignore[misc]  # gevent is untyp
         timeout = sock.timeout
         sock.settimeout(0.0)
         try:
-            if self.rfile.peek(0):
+            try:
+                buffered = self.rfile.peek(0)  # at most one read, from TLS's buffer first
+            except ssl.SSLWantReadError:
+                buffered = b""  # TLS, nothing decrypted: the next record is not in yet
+            # Behind TLS the next request may sit decrypted in the TLS object (`pending`),
+            # where the socket's read event will never announce it.
+            if buffered or _decrypted(sock):
                 gevent.sleep(0)  # to the back of the queue of ready connections
                 return
             # Nothing buffered: the reader (and its buffer) is rebuilt when the request
@@ -145,7 +155,7 @@ class ProxyHandler(pywsgi.WSGIHandler):  # type: ignore[misc]  # gevent is untyp
     def close_idle(self) -> None:
         """Wake a handler blocked reading the next request: it sees end of file and closes."""
         try:
-            self.socket.shutdown(socket.SHUT_RDWR)
+            shutdown(self.socket, socket.SHUT_RDWR)
         except (OSError, AttributeError):
             pass
 
@@ -189,6 +199,21 @@ class ProxyHandler(pywsgi.WSGIHandler):  # type: ignore[misc]  # gevent is untyp
                 self.code = -self.code
             raise
         self.response_length += len(data)
+
+    close_connection: bool
+    request_version: str | None
+    response_headers: list[tuple[Any, Any]]
+
+    def start_response(self, status: str, headers: Any, exc_info: Any = None) -> Any:
+        write = super().start_response(status, headers, exc_info)
+        # RFC 9112 §9.6: a server closing after this answer (the client asked, or the
+        # answer is an error that ends the connection) says so. pywsgi only does for
+        # HTTP/1.0, and a keep-alive client would take the close for a failure.
+        if self.close_connection and self.request_version == "HTTP/1.1":
+            names = {(k if isinstance(k, str) else k.decode()).lower() for k, _ in headers}
+            if "connection" not in names:
+                self.response_headers.append((b"Connection", b"close"))
+        return write
 
     def finalize_headers(self) -> None:
         super().finalize_headers()
@@ -242,12 +267,24 @@ class ProxyHandler(pywsgi.WSGIHandler):  # type: ignore[misc]  # gevent is untyp
         return env
 
 
+def _decrypted(sock: Any) -> int:
+    """Bytes a TLS socket has decrypted and not handed out yet (0 for a plain socket)."""
+    pending = getattr(sock, "pending", None)
+    return int(pending()) if pending is not None else 0
+
+
 @dataclass(frozen=True, slots=True)
 class ServerOptions:
     """What the server needs beside the WSGI app, given by the composition root."""
 
     client_timeout: float = 0.0  # seconds for a request head or a silence; 0: no limit
     count_connection: Callable[[int], None] = lambda delta: None  # +1 / -1: open connections
+    tls: ssl.SSLContext | None = None  # serve TLS with this context (transport.tls)
+    tls_port: int = 0  # under gunicorn: the bound port whose listener serves TLS
+
+
+class HandshakeTimeout(ClientTimeout):
+    """A client that did not complete its TLS handshake within `-clientTimeout`."""
 
 
 class ProxyServer(pywsgi.WSGIServer):  # type: ignore[misc]
@@ -256,6 +293,8 @@ class ProxyServer(pywsgi.WSGIServer):  # type: ignore[misc]
     def __init__(
         self, listener: Any, *args: Any, options: ServerOptions | None = None, **kwargs: Any
     ) -> None:
+        options = options or ServerOptions()
+        self.tls = options.tls  # before pywsgi's __init__, which sets the environ from it
         # A pool (unbounded) so that `drain` can wait for the handlers; without one gevent
         # forgets them and stopping cuts every request in flight.
         kwargs.setdefault("spawn", Pool())
@@ -266,9 +305,57 @@ class ProxyServer(pywsgi.WSGIServer):  # type: ignore[misc]
         super().__init__(listener, *args, **kwargs)
         self.connections: set[ProxyHandler] = set()
         self.draining = False
-        options = options or ServerOptions()
         self.client_timeout = options.client_timeout  # see ProxyHandler.read_requestline
         self.count_connection = options.count_connection
+
+    def set_environ(self, environ: Any = None) -> None:
+        super().set_environ(environ)
+        if self.tls is not None:
+            # pywsgi says https only for its own ssl_args; X-Forwarded-Proto and the
+            # -forceFwSsl check read this (docs/behaviour.md §2.5).
+            self.environ["wsgi.url_scheme"] = "https"
+            self.environ["HTTPS"] = "on"
+
+    def handle(self, sock: Any, address: Any) -> None:
+        """In the connection's greenlet: the TLS handshake first, when serving TLS."""
+        if self.tls is None:
+            super().handle(sock, address)
+            return
+        secured = self._handshake(sock, address)
+        if secured is not None:
+            try:
+                super().handle(secured, address)
+            finally:
+                secured.close()
+
+    def _handshake(self, sock: Any, address: Any) -> Any:
+        """The TLS socket once its handshake is done, or None (refused, silent, slow).
+
+        A client that never completes it is cut after `-clientTimeout` in all (the socket
+        timeout alone would let one trickle a byte at a time); it only costs its socket.
+        """
+        assert self.tls is not None
+        timeout = self.client_timeout or None
+        deadline = (
+            gevent.Timeout.start_new(timeout, HandshakeTimeout("TLS handshake too slow"))
+            if timeout
+            else None
+        )
+        secured = None
+        try:
+            sock.settimeout(timeout)
+            secured = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+            secured.do_handshake()
+            return secured
+        except (OSError, ValueError) as exc:  # ssl.SSLError and the timeouts are OSErrors
+            # Scanners, clients refusing our certificate, no certificate for the name...
+            log.debug("TLS handshake with %s failed: %s", address[0] if address else "?", exc)
+            if secured is not None:
+                secured.close()
+            return None
+        finally:
+            if deadline is not None:
+                deadline.close()
 
     def close(self) -> None:
         """Stop accepting; connections idle between two requests close now, busy ones

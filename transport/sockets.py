@@ -27,3 +27,13 @@ def sendall(sock: Any, data: bytes | bytearray | memoryview) -> None:
             return
         data = memoryview(data)[sent:]
     sock.sendall(data)
+
+
+def shutdown(sock: Any, how: int) -> None:
+    """`sock.shutdown(how)` that leaves a TLS socket's state alone.
+
+    `SSLSocket.shutdown` drops the TLS layer first, so that anything still written (an
+    answer's last bytes, by a greenlet that has not noticed yet) would go out in clear text.
+    The kernel socket under it is shut down instead; OSError as `shutdown` raises it.
+    """
+    getattr(sock, "_sock", sock).shutdown(how)

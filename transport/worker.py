@@ -9,6 +9,7 @@ gunicorn gives the worker.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from typing import Any
@@ -19,11 +20,20 @@ from transport.server import ProxyHandler, ProxyServer, ServerOptions
 
 
 class WorkerServer(ProxyServer):
-    """gogeta's server on the listener and connection pool gunicorn gives a worker."""
+    """gogeta's server on the listener and connection pool gunicorn gives a worker.
+
+    gunicorn binds `-tlsPort` beside the plain port (gunicorn_hooks.on_starting) and
+    builds one server per listener: the one on that port serves TLS.
+    """
 
     def __init__(self, listener: Any, application: Any = None, **kwargs: Any) -> None:
         kwargs["log"] = None  # proxy.front writes the access lines
         kwargs["error_log"] = logging.getLogger("gogeta.server")
+        options: ServerOptions | None = kwargs.get("options")
+        if options is not None and options.tls is not None:
+            port = listener.getsockname()[1] if hasattr(listener, "getsockname") else None
+            if port != options.tls_port:
+                kwargs["options"] = dataclasses.replace(options, tls=None)
         super().__init__(listener, application, **kwargs)
 
 
