@@ -18,6 +18,7 @@ if __name__ == "__main__":
     monkey.patch_all()
 
 import logging  # noqa: E402
+import os  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Iterable, Sequence  # noqa: E402
@@ -76,9 +77,11 @@ def build_app(config: settings.Config) -> "Front":
     from proxy.app import Gogeta
     from proxy.forward import Forwarder
     from proxy.front import Front
+    from proxy.live import LiveView
     from proxy.metrics import Metrics
     from proxy.pages import StatusPages, TemplateError
     from proxy.static import StaticFiles
+    from proxy.traffic import Traffic
     from resolvers import make_resolver
 
     try:
@@ -100,9 +103,26 @@ def build_app(config: settings.Config) -> "Front":
         no_wake_agents=config.noWakeUserAgents,
     )
     metrics = Metrics(resolver.stats)
-    app.tunnels.on_count = metrics.count_tunnel
-    admin = Admin(resolver, pages, metrics, config.trustedNetworks, config.healthGraceSeconds)
-    front = Front(app, formatter(config.accessLog), admin, metrics, config.accessLogHealth)
+    traffic = Traffic()
+    try:
+        # An operator's copy of the templates may predate the live page: then gogeta's own.
+        live = LiveView(
+            resolver,
+            traffic,
+            [config.templateDir, settings.TEMPLATES],
+            settings.version(),
+            os.environ.get("PROMETHEUS_MULTIPROC_DIR") if metrics.multiprocess else None,
+        )
+    except TemplateError as exc:
+        raise settings.SettingError(f"-templateDir: {exc}") from exc
+
+    def count_tunnel(delta: int) -> None:
+        metrics.count_tunnel(delta)
+        traffic.count_tunnel(delta)
+
+    app.tunnels.on_count = count_tunnel
+    admin = Admin(resolver, pages, metrics, config.trustedNetworks, config.healthGraceSeconds, live)
+    front = Front(app, formatter(config.accessLog), admin, metrics, config.accessLogHealth, live)
     front.client_timeout = config.clientTimeout
     return front
 

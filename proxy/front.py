@@ -22,7 +22,9 @@ from proxy.admin import PREFIX as ADMIN_PREFIX
 from proxy.admin import Admin
 from proxy.app import Gogeta, StartResponse, hostname_of
 from proxy.errors import BadRequest, failure_kind
+from proxy.live import LiveView
 from proxy.metrics import Metrics
+from proxy.traffic import Traffic
 
 access_log = logging.getLogger("gogeta.access")
 log = logging.getLogger(__name__)
@@ -111,7 +113,10 @@ class Front:
         admin: Admin | None = None,
         metrics: Metrics | None = None,
         log_health: bool = True,
+        live: LiveView | None = None,
     ) -> None:
+        self.live = live
+        self.traffic: Traffic | None = live.traffic if live is not None else None
         self.app = app
         self.resolver = app.resolver
         self.access_line = access_line
@@ -144,6 +149,8 @@ class Front:
         """+1 / -1 as a client connection opens and closes (called by the server)."""
         if self.metrics is not None:
             self.metrics.count_connection(delta)
+        if self.traffic is not None:
+            self.traffic.count_connection(delta)
 
     def _refresh_metrics(self, metrics: Metrics) -> None:
         # Under gunicorn a scrape reaches one worker: every worker keeps its figures in the
@@ -157,6 +164,11 @@ class Front:
                 metrics.publish(process=started >= process_due)
             except Exception:
                 log.exception("cannot publish the metrics")
+            if self.live is not None and started >= process_due:
+                try:
+                    self.live.publish()  # this worker's heartbeat, for the live view
+                except OSError as exc:
+                    log.warning("cannot write the live view's heartbeat: %s", exc)
             if started >= process_due:
                 process_due = started + PUBLISH_SECONDS
             if not self.resolver.wait_for_change(PUBLISH_SECONDS):
@@ -229,10 +241,20 @@ class Front:
         if failures or self.upstreams:
             self._follow_upstreams(upstream, failures)
         metrics = self.metrics
-        if metrics is not None:
-            metrics.count_request(
-                ex.status, self._domain_label(ex, upstream is not None), received, sent
+        traffic = self.traffic
+        if metrics is None and traffic is None:
+            return
+        domain = self._domain_label(ex, upstream is not None)
+        if traffic is not None:
+            traffic.count(
+                ex.status,
+                None if domain == "unknown" else domain,
+                None if upstream is None else upstream.label,
+                ex.upstream_seconds,
+                [failed.label for failed, _ in failures] if failures else (),
             )
+        if metrics is not None:
+            metrics.count_request(ex.status, domain, received, sent)
             if upstream is not None:
                 metrics.count_upstream(upstream, ex.status, ex.upstream_seconds)
                 if environ.get("gogeta.retries"):

@@ -109,6 +109,13 @@ class Resolver(Protocol):
         """
         ...
 
-    def describe(self) -> dict[str, Any]:
-        """`stats()` plus `domains` and `services` (the live routing table), for `routes`."""
+    def describe(
+        self, query: str | None = None, page: int | None = None, per_page: int = 200
+    ) -> dict[str, Any]:
+        """`stats()` plus `domains` and `services` (the live routing table), for `routes`.
+
+        With `query` or `page`: one page of the domains whose hostname contains `query`,
+        in hostname order, the services they name, and `page` (`query`, `number`,
+        `per_page`, `total`, `pages`); only that page is built.
+        """
         ...

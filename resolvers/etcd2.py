@@ -178,6 +178,8 @@ class Watcher(Background):
         self.events_applied = 0
         self.lag = 0
         self.reloads = 0
+        self.load_reason = "first load"  # why the next load happens
+        self.last_load: tuple[float, str] | None = None  # (epoch seconds, reason)
 
     def run(self) -> None:
         backoff = Backoff()
@@ -196,6 +198,7 @@ class Watcher(Background):
                     self.prefix,
                     self.index,
                 )
+                self.load_reason = f"etcd no longer had the events from index {self.index}"
                 self.index = None
             except ETCD_DOWN as exc:
                 self._set_reachable(False, exc)
@@ -251,6 +254,7 @@ class Watcher(Background):
                     gc.enable()
             gc.freeze()
         self.reloads += 1
+        self.last_load = (time.time(), f"{self.prefix}: {self.load_reason}")
         self.loaded = True
         log.info("%s: loaded at etcd index %s", self.prefix, index)
         self.on_change("load", index)
@@ -284,6 +288,7 @@ class Watcher(Background):
             current = int(exc.payload["index"])
         if self.index is not None and current + 1 < self.index:
             log.warning("%s: etcd index went back to %s: reloading", self.prefix, current)
+            self.load_reason = f"etcd's index went back to {current} (its data was lost)"
             self.index = self._load()
 
     def _set_reachable(self, reachable: bool, exc: BaseException | None = None) -> None:
@@ -338,6 +343,8 @@ class V2Source:
         watchers = self.watchers
         unreachable = [w.unreachable_since for w in watchers if w.unreachable_since]
         errors = [w.last_error for w in watchers if w.last_error]
+        loads = [w.last_load for w in watchers if w.last_load]
+        last_load = max(loads) if loads else None
         return SyncState(
             loaded=all(w.loaded for w in watchers),
             index=min((w.index or 1) - 1 for w in watchers) if watchers else None,
@@ -346,6 +353,9 @@ class V2Source:
             events_applied=sum(w.events_applied for w in watchers),
             reloads=sum(w.reloads for w in watchers),
             lag=max((w.lag for w in watchers), default=0),
+            endpoint=watchers[0].endpoints.current if watchers else None,
+            last_load=last_load[0] if last_load else None,
+            last_load_reason=last_load[1] if last_load else None,
         )
 
     def touch(self, service_dir: str, service: str, index: str, stamp: str) -> None:

@@ -67,6 +67,9 @@ class SyncState:
     events_applied: int
     reloads: int
     lag: int  # events etcd had beyond the last one applied
+    endpoint: str | None = None  # the etcd endpoint in use
+    last_load: float | None = None  # epoch seconds of the last (re)load of a directory
+    last_load_reason: str | None = None  # why it was loaded then
 
 
 class Source(Protocol):
