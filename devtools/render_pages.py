@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import http.server
-import shutil
 import signal
 import socket
 import subprocess
@@ -26,7 +25,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from devtools.machine import free_port  # noqa: E402
+from devtools.machine import CHROMIUM_MISSING, chromium_binary, free_port  # noqa: E402
 from proxy.pages import PAGES, StatusPages  # noqa: E402
 
 # The HTTP code each page is shown with (docs/behaviour.md §3.2 and §2.8).
@@ -60,11 +59,10 @@ def log(message: str) -> None:
 
 
 def chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        found = shutil.which(name)
-        if found:
-            return found
-    raise SystemExit("pages: no Chromium found; on Debian: apt-get install -y chromium")
+    found = chromium_binary()
+    if found is None:
+        raise SystemExit(f"pages: {CHROMIUM_MISSING}")
+    return found
 
 
 def serve_pages(template_dir: Path) -> http.server.ThreadingHTTPServer:
