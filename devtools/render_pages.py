@@ -4,7 +4,9 @@ The pages are rendered by `proxy.pages.StatusPages` from `templateDir` and serve
 `__static__/`, by a small local HTTP server, so the browser loads the stylesheet by the same
 absolute path it uses behind gogeta. Two of them are also taken through a real gogeta
 process (Dummy resolver): `bad_gateway` from a backend that refuses, and `notfound` from a
-missing static asset. Headless Chromium takes the screenshots. Not part of `make test`.
+missing static asset. Headless Chromium takes the screenshots. The live view (`/__gogeta/`)
+is rendered by devtools/render_live.py, over a sample table in a local etcd, as
+`live-phone.png` and `live-desktop.png`. Not part of `make test`.
 """
 
 from __future__ import annotations
@@ -163,7 +165,9 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "pages", help="default pages/")
     parser.add_argument("--template-dir", type=Path, default=ROOT / "templates")
     parser.add_argument("--dark", action="store_true", help="also render in dark mode")
-    parser.add_argument("--only", default="", help="comma-separated page names (default all)")
+    parser.add_argument(
+        "--only", default="", help="comma-separated page names, `live` for the view (default all)"
+    )
     args = parser.parse_args(argv)
     out: Path = args.out.resolve()
     template_dir: Path = args.template_dir.resolve()
@@ -179,6 +183,7 @@ def main(argv: Sequence[str]) -> int:
     # Through gogeta itself: a refused backend, and a static asset that does not exist.
     shots.append(("live-bad_gateway", f"http://127.0.0.1:{gogeta_port}/"))
     shots.append(("live-notfound", f"http://127.0.0.1:{gogeta_port}/__static__/missing.css"))
+    with_view = not args.only or "live" in args.only.split(",")
     if args.only:
         wanted = set(args.only.split(","))
         shots = [shot for shot in shots if shot[0] in wanted]
@@ -194,6 +199,11 @@ def main(argv: Sequence[str]) -> int:
         gogeta.send_signal(signal.SIGTERM)
         gogeta.wait(timeout=15)
         server.shutdown()
+    if with_view:
+        from devtools.render_live import render_live
+
+        render_live(out, template_dir, SIZES, schemes)
+        log("live: done")
     log(f"{len(list(out.glob('*.png')))} screenshots in {out}")
     return 0
 

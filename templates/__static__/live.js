@@ -31,7 +31,11 @@
     if (h < 48) return `${h} h ${pad(m % 60)} min`;
     return `${Math.floor(h / 24)} d ${h % 24} h`;
   }
-  const ms = (v) => (v === null || v === undefined ? "–" : v < 10 ? `${v} ms` : `${Math.round(v)} ms`);
+  function ms(v) {
+    if (v === null || v === undefined) return "–";
+    if (v < 1) return `${v.toFixed(2)} ms`;
+    return v < 10 ? `${v.toFixed(1)} ms` : `${Math.round(v)} ms`;
+  }
   const rate = (v) => (v === null || v === undefined ? "–" : v >= 100 ? String(Math.round(v)) : String(v));
   // lastAccess as etcd holds it: the writer's local time, "YYYY-MM-DD HH:MM:SS".
   function ago(text, now) {
