@@ -124,7 +124,7 @@ class Admin:
                 return self._json(start_response, 200, described, method)
             if self.live is not None and name == "live":
                 overview = self.live.overview(*(paged or ("", 1, 200)))
-                return self._json(start_response, 200, overview, method)
+                return self._json(start_response, 200, overview, method, compact=True)
             if self.live is not None and name == "":
                 return self._send(
                     start_response,
@@ -141,9 +141,18 @@ class Admin:
         return [page.body]
 
     def _json(
-        self, start_response: StartResponse, code: int, body: Any, method: str | None
+        self,
+        start_response: StartResponse,
+        code: int,
+        body: Any,
+        method: str | None,
+        compact: bool = False,  # for a program polling it (the live page): no indentation
     ) -> Iterable[bytes]:
-        data = json.dumps(body, indent=1, sort_keys=True, default=str).encode() + b"\n"
+        if compact:
+            text = json.dumps(body, separators=(",", ":"), sort_keys=True, default=str)
+        else:
+            text = json.dumps(body, indent=1, sort_keys=True, default=str)
+        data = text.encode() + b"\n"
         return self._send(start_response, code, "application/json", data, method)
 
     @staticmethod
