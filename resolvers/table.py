@@ -19,7 +19,7 @@ import gevent.event
 import gevent.queue
 
 from resolvers.base import DEFAULT_ROBOTS, RoutingError, Status, Upstream
-from resolvers.listing import NameIndex, instance_view, page_of
+from resolvers.listing import CHUNK, NameIndex, instance_view, page_of, without_credentials
 from resolvers.model import Instance, Service, next_instance
 from resolvers.source import Background, Backoff, Source, SourceDown, WriteRefused
 from resolvers.tree import DomainTree, ServiceTree
@@ -365,7 +365,7 @@ class TableResolver:
                 "ejections": self.ejections.count,
             },
             "gauges": {"watch_lag_events": state.lag},
-            "endpoint": state.endpoint,
+            "endpoint": without_credentials(state.endpoint),
             "last_reload": None
             if state.last_load is None
             else {"at": state.last_load, "reason": state.last_load_reason},
@@ -377,14 +377,24 @@ class TableResolver:
         """`stats()` and the table: every domain and service, or with `query` or `page` one
         page of the domains (hostnames containing `query`, in order) and their services."""
         services = self.services.services
+        pause = _yield
         if query is None and page is None:
-            domains = self.domains.domains
+            # The whole table: built from a copy a chunk at a time, pausing in between.
+            described_domains = {}
+            for n, (host, d) in enumerate(list(self.domains.domains.items()), 1):
+                described_domains[host] = {"type": d.type, "value": d.value}
+                if n % CHUNK == 0:
+                    pause()
+            described_services = {}
+            for n, each in enumerate(list(services.values()), 1):
+                described_services[each.name] = self._instances(each)
+                if n % (CHUNK // 10) == 0:
+                    pause()
             return {
                 **self.stats(),
-                "domains": {h: {"type": d.type, "value": d.value} for h, d in domains.items()},
-                "services": {name: self._instances(s) for name, s in services.items()},
+                "domains": described_domains,
+                "services": described_services,
             }
-        pause = _yield
         listed: dict[str, Any] = services if self.env else self.domains.domains
         chosen = page_of(
             self._names.ordered(listed, pause), query or "", page or 1, per_page, pause
@@ -401,7 +411,7 @@ class TableResolver:
                     continue
                 shown[name] = {"type": domain.type, "value": domain.value}
                 service = services.get(domain.value) if domain.type == "service" else None
-            if service is not None:
+            if service is not None and service.name not in used:
                 used[service.name] = self._instances(service)
         return {**self.stats(), "domains": shown, "services": used, "page": chosen.summary()}
 

@@ -18,6 +18,7 @@ from resolvers.listing import (
     page_of,
     sorted_in_chunks,
     unroutable_reasons,
+    without_credentials,
 )
 from resolvers.model import Location, make_instance
 
@@ -206,3 +207,16 @@ def test_connections_and_tunnels_are_counted_both_ways() -> None:
     traffic.count_tunnel(1)
     totals = traffic.totals()
     assert (totals["open_connections"], totals["open_tunnels"]) == (1, 1)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("http://10.0.0.2:2379", "http://10.0.0.2:2379"),
+        ("https://user:secret@etcd.example:2379/", "https://etcd.example:2379/"),
+        ("http://a@b@etcd:2379", "http://etcd:2379"),
+        (None, None),
+    ],
+)
+def test_an_endpoint_is_shown_without_credentials(url: str | None, shown: str | None) -> None:
+    assert without_credentials(url) == shown
