@@ -131,7 +131,7 @@ def sample_gogeta(out: Path, template_dir: Path) -> Iterator[int]:
 def render_live(
     out: Path, template_dir: Path, sizes: dict[str, tuple[int, int]], schemes: list[bool]
 ) -> list[Path]:
-    """`live-SIZE[-dark].png`, whole pages, in `out`."""
+    """`view-SIZE[-dark].png`, whole pages, in `out`."""
     from playwright.sync_api import sync_playwright
 
     browser_path = chromium_binary()
@@ -149,7 +149,7 @@ def render_live(
                 page = context.new_page()
                 page.goto(f"http://127.0.0.1:{port}/__gogeta/")
                 page.wait_for_selector("#updated:has-text('Updated')")
-                png = out / f"live-{size_name}{'-dark' if dark else ''}.png"
+                png = out / f"view-{size_name}{'-dark' if dark else ''}.png"
                 page.screenshot(path=str(png), full_page=True)
                 made.append(png)
                 context.close()

@@ -6,7 +6,7 @@ absolute path it uses behind gogeta. Two of them are also taken through a real g
 process (Dummy resolver): `bad_gateway` from a backend that refuses, and `notfound` from a
 missing static asset. Headless Chromium takes the screenshots. The live view (`/__gogeta/`)
 is rendered by devtools/render_live.py, over a sample table in a local etcd, as
-`live-phone.png` and `live-desktop.png`. Not part of `make test`.
+`view-phone.png` and `view-desktop.png`. Not part of `make test`.
 """
 
 from __future__ import annotations
@@ -166,7 +166,9 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--template-dir", type=Path, default=ROOT / "templates")
     parser.add_argument("--dark", action="store_true", help="also render in dark mode")
     parser.add_argument(
-        "--only", default="", help="comma-separated page names, `live` for the view (default all)"
+        "--only",
+        default="",
+        help="comma-separated page names, `view` for the live view (default all)",
     )
     args = parser.parse_args(argv)
     out: Path = args.out.resolve()
@@ -183,7 +185,7 @@ def main(argv: Sequence[str]) -> int:
     # Through gogeta itself: a refused backend, and a static asset that does not exist.
     shots.append(("live-bad_gateway", f"http://127.0.0.1:{gogeta_port}/"))
     shots.append(("live-notfound", f"http://127.0.0.1:{gogeta_port}/__static__/missing.css"))
-    with_view = not args.only or "live" in args.only.split(",")
+    with_view = not args.only or "view" in args.only.split(",")
     if args.only:
         wanted = set(args.only.split(","))
         shots = [shot for shot in shots if shot[0] in wanted]

@@ -105,7 +105,9 @@ class Resolver(Protocol):
         `unreachable_since` (epoch seconds since etcd stopped answering, or None),
         `last_error` (str or None), `counters` (name → number that only grows since the
         process started: `events_applied`, `reloads`, `wakeups`...), `gauges` (name →
-        number that goes up and down: `watch_lag_events`).
+        number that goes up and down: `watch_lag_events`). Optional: `source` (its name),
+        `endpoint` (the etcd endpoint in use), `last_reload` (`at`, epoch seconds, and
+        `reason`, or None).
         """
         ...
 
