@@ -178,8 +178,20 @@
     );
   }
 
+  // Written only when it changes, so that screen readers announce changes, not every poll.
+  function setText(node, text) {
+    if (node.textContent !== text) node.textContent = text;
+  }
+
+  // Someone selecting text in the table (a hostname to copy) keeps it until they are done.
+  function selecting(node) {
+    const selection = window.getSelection();
+    return selection !== null && !selection.isCollapsed && node.contains(selection.anchorNode);
+  }
+
   function drawDomains(data) {
     const table = $("routes");
+    if (selecting(table)) return;
     for (const old of Array.from(table.tBodies)) old.remove();
     const now = data.generated;
     for (const domain of data.domains) {
@@ -222,10 +234,10 @@
     state.pages = page.pages;
     const first = page.total ? (page.number - 1) * page.per_page + 1 : 0;
     const last = Math.min(page.total, page.number * page.per_page);
-    $("count").textContent = `${page.total.toLocaleString("en")} domain${page.total === 1 ? "" : "s"}${state.q ? ` containing “${state.q}”` : ""}` +
+    setText($("count"), `${page.total.toLocaleString("en")} domain${page.total === 1 ? "" : "s"}${state.q ? ` containing “${state.q}”` : ""}` +
       (page.total ? `, showing ${first.toLocaleString("en")}–${last.toLocaleString("en")}` : "") +
-      (data.scope === "answering worker" ? ` · traffic: worker ${data.answered_by}` : "");
-    $("pageinfo").textContent = `Page ${page.number} of ${page.pages}`;
+      (data.scope === "answering worker" ? ` · traffic: worker ${data.answered_by}` : ""));
+    setText($("pageinfo"), `Page ${page.number} of ${page.pages}`);
     $("prev").disabled = page.number <= 1;
     $("next").disabled = page.number >= page.pages;
     document.querySelector(".pager").hidden = page.pages <= 1;
