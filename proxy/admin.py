@@ -3,13 +3,15 @@
 - `health`: 200 once the resolver has loaded its table and etcd has not been unreachable
   for longer than `-healthGraceSeconds`; 503 otherwise, with the reason. For load
   balancers and the Docker HEALTHCHECK, so open to every client.
-- `routes`: `Resolver.describe()` (the live table and sync state) as JSON, and with
-  `-tlsPort` the certificates served (`tls`: state, expiry, why one is skipped; never a key).
+- `routes`: `Resolver.describe()` (the live table and sync state) as JSON; with `q`,
+  `page` or `per_page` in the query string, one page of it; with `-tlsPort` the
+  certificates served too (`tls`: state, expiry, why one is skipped; never a key).
 - `metrics`: Prometheus text (`proxy.metrics`).
+- `` (the prefix itself) and `live`: the operator's live view and its JSON (`proxy.live`).
 
-`routes` and `metrics` show the customers' table and traffic: only clients whose address
-is in `-trustedNetworks` get them; others get the same 404 page as an unknown path.
-Every answer is JSON or text and carries `Cache-Control: no-store`.
+All but `health` show the customers' table and traffic: only clients whose address is in
+`-trustedNetworks` get them; others get the same 404 page as an unknown path. Every
+answer carries `Cache-Control: no-store`.
 """
 
 from __future__ import annotations
@@ -17,15 +19,29 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
+from urllib.parse import parse_qs
 
+import gevent
+
+from proxy.live import LiveView
 from proxy.metrics import Metrics
 from proxy.pages import StatusPages
 from proxy.trust import Network, is_trusted
 from resolvers.base import Resolver
 
 PREFIX = "/__gogeta/"
+TRUSTED_ONLY = frozenset({"routes", "metrics", "", "live"})
+# The live page runs its own script and stylesheet only (no inline code, nothing from elsewhere).
+PAGE_HEADERS = [
+    (
+        "Content-Security-Policy",
+        "default-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    ),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),
+]
 
 StartResponse = Callable[..., Any]
 
@@ -55,6 +71,24 @@ def health_of(described: dict[str, Any], grace: float, now: float) -> tuple[int,
     return 200, body
 
 
+def page_request(query_string: str) -> tuple[str, int, int] | None:
+    """(query, page, per page) from `q`, `page` and `per_page`; None when none is given.
+
+    Values that are no numbers fall back to the first page and 200 a page.
+    """
+    fields = parse_qs(query_string, keep_blank_values=True)
+    if not fields.keys() & {"q", "page", "per_page"}:
+        return None
+
+    def number(name: str, default: int) -> int:
+        try:
+            return int(fields.get(name, [""])[0])
+        except ValueError:
+            return default
+
+    return fields.get("q", [""])[0], number("page", 1), number("per_page", 200)
+
+
 class Admin:
     def __init__(
         self,
@@ -64,8 +98,10 @@ class Admin:
         trusted: Sequence[Network],
         health_grace: float,
         certificates: Callable[[], dict[str, Any]] | None = None,
+        live: LiveView | None = None,
     ) -> None:
         self.certificates = certificates
+        self.live = live
         self.resolver = resolver
         self.pages = pages
         self.metrics = metrics
@@ -75,8 +111,10 @@ class Admin:
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         name = environ.get("PATH_INFO", "")[len(PREFIX) :]
         method = environ.get("REQUEST_METHOD")
+        if self.live is None and name in ("", "live"):
+            name = "-"  # no live view: an unknown path
         if name == "health" or (
-            name in ("routes", "metrics") and is_trusted(environ.get("REMOTE_ADDR"), self.trusted)
+            name in TRUSTED_ONLY and is_trusted(environ.get("REMOTE_ADDR"), self.trusted)
         ):
             if method not in ("GET", "HEAD"):
                 return self._send(
@@ -90,11 +128,27 @@ class Admin:
             if name == "health":
                 code, body = health_of(self.resolver.stats(), self.health_grace, time.time())
                 return self._json(start_response, code, body, method)
+            paged = page_request(environ.get("QUERY_STRING", ""))
             if name == "routes":
-                routes = self.resolver.describe()
+                routes = self.resolver.describe(*paged) if paged else self.resolver.describe()
                 if self.certificates is not None:
                     routes["tls"] = self.certificates()
-                return self._json(start_response, 200, routes, method)
+                if paged:
+                    return self._json(start_response, 200, routes, method)
+                # The whole table: megabytes at 100,000 domains, sent a piece at a time.
+                return self._json_stream(start_response, routes, method)
+            if self.live is not None and name == "live":
+                overview = self.live.overview(*(paged or ("", 1, 200)))
+                return self._json(start_response, 200, overview, method, compact=True)
+            if self.live is not None and name == "":
+                return self._send(
+                    start_response,
+                    200,
+                    "text/html; charset=utf-8",
+                    self.live.page,
+                    method,
+                    PAGE_HEADERS,
+                )
             content_type, data = self.metrics.render()
             return self._send(start_response, 200, content_type, data, method)
         page = self.pages.render("notfound", 404)
@@ -102,10 +156,32 @@ class Admin:
         return [page.body]
 
     def _json(
-        self, start_response: StartResponse, code: int, body: Any, method: str | None
+        self,
+        start_response: StartResponse,
+        code: int,
+        body: Any,
+        method: str | None,
+        compact: bool = False,  # for a program polling it (the live page): no indentation
     ) -> Iterable[bytes]:
-        data = json.dumps(body, indent=1, sort_keys=True, default=str).encode() + b"\n"
+        if compact:
+            text = json.dumps(body, separators=(",", ":"), sort_keys=True, default=str)
+        else:
+            text = json.dumps(body, indent=1, sort_keys=True, default=str)
+        data = text.encode() + b"\n"
         return self._send(start_response, code, "application/json", data, method)
+
+    @staticmethod
+    def _json_stream(
+        start_response: StartResponse, body: Any, method: str | None
+    ) -> Iterable[bytes]:
+        """A large JSON answer, encoded and sent 64 KB at a time, letting other requests
+        run in between (the server sends it chunked, or until it closes for HTTP/1.0)."""
+        start_response(
+            "200 OK", [("Content-Type", "application/json"), ("Cache-Control", "no-store")]
+        )
+        if method == "HEAD":
+            return [b""]
+        return _pieces(json.JSONEncoder(indent=1, sort_keys=True, default=str).iterencode(body))
 
     @staticmethod
     def _send(
@@ -127,3 +203,18 @@ class Admin:
             ],
         )
         return [b"" if method == "HEAD" else data]
+
+
+def _pieces(parts: Iterable[str], size: int = 64 * 1024) -> Iterator[bytes]:
+    buffer: list[str] = []
+    held = 0
+    for part in parts:
+        buffer.append(part)
+        held += len(part)
+        if held >= size:
+            yield "".join(buffer).encode()
+            buffer.clear()
+            held = 0
+            gevent.sleep(0)
+    buffer.append("\n")
+    yield "".join(buffer).encode()

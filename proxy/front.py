@@ -19,7 +19,9 @@ from proxy.admin import PREFIX as ADMIN_PREFIX
 from proxy.admin import Admin
 from proxy.app import Gogeta, StartResponse, hostname_of
 from proxy.errors import BadRequest, failure_kind
+from proxy.live import LiveView
 from proxy.metrics import Metrics
+from proxy.traffic import Traffic
 
 access_log = logging.getLogger("gogeta.access")
 log = logging.getLogger(__name__)
@@ -108,7 +110,10 @@ class Front:
         admin: Admin | None = None,
         metrics: Metrics | None = None,
         log_health: bool = True,
+        live: LiveView | None = None,
     ) -> None:
+        self.live = live
+        self.traffic: Traffic | None = live.traffic if live is not None else None
         self.app = app
         self.access_line = access_line
         self.log_health = log_health  # -accessLogHealth
@@ -180,10 +185,20 @@ class Front:
         if failures or self.upstreams:
             self._follow_upstreams(upstream, failures)
         metrics = self.metrics
-        if metrics is not None:
-            metrics.count_request(
-                ex.status, self._domain_label(ex, upstream is not None), received, sent
+        traffic = self.traffic
+        if metrics is None and traffic is None:
+            return
+        domain = self._domain_label(ex, upstream is not None)
+        if traffic is not None:
+            traffic.count(
+                ex.status,
+                None if domain == "unknown" else domain,
+                None if upstream is None else upstream.label,
+                ex.upstream_seconds,
+                [failed.label for failed, _ in failures] if failures else (),
             )
+        if metrics is not None:
+            metrics.count_request(ex.status, domain, received, sent)
             if upstream is not None:
                 metrics.count_upstream(upstream, ex.status, ex.upstream_seconds)
                 if environ.get("gogeta.retries"):

@@ -120,10 +120,19 @@ class Resolver(Protocol):
         `unreachable_since` (epoch seconds since etcd stopped answering, or None),
         `last_error` (str or None), `counters` (name → number that only grows since the
         process started: `events_applied`, `reloads`, `wakeups`...), `gauges` (name →
-        number that goes up and down: `watch_lag_events`).
+        number that goes up and down: `watch_lag_events`). Optional: `source` (its name),
+        `endpoint` (the etcd endpoint in use), `last_reload` (`at`, epoch seconds, and
+        `reason`, or None).
         """
         ...
 
-    def describe(self) -> dict[str, Any]:
-        """`stats()` plus `domains` and `services` (the live routing table), for `routes`."""
+    def describe(
+        self, query: str | None = None, page: int | None = None, per_page: int = 200
+    ) -> dict[str, Any]:
+        """`stats()` plus `domains` and `services` (the live routing table), for `routes`.
+
+        With `query` or `page`: one page of the domains whose hostname contains `query`,
+        in hostname order, the services they name, and `page` (`query`, `number`,
+        `per_page`, `total`, `pages`); only that page is built.
+        """
         ...

@@ -49,10 +49,25 @@ class DummyResolver:
             "gauges": {},
         }
 
-    def describe(self) -> dict[str, Any]:
+    def describe(
+        self, query: str | None = None, page: int | None = None, per_page: int = 200
+    ) -> dict[str, Any]:
         u = self._upstream
-        return {
+        described = {
             **self.stats(),
             "domains": {"*": {"type": "uri", "value": f"{u.scheme}://{u.host}:{u.port}{u.path}"}},
             "services": {},
         }
+        if query is None and page is None:
+            return described
+        if query and query.strip() not in ("", "*"):
+            described["domains"] = {}
+        total = len(described["domains"])
+        described["page"] = {
+            "query": (query or "").strip().lower(),
+            "number": 1,
+            "per_page": per_page,
+            "total": total,
+            "pages": 1,
+        }
+        return described

@@ -283,6 +283,8 @@ class Watcher(Background):
         # A key of the table and its createdIndex, which etcd keeps until the key is deleted
         # or re-`set`; another etcd at the same address has it at another index or not at all.
         self.witness: tuple[str, int] | None = None
+        self.load_reason = "first load"  # why the next load happens
+        self.last_load: tuple[float, str] | None = None  # (epoch seconds, reason)
 
     def run(self) -> None:
         backoff = Backoff()
@@ -302,6 +304,7 @@ class Watcher(Background):
                     self.prefix,
                     self.index,
                 )
+                self.load_reason = f"etcd no longer had the events from index {self.index}"
                 self.index = None
             except etcd.EtcdClusterIdChanged as exc:
                 # A new etcd (a fresh data directory) at the address: its index says nothing
@@ -412,6 +415,7 @@ class Watcher(Background):
                     gc.enable()
             gc.freeze()
         self.reloads += 1
+        self.last_load = (time.time(), f"{self.prefix}: {self.load_reason}")
         self.loaded = True
         self.load_seconds = time.monotonic() - started
         self._gap, self.lag = 1.0, 0
@@ -450,6 +454,7 @@ class Watcher(Background):
             current = index_of_miss(exc)
         if self.index is not None and current + 1 < self.index:
             log.warning("%s: etcd index went back to %s: reloading", self.prefix, current)
+            self.load_reason = f"etcd's index went back to {current} (its data was lost)"
             self.index = self._load()
 
     def _holds_our_history(self) -> bool:
@@ -553,6 +558,8 @@ class V2Source:
         unreachable = [w.unreachable_since for w in watchers if w.unreachable_since]
         errors = [w.last_error for w in watchers if w.last_error]
         problems = [w.problem for w in watchers if w.problem]
+        loads = [w.last_load for w in watchers if w.last_load]
+        last_load = max(loads) if loads else None
         return SyncState(
             loaded=all(w.loaded for w in watchers),
             index=min((w.index or 1) - 1 for w in watchers) if watchers else None,
@@ -562,6 +569,9 @@ class V2Source:
             reloads=sum(w.reloads for w in watchers),
             lag=max((w.lag for w in watchers), default=0),
             problem=problems[-1] if problems else None,
+            endpoint=watchers[0].endpoints.current if watchers else None,
+            last_load=last_load[0] if last_load else None,
+            last_load_reason=last_load[1] if last_load else None,
         )
 
     def touch(self, service_dir: str, service: str, index: str, stamp: str) -> None:

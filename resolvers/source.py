@@ -65,6 +65,9 @@ class SyncState:
     # Why etcd cannot be used, when it answers but refuses (credentials, API not served,
     # TLS): the reason `/__gogeta/health` gives. None for a plain outage.
     problem: str | None = None
+    endpoint: str | None = None  # the etcd endpoint in use
+    last_load: float | None = None  # epoch seconds of the last (re)load of a directory
+    last_load_reason: str | None = None  # why it was loaded then
 
 
 class Source(Protocol):

@@ -19,6 +19,7 @@ import gevent.event
 import gevent.queue
 
 from resolvers.base import DEFAULT_ROBOTS, RoutingError, Status, Upstream
+from resolvers.listing import CHUNK, NameIndex, instance_view, page_of, without_credentials
 from resolvers.model import Instance, Service, next_instance
 from resolvers.source import Background, Backoff, Source, SourceDown, WriteRefused
 from resolvers.tree import DomainTree, ServiceTree
@@ -182,6 +183,14 @@ class Ejections:
         for upstream in [u for u, until in self._until.items() if until <= now]:
             del self._until[upstream]
 
+    def until(self, upstream: Upstream) -> float | None:
+        """Epoch seconds until which `upstream` is skipped, None when it is not."""
+        until = self._until.get(upstream)
+        if until is None:
+            return None
+        left = until - time.monotonic()
+        return None if left <= 0 else time.time() + left
+
     def ejected(self, upstream: Upstream) -> bool:
         until = self._until.get(upstream)
         if until is None:
@@ -228,6 +237,7 @@ class TableResolver:
         self._positions: dict[str, int] = {}  # round robin: the only per-request state
         self.ejections = Ejections(eject_seconds)
         self._sweeper: gevent.Greenlet | None = None
+        self._names = NameIndex()  # hostnames (Env: service names) in order, for pages
 
     def start(self) -> None:
         self.source.start()
@@ -267,6 +277,13 @@ class TableResolver:
         # Wake every request waiting in `wait_for_change`, then arm a fresh event.
         changed, self._changed = self._changed, gevent.event.Event()
         changed.set()
+        listed = self.services if self.env else self.domains
+        if kind == "load":  # rare: the names are sorted again when next listed
+            self._names.invalidate()
+        elif isinstance(detail, str) and detail.startswith(listed.prefix + "/"):
+            self._names.touched(detail[len(listed.prefix) + 1 :].partition("/")[0].lower())
+        elif detail == listed.prefix:
+            self._names.invalidate()
         # An instance deleted (or reloaded away) is a new one if it comes back: it must not
         # inherit the wake-up marks of the old one.
         # Without directories (v3) any key's deletion may be the instance's last one.
@@ -353,24 +370,67 @@ class TableResolver:
                 "ejections": self.ejections.count,
             },
             "gauges": {"watch_lag_events": state.lag},
+            "endpoint": without_credentials(state.endpoint),
+            "last_reload": None
+            if state.last_load is None
+            else {"at": state.last_load, "reason": state.last_load_reason},
         }
 
-    def describe(self) -> dict[str, Any]:
-        services = {
-            name: [
-                {
-                    "index": i.index,
-                    "status": i.status.value,
-                    "location": None
-                    if i.location is None
-                    else {"host": i.location.host, "port": i.location.port},
-                    "routable": i.upstream is not None,
-                }
-                for i in service.instances
-            ]
-            for name, service in self.services.services.items()
-        }
-        domains = {
-            host: {"type": d.type, "value": d.value} for host, d in self.domains.domains.items()
-        }
-        return {**self.stats(), "domains": domains, "services": services}
+    def describe(
+        self, query: str | None = None, page: int | None = None, per_page: int = 200
+    ) -> dict[str, Any]:
+        """`stats()` and the table: every domain and service, or with `query` or `page` one
+        page of the domains (hostnames containing `query`, in order) and their services."""
+        services = self.services.services
+        pause = _yield
+        if query is None and page is None:
+            # The whole table: built from a copy a chunk at a time, pausing in between.
+            described_domains = {}
+            for n, (host, d) in enumerate(list(self.domains.domains.items()), 1):
+                described_domains[host] = {"type": d.type, "value": d.value}
+                if n % CHUNK == 0:
+                    pause()
+            described_services = {}
+            for n, each in enumerate(list(services.values()), 1):
+                described_services[each.name] = self._instances(each)
+                if n % (CHUNK // 10) == 0:
+                    pause()
+            return {
+                **self.stats(),
+                "domains": described_domains,
+                "services": described_services,
+            }
+        listed: dict[str, Any] = services if self.env else self.domains.domains
+        chosen = page_of(
+            self._names.ordered(listed, pause), query or "", page or 1, per_page, pause
+        )
+        shown: dict[str, Any] = {}
+        used: dict[str, Any] = {}
+        for name in chosen.names:
+            if self.env:  # the service is the hostname's first label (docs/behaviour.md §5.2)
+                shown[f"{name}.*"] = {"type": "service", "value": name}
+                service = services.get(name)
+            else:
+                domain = listed.get(name)
+                if domain is None:
+                    continue
+                shown[name] = {"type": domain.type, "value": domain.value}
+                service = services.get(domain.value) if domain.type == "service" else None
+            if service is not None and service.name not in used:
+                used[service.name] = self._instances(service)
+        return {**self.stats(), "domains": shown, "services": used, "page": chosen.summary()}
+
+    def _instances(self, service: Service) -> list[dict[str, Any]]:
+        ejections = self.ejections
+        return [
+            instance_view(
+                i,
+                self.services.raw_of(service.name, i.index),
+                ejections.until(i.upstream) if ejections and i.upstream is not None else None,
+            )
+            for i in service.instances
+        ]
+
+
+def _yield() -> None:
+    gevent.sleep(0)  # let requests run between two chunks of a long listing

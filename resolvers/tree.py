@@ -170,6 +170,9 @@ class _RawInstance:
     expected: str | None = None
     alive: str | None = None
     robots: str | None = None
+    # Not routing: kept for /__gogeta/routes (why an instance is not routable, its lastAccess).
+    location_error: str | None = None
+    last_access: str | None = None
 
 
 @dataclass(slots=True)
@@ -253,6 +256,7 @@ class ServiceTree:
         if self.implicit_dirs and len(parts) >= 3 and index:
             return self._apply_key(name, service, parts, node, deleted)
         if len(parts) == 3 and parts[2] == "lastAccess" and index in service.raw:
+            service.raw[index].last_access = None if deleted else node.value
             return False  # our own write: nothing to recompute
         if not self._set(service, parts, node, deleted):
             return False
@@ -327,7 +331,7 @@ class ServiceTree:
         what = parts[2]
         value = None if deleted or node.dir else node.value
         if what == "location" and len(parts) == 3:
-            instance.location = self._location(node.key, value)
+            instance.location, instance.location_error = self._location(node.key, value)
         elif what == "status" and len(parts) == 3:
             if deleted:
                 instance.status_dir = False
@@ -342,18 +346,21 @@ class ServiceTree:
                 instance.robots = None
         elif what == "config" and len(parts) == 4 and parts[3] == "gogeta":
             instance.robots = self._robots(node.key, value)
+        elif what == "lastAccess" and len(parts) == 3:
+            instance.last_access = value
         else:
-            return True  # other keys (domain, lastAccess...) only make the instance exist
+            return True  # other keys (domain...) only make the instance exist
         return True
 
-    def _location(self, key: str, value: str | None) -> Location | None:
+    def _location(self, key: str, value: str | None) -> tuple[Location | None, str | None]:
+        """The location and, when it is invalid, why."""
         if value is None:
-            return None
+            return None, None
         try:
-            return parse_location(value)
+            return parse_location(value), None
         except ValueError as exc:
             self._report.invalid(key, value, str(exc))
-            return None
+            return None, str(exc)
 
     def _robots(self, key: str, value: str | None) -> str | None:
         if value is None:
@@ -363,6 +370,11 @@ class ServiceTree:
         except ValueError as exc:
             self._report.invalid(key, value, str(exc))
             return None
+
+    def raw_of(self, name: str, index: str) -> _RawInstance | None:
+        """What etcd holds for an instance, as read (for describing it, not for routing)."""
+        service = self._raw.get(name)
+        return None if service is None else service.raw.get(index)
 
     @staticmethod
     def _build(name: str, index: str, raw: _RawInstance) -> Instance:

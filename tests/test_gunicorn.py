@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -437,4 +438,39 @@ def test_metrics_cover_every_worker(gunicorn, etcd) -> None:
             what="both workers' 5 events in the summed counter",
         )
         assert found["gogeta_resolver_reloads_total"][()] >= 4  # 2 directories, 2 workers
+    assert server.stop() == 0
+
+
+def test_the_live_view_shows_every_worker(gunicorn, etcd) -> None:
+    with named("A") as a:
+        server = gunicorn({"GOGETA_ETCD_ADDRESS": etcd.url})
+        client = etcd.client()
+        client.write("/domains/shop.example.com/type", "service")
+        client.write("/domains/shop.example.com/value", "shop")
+        client.write("/services/shop/1/location", json.dumps({"host": "127.0.0.1", "port": a.port}))
+        every_worker_answers(server, "shop.example.com", 200, b"A")
+        pids = [ask(server.port, "shop.example.com")[2] for _ in range(20)]
+        assert set(pids) == server.worker_pids()
+
+        def live() -> dict[str, Any]:
+            body: dict[str, Any] = json.loads(request(server.port, "/__gogeta/live").body)
+            return body
+
+        # Each worker's heartbeat reaches the files within a second: whichever answers, the
+        # process block lists both and the totals add both up.
+        body = wait_until(
+            lambda: (
+                (b := live())["totals"]["requests"] >= len(pids)
+                and {w["pid"] for w in b["workers"]} == server.worker_pids()
+                and b
+            ),
+            timeout=5,
+            what="both workers' heartbeats",
+        )
+        assert body["mode"] == "gunicorn" and body["scope"] == "answering worker"
+        assert body["answered_by"] in server.worker_pids()
+        assert all(w["loaded"] and w["etcd_index"] > 0 for w in body["workers"])
+        [shop] = body["domains"]
+        answered = pids.count(body["answered_by"])
+        assert shop["traffic"]["requests"] >= answered  # this worker's own requests
     assert server.stop() == 0
