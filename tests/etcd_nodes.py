@@ -14,22 +14,15 @@ import json
 import signal
 import ssl
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.support import EtcdServer, etcd_binary, wait_until
+from devtools.machine import etcd_binary
+from tests.support import EtcdServer, TlsFiles, wait_until
 
-
-@dataclass(frozen=True)
-class Certificates:
-    """PEM files: a CA, a server certificate for 127.0.0.1, a client certificate."""
-
-    ca: Path
-    server_cert: Path
-    server_key: Path
-    client_cert: Path
-    client_key: Path
+# The PEM files of a test CA, a server certificate for 127.0.0.1 and a client certificate:
+# the same record the v3 tests' etcd takes (tests/support.py).
+Certificates = TlsFiles
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -197,7 +190,7 @@ class EtcdNode(EtcdServer):
         return str(body.get("leader", ""))
 
     def client(self) -> Any:
-        import etcd  # type: ignore[import-untyped]
+        import etcd
 
         tls: dict[str, Any] = {}
         if self.tls:

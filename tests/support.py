@@ -22,9 +22,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, Self, TypeVar
 
-from devtools.machine import etcd_binary, free_port
+from devtools.machine import etcd_binary
+from devtools.machine import free_port as free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 # The test run's process logs (gogeta, gunicorn, etcd), in one directory removed at exit.
@@ -34,7 +35,10 @@ T = TypeVar("T")
 
 
 def wait_until(
-    condition: Callable[[], T], timeout: float = 10.0, interval: float = 0.01, what: str = ""
+    condition: Callable[[], T | Literal[False] | None],
+    timeout: float = 10.0,
+    interval: float = 0.01,
+    what: str = "",
 ) -> T:
     """Poll `condition` until it returns something truthy; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
@@ -455,7 +459,7 @@ class RawServer:
     For the misbehaving backends: one that never answers, one that closes mid-body...
     """
 
-    def __init__(self, handle: Callable[[socket.socket], None]) -> None:
+    def __init__(self, handle: Callable[[socket.socket], object]) -> None:
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
@@ -482,7 +486,7 @@ class RawServer:
         except OSError:
             pass
 
-    def __enter__(self) -> RawServer:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 

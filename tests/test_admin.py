@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import Backend, EtcdServer, Response, free_port, through, wait_until
+from tests.support import Backend, EtcdServer, Response, Start, free_port, through, wait_until
 
 
 def route(etcd: Any, host: str, service: str, port: int) -> None:
@@ -43,7 +43,9 @@ def health(resp: Response) -> dict[str, Any]:
     return body
 
 
-def test_health_is_200_once_the_table_is_loaded_for_any_host(gogeta, etcd) -> None:
+def test_health_is_200_once_the_table_is_loaded_for_any_host(
+    gogeta: Start, etcd: EtcdServer
+) -> None:
     proxy = gogeta("-etcdAddress", etcd.url, "-forceFwSsl")
     resp = wait_until(
         lambda: (r := proxy.get("/__gogeta/health", host="any.example.org")).status == 200 and r,
@@ -58,7 +60,7 @@ def test_health_is_200_once_the_table_is_loaded_for_any_host(gogeta, etcd) -> No
     assert proxy.get("/", host="www.unknown.test").status == 301
 
 
-def test_health_is_503_until_etcd_answered(gogeta) -> None:
+def test_health_is_503_until_etcd_answered(gogeta: Start) -> None:
     proxy = gogeta("-etcdAddress", f"http://127.0.0.1:{free_port()}")
     resp = proxy.get("/__gogeta/health")
     assert resp.status == 503
@@ -68,7 +70,9 @@ def test_health_is_503_until_etcd_answered(gogeta) -> None:
     assert proxy.get("/__gogeta/health", method="HEAD").status == 503
 
 
-def test_health_turns_503_when_etcd_is_unreachable_past_the_grace(gogeta, tmp_path: Path) -> None:
+def test_health_turns_503_when_etcd_is_unreachable_past_the_grace(
+    gogeta: Start, tmp_path: Path
+) -> None:
     etcd = EtcdServer(tmp_path / "etcd").start()
     try:
         proxy = gogeta("-etcdAddress", etcd.url, "-healthGraceSeconds", "1")
@@ -86,7 +90,7 @@ def test_health_turns_503_when_etcd_is_unreachable_past_the_grace(gogeta, tmp_pa
         etcd.stop()
 
 
-def test_routes_is_the_live_table(gogeta, etcd) -> None:
+def test_routes_is_the_live_table(gogeta: Start, etcd: EtcdServer) -> None:
     with Backend() as backend:
         route(etcd, "shop.example.com", "shop", backend.port)
         proxy = gogeta("-etcdAddress", etcd.url)
@@ -107,7 +111,7 @@ def test_routes_is_the_live_table(gogeta, etcd) -> None:
 
 
 @pytest.mark.parametrize("path", ["routes", "metrics"])
-def test_untrusted_clients_get_the_notfound_page(gogeta, path: str) -> None:
+def test_untrusted_clients_get_the_notfound_page(gogeta: Start, path: str) -> None:
     with Backend() as backend:
         proxy = through(gogeta, backend.url + "/",
             "-trustedNetworks", "10.0.0.0/8, 192.168.0.0/16",
@@ -120,7 +124,9 @@ def test_untrusted_clients_get_the_notfound_page(gogeta, path: str) -> None:
     assert not backend.seen  # never forwarded
 
 
-def test_metrics_count_requests_domains_latency_and_connections(gogeta, etcd) -> None:
+def test_metrics_count_requests_domains_latency_and_connections(
+    gogeta: Start, etcd: EtcdServer
+) -> None:
     with Backend() as backend:
         route(etcd, "shop.example.com", "shop", backend.port)
         proxy = gogeta("-etcdAddress", etcd.url)
@@ -160,7 +166,7 @@ def test_metrics_count_requests_domains_latency_and_connections(gogeta, etcd) ->
     assert value(after, "gogeta_etcd_unreachable") == 0
 
 
-def test_domain_labels_are_bounded(gogeta) -> None:
+def test_domain_labels_are_bounded(gogeta: Start) -> None:
     with Backend() as backend:
         proxy = through(gogeta, backend.url + "/")
         for i in range(230):
@@ -176,7 +182,9 @@ def test_domain_labels_are_bounded(gogeta) -> None:
     assert sum(domains.values()) == 230
 
 
-def test_a_domain_keeps_its_series_and_later_ones_stay_other(monkeypatch) -> None:
+def test_a_domain_keeps_its_series_and_later_ones_stay_other(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """The first MAX_DOMAINS domains keep their own series however often they come back;
     domains first seen after them count as `other` every time."""
     from proxy.metrics import MAX_DOMAINS, Metrics

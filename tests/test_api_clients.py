@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 import pytest
 
-from tests.support import refused_port
+from tests.support import GogetaProcess, refused_port
 
 
 @pytest.fixture(scope="module")
-def proxy():
+def proxy() -> Iterator[GogetaProcess]:
     from tests.support import GogetaProcess
 
     target = f"http://127.0.0.1:{refused_port()}/"
@@ -23,7 +24,7 @@ def proxy():
     "headers",
     [{"Accept": "application/json"}, {"Accept": "*/*"}, {"X-Requested-With": "XMLHttpRequest"}],
 )
-def test_api_clients_get_json(proxy, headers) -> None:
+def test_api_clients_get_json(proxy: GogetaProcess, headers: dict[str, str]) -> None:
     resp = proxy.get("/api", host="api.test", headers=headers)
     assert resp.status == 502
     assert resp.header("Content-Type") == "application/json"
@@ -37,7 +38,7 @@ def test_api_clients_get_json(proxy, headers) -> None:
 
 
 @pytest.mark.parametrize("headers", [{}, {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}])
-def test_browsers_get_the_page(proxy, headers) -> None:
+def test_browsers_get_the_page(proxy: GogetaProcess, headers: dict[str, str]) -> None:
     resp = proxy.get("/", host="api.test", headers=headers)
     assert resp.status == 502
     assert resp.header("Content-Type") == "text/html; charset=utf-8"

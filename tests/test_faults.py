@@ -16,10 +16,19 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 
-from tests.support import EtcdServer, free_port, port_open, through, wait_until
+from tests.support import (
+    EtcdServer,
+    GogetaProcess,
+    Start,
+    free_port,
+    port_open,
+    through,
+    wait_until,
+)
 
 BACKEND = r"""
 import sys
@@ -102,7 +111,7 @@ class Load:
         wait_until(lambda: self.total() >= start + count, timeout=30, what=f"{count} requests")
 
 
-def route(client, domain: str, service: str, ports: list[int]) -> None:
+def route(client: Any, domain: str, service: str, ports: list[int]) -> None:
     for i, port in enumerate(ports, 1):
         client.write(
             f"/services/{service}/{i}/location", json.dumps({"host": "127.0.0.1", "port": port})
@@ -111,11 +120,11 @@ def route(client, domain: str, service: str, ports: list[int]) -> None:
     client.write(f"/domains/{domain}/value", service)
 
 
-def routed(proxy, host: str, body: bytes) -> Callable[[], bool]:
+def routed(proxy: GogetaProcess, host: str, body: bytes) -> Callable[[], bool]:
     return lambda: proxy.get("/", host=host).body == body
 
 
-def test_one_of_two_instances_killed_under_load(etcd, gogeta) -> None:
+def test_one_of_two_instances_killed_under_load(etcd: EtcdServer, gogeta: Start) -> None:
     with backend_process("a") as (proc_a, port_a), backend_process("b") as (_, port_b):
         route(etcd.client(), "kill.test", "kill", [port_a, port_b])
         proxy = gogeta("-etcdAddress", etcd.url)
@@ -130,7 +139,7 @@ def test_one_of_two_instances_killed_under_load(etcd, gogeta) -> None:
         assert load.bodies[b"b"] > load.total() - killed_at
 
 
-def test_backend_killed_mid_stream(gogeta, api) -> None:
+def test_backend_killed_mid_stream(gogeta: Start, api: str) -> None:
     if api == "v3":
         pytest.skip("no etcd in this one: run once")
     with backend_process("s") as (proc, port):
@@ -156,7 +165,7 @@ def test_backend_killed_mid_stream(gogeta, api) -> None:
     assert proxy.get("/", host="s.test").status == 502
 
 
-def test_etcd_killed_and_restarted_under_load(gogeta, api) -> None:
+def test_etcd_killed_and_restarted_under_load(gogeta: Start, api: str) -> None:
     server = EtcdServer(api=api).start()
     try:
         with backend_process("one") as (_, port1), backend_process("two") as (_, port2):
@@ -177,7 +186,7 @@ def test_etcd_killed_and_restarted_under_load(gogeta, api) -> None:
         server.stop()
 
 
-def test_index_cleared_recovery_under_load(etcd, gogeta, api) -> None:
+def test_index_cleared_recovery_under_load(etcd: EtcdServer, gogeta: Start, api: str) -> None:
     if api == "v3":
         pytest.skip("v2's event window: v3's compaction is tested in test_etcd3.py")
     with backend_process("old") as (_, port1), backend_process("new") as (_, port2):

@@ -19,6 +19,7 @@ import pytest
 from tests.etcd_routes import write_domain
 from tests.support import (
     Backend,
+    EtcdServer,
     GogetaProcess,
     RawServer,
     Start,
@@ -31,8 +32,11 @@ from tests.support import (
 # ----------------------------------------------------------------------- requests
 
 
+Recorded = tuple[GogetaProcess, Backend]  # the `recorded` fixture
+
+
 @pytest.fixture(scope="module")
-def recorded() -> Iterator[tuple[GogetaProcess, Backend]]:
+def recorded() -> Iterator[Recorded]:
     """One gogeta in front of one recording backend, for the request-side cases."""
     with Backend() as backend:
         proxy = GogetaProcess(
@@ -80,7 +84,7 @@ def content_length_requests() -> Iterator[tuple[str, bytes]]:
             yield f"{b:#04x} after", b"5" + bytes([b])
 
 
-def test_a_content_length_with_any_other_byte_around_it_is_refused(recorded) -> None:
+def test_a_content_length_with_any_other_byte_around_it_is_refused(recorded: Recorded) -> None:
     proxy, backend = recorded
     before = len(backend.seen)
     wrong = []
@@ -97,7 +101,7 @@ def test_a_content_length_with_any_other_byte_around_it_is_refused(recorded) -> 
     "value",
     ["\xa040", "40\x85", "5\x0b", "4_0", "+5", "-5", "0x5", "5 5", "５", "", "1" * 20],
 )
-def test_content_lengths_pythons_int_would_take_are_refused(recorded, value: str) -> None:
+def test_content_lengths_pythons_int_would_take_are_refused(recorded: Recorded, value: str) -> None:
     proxy, backend = recorded
     before = len(backend.seen)
     head = f"POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: {value}\r\n\r\n"
@@ -143,7 +147,9 @@ def test_the_backend_gets_the_normalised_content_length() -> None:
         b"GET http://user@a.test/ HTTP/1.1",
     ],
 )
-def test_malformed_request_lines_are_400_and_reach_no_backend(recorded, line: bytes) -> None:
+def test_malformed_request_lines_are_400_and_reach_no_backend(
+    recorded: Recorded, line: bytes
+) -> None:
     proxy, backend = recorded
     before = len(backend.seen)
     answer = exchange_quietly(proxy.port, line + b"\r\nHost: a.test\r\n\r\n")
@@ -156,7 +162,7 @@ def test_malformed_request_lines_are_400_and_reach_no_backend(recorded, line: by
 @pytest.mark.parametrize(
     "line", [b"CONNECT a.test:443 HTTP/1.1", b"TRACE / HTTP/1.1", b"TRACE * HTTP/1.1"]
 )
-def test_connect_and_trace_are_answered_405_by_gogeta(recorded, line: bytes) -> None:
+def test_connect_and_trace_are_answered_405_by_gogeta(recorded: Recorded, line: bytes) -> None:
     proxy, backend = recorded
     before = len(backend.seen)
     answer = exchange_quietly(proxy.port, line + b"\r\nHost: a.test\r\n\r\n")
@@ -165,7 +171,7 @@ def test_connect_and_trace_are_answered_405_by_gogeta(recorded, line: bytes) -> 
     assert len(backend.seen) == before
 
 
-def test_http2_preface_is_505_without_an_error_line(recorded) -> None:
+def test_http2_preface_is_505_without_an_error_line(recorded: Recorded) -> None:
     proxy, backend = recorded
     before = len(backend.seen)
     answer = exchange_quietly(proxy.port, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
@@ -175,7 +181,7 @@ def test_http2_preface_is_505_without_an_error_line(recorded) -> None:
 
 
 @pytest.mark.parametrize("value", [b"b\x0bc", b"b\x7fc", b"b\x1fc", b"\x0cb"])
-def test_control_bytes_in_a_request_header_are_400(recorded, value: bytes) -> None:
+def test_control_bytes_in_a_request_header_are_400(recorded: Recorded, value: bytes) -> None:
     proxy, backend = recorded
     before = len(backend.seen)
     answer = exchange_quietly(
@@ -186,7 +192,7 @@ def test_control_bytes_in_a_request_header_are_400(recorded, value: bytes) -> No
 
 
 @pytest.mark.parametrize("coding", [b"chunked\x0b", b"\xa0chunked", b"chunked, chunked"])
-def test_a_transfer_coding_with_odd_bytes_is_refused(recorded, coding: bytes) -> None:
+def test_a_transfer_coding_with_odd_bytes_is_refused(recorded: Recorded, coding: bytes) -> None:
     proxy, backend = recorded
     before = len(backend.seen)
     data = b"POST / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: " + coding + b"\r\n\r\n"
@@ -197,7 +203,7 @@ def test_a_transfer_coding_with_odd_bytes_is_refused(recorded, coding: bytes) ->
     assert len(backend.seen) == before
 
 
-def test_chunked_from_an_http_1_0_client_is_refused(recorded) -> None:
+def test_chunked_from_an_http_1_0_client_is_refused(recorded: Recorded) -> None:
     proxy, backend = recorded
     before = len(backend.seen)
     data = b"POST / HTTP/1.0\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
@@ -206,7 +212,9 @@ def test_chunked_from_an_http_1_0_client_is_refused(recorded) -> None:
 
 
 @pytest.mark.parametrize("token", ["host", "Host", "x-forwarded-for", "content-length"])
-def test_connection_tokens_cannot_remove_what_gogeta_must_send(recorded, token: str) -> None:
+def test_connection_tokens_cannot_remove_what_gogeta_must_send(
+    recorded: Recorded, token: str
+) -> None:
     proxy, backend = recorded
     resp = proxy.get(
         "/tokens", host="a.test", method="POST", body=b"data", headers={"Connection": token}
@@ -219,7 +227,9 @@ def test_connection_tokens_cannot_remove_what_gogeta_must_send(recorded, token: 
     assert seen.body == b"data"
 
 
-def test_absolute_form_is_routed_by_its_authority_and_sent_origin_form(gogeta, etcd) -> None:
+def test_absolute_form_is_routed_by_its_authority_and_sent_origin_form(
+    gogeta: Start, etcd: EtcdServer
+) -> None:
     client = etcd.client()
     with Backend() as a, Backend() as other:
         write_domain(client, "a.test", "uri", a.url + "/")

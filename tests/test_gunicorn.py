@@ -33,6 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.support import (
     ROOT,
     Backend,
+    EtcdServer,
     HeldBackend,
     LoggedProcess,
     exchange,
@@ -92,8 +93,11 @@ class Gunicorn(LoggedProcess):
         return {p.pid for p in psutil.Process(self.proc.pid).children()}
 
 
+StartGunicorn = Callable[..., Gunicorn]  # the `gunicorn` fixture
+
+
 @pytest.fixture
-def gunicorn() -> Iterator[Callable[..., Gunicorn]]:
+def gunicorn() -> Iterator[StartGunicorn]:
     started: list[Gunicorn] = []
 
     def start(
@@ -123,7 +127,7 @@ def dummy(url: str) -> dict[str, str]:
     ids=["fork-then-load", "preload", "gunicorn-gevent-worker"],
 )
 def test_two_workers_serve_configured_by_the_environment(
-    gunicorn, preload: bool, worker_class: str
+    gunicorn: StartGunicorn, preload: bool, worker_class: str
 ) -> None:
     with Backend() as backend:
         options = ["--preload"] if preload else []
@@ -138,7 +142,7 @@ def test_two_workers_serve_configured_by_the_environment(
     assert server.log().count('"GET /w') == 10
 
 
-def test_sigterm_to_the_arbiter_finishes_the_request_in_flight(gunicorn) -> None:
+def test_sigterm_to_the_arbiter_finishes_the_request_in_flight(gunicorn: StartGunicorn) -> None:
     with HeldBackend() as backend:
         server = gunicorn(dummy(backend.server.url))
         result: list[object] = []
@@ -163,7 +167,7 @@ def test_sigterm_to_the_arbiter_finishes_the_request_in_flight(gunicorn) -> None
     ids=["proxy-worker", "gunicorn-gevent-worker", "gevent-worker-without-config-file"],
 )
 def test_workers_check_requests_as_the_standalone_server(
-    gunicorn, tmp_path: Path, worker_class: str, elsewhere: bool
+    gunicorn: StartGunicorn, tmp_path: Path, worker_class: str, elsewhere: bool
 ) -> None:
     """gogeta's own server and request checks (framing.request) in every worker, whichever
     gevent worker runs it: ambiguous framing is refused before any backend sees it, with
@@ -204,7 +208,12 @@ def test_workers_check_requests_as_the_standalone_server(
     ids=["without-config-file", "without-config-file-preload", "sync-worker", "bad-setting"],
 )
 def test_gunicorn_stops_with_one_line_when_gogeta_cannot_start(
-    gunicorn, tmp_path: Path, elsewhere: bool, options: list[str], env: dict[str, str], said: str
+    gunicorn: StartGunicorn,
+    tmp_path: Path,
+    elsewhere: bool,
+    options: list[str],
+    env: dict[str, str],
+    said: str,
 ) -> None:
     """Started from another directory, gunicorn does not read gunicorn.conf.py and runs
     its sync worker, where gogeta cannot serve (every host 404, health 503 forever):
@@ -231,7 +240,7 @@ def test_gunicorn_stops_with_one_line_when_gogeta_cannot_start(
     assert errors == [], log
 
 
-def test_sigterm_closes_idle_keep_alive_connections_at_once(gunicorn) -> None:
+def test_sigterm_closes_idle_keep_alive_connections_at_once(gunicorn: StartGunicorn) -> None:
     """A stopping worker does not wait for idle clients until the graceful timeout."""
     with Backend() as backend:
         server = gunicorn({**dummy(backend.url), "GOGETA_DRAIN_TIMEOUT": "60"})
@@ -255,7 +264,12 @@ GRACEFUL = 10  # seconds: gunicorn.conf.py's graceful_timeout, from GOGETA_DRAIN
 
 def listening(server: Gunicorn) -> None:
     """The arbiter has bound its port; its workers are about to be forked."""
-    wait_until(lambda: server.check_running() or port_open(server.port), timeout=30)
+
+    def bound() -> bool:
+        server.check_running()
+        return port_open(server.port)
+
+    wait_until(bound, timeout=30)
 
 
 def forked(server: Gunicorn) -> None:
@@ -280,7 +294,7 @@ def respawned(server: Gunicorn) -> None:
 
 
 def test_sigterm_at_any_moment_of_a_start_stops_long_before_the_graceful_timeout(
-    gunicorn,
+    gunicorn: StartGunicorn,
 ) -> None:
     """Until gunicorn's worker sets its own handlers (after gevent's patching), a worker
     just forked has the arbiter's: a stop signal arriving then must still stop it, not
@@ -310,7 +324,7 @@ def test_sigterm_at_any_moment_of_a_start_stops_long_before_the_graceful_timeout
     assert not slow, f"stops that waited for the graceful timeout: {slow} (all: {stops})"
 
 
-def test_more_idle_clients_than_gunicorns_default_limit(gunicorn) -> None:
+def test_more_idle_clients_than_gunicorns_default_limit(gunicorn: StartGunicorn) -> None:
     """1,100 silent connections to one worker (gunicorn's default cap: 1,000): a new
     client is still served, not left in the listen queue behind them."""
     idle_count = 1100
@@ -371,7 +385,9 @@ def named(name: str) -> Backend:
     return Backend(lambda seen: (200, [("Content-Type", "text/plain")], name.encode()))
 
 
-def test_route_changes_in_etcd_reach_every_worker(gunicorn, etcd) -> None:
+def test_route_changes_in_etcd_reach_every_worker(
+    gunicorn: StartGunicorn, etcd: EtcdServer
+) -> None:
     with named("A") as a, named("B") as b:
         server = gunicorn({"GOGETA_ETCD_ADDRESS": etcd.url})
         client = etcd.client()
@@ -388,7 +404,7 @@ def test_route_changes_in_etcd_reach_every_worker(gunicorn, etcd) -> None:
         every_worker_answers(server, "shop.example.com", 404)
 
 
-def test_metrics_cover_every_worker(gunicorn, etcd) -> None:
+def test_metrics_cover_every_worker(gunicorn: StartGunicorn, etcd: EtcdServer) -> None:
     with named("A") as a:
         server = gunicorn({"GOGETA_ETCD_ADDRESS": etcd.url})
         client = etcd.client()
@@ -441,7 +457,7 @@ def test_metrics_cover_every_worker(gunicorn, etcd) -> None:
     assert server.stop() == 0
 
 
-def test_the_live_view_shows_every_worker(gunicorn, etcd) -> None:
+def test_the_live_view_shows_every_worker(gunicorn: StartGunicorn, etcd: EtcdServer) -> None:
     with named("A") as a:
         server = gunicorn({"GOGETA_ETCD_ADDRESS": etcd.url})
         client = etcd.client()

@@ -5,10 +5,19 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 
-from tests.support import Backend, RawServer, read_request_head, through, wait_until
+from tests.support import (
+    Backend,
+    GogetaProcess,
+    RawServer,
+    Start,
+    read_request_head,
+    through,
+    wait_until,
+)
 
 
 def exchange(port: int, data: bytes, timeout: float = 5) -> bytes:
@@ -66,7 +75,7 @@ REFUSED = {
 
 
 @pytest.fixture(scope="module")
-def proxied():
+def proxied() -> Iterator[tuple[GogetaProcess, Backend]]:
     """One gogeta in front of one recording backend, for the whole module."""
     from tests.support import GogetaProcess
 
@@ -81,7 +90,9 @@ def proxied():
 
 
 @pytest.mark.parametrize("case", list(REFUSED))
-def test_ambiguous_requests_are_refused_and_never_forwarded(proxied, case: str) -> None:
+def test_ambiguous_requests_are_refused_and_never_forwarded(
+    proxied: tuple[GogetaProcess, Backend], case: str
+) -> None:
     proxy, backend = proxied
     data, code = REFUSED[case]
     before = len(backend.seen)
@@ -92,7 +103,7 @@ def test_ambiguous_requests_are_refused_and_never_forwarded(proxied, case: str) 
     assert proxy.get("/after", host="hostile.test").status == 200
 
 
-def test_slowloris_head_is_cut(proxied) -> None:
+def test_slowloris_head_is_cut(proxied: tuple[GogetaProcess, Backend]) -> None:
     proxy, _ = proxied
     started = time.monotonic()
     with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
@@ -113,7 +124,7 @@ def test_slowloris_head_is_cut(proxied) -> None:
     assert proxy.get("/", host="slow.test").status == 200
 
 
-def test_trickling_body_is_cut_and_releases_the_backend(gogeta) -> None:
+def test_trickling_body_is_cut_and_releases_the_backend(gogeta: Start) -> None:
     closed = threading.Event()
 
     def backend(conn: socket.socket) -> None:
@@ -130,7 +141,7 @@ def test_trickling_body_is_cut_and_releases_the_backend(gogeta) -> None:
         assert proxy.get("/__static__/gogeta.css", host="x.test").status == 200  # still serving
 
 
-def test_client_leaving_mid_download_releases_the_backend(gogeta) -> None:
+def test_client_leaving_mid_download_releases_the_backend(gogeta: Start) -> None:
     closed = threading.Event()
 
     def endless(conn: socket.socket) -> None:
@@ -150,7 +161,7 @@ def test_client_leaving_mid_download_releases_the_backend(gogeta) -> None:
         wait_until(closed.is_set, timeout=10, what="backend connection closed")
 
 
-def test_bodies_over_the_limit_get_413(gogeta) -> None:
+def test_bodies_over_the_limit_get_413(gogeta: Start) -> None:
     with Backend() as backend:
         proxy = through(gogeta, backend.url + "/", "-maxBodySize", "1k")
         assert proxy.get("/", method="POST", body=b"x" * 1024).status == 200

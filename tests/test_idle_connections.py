@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import socket
 
-from tests.support import Backend, through
+from tests.support import Backend, Start, through
 
 
 def read_answers(sock: socket.socket, count: int) -> list[bytes]:
     """The bodies of `count` answers with Content-Length, read from one connection."""
     data = b""
-    bodies = []
+    bodies: list[bytes] = []
     while len(bodies) < count:
         head, sep, rest = data.partition(b"\r\n\r\n")
         if sep:
@@ -39,7 +39,7 @@ def request(path: str) -> bytes:
     return f"GET {path} HTTP/1.1\r\nHost: idle.test\r\n\r\n".encode()
 
 
-def test_pipelined_requests_are_all_answered(gogeta) -> None:
+def test_pipelined_requests_are_all_answered(gogeta: Start) -> None:
     with Backend() as backend:
         proxy = through(gogeta, backend.url + "/")
         with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as s:
@@ -49,7 +49,7 @@ def test_pipelined_requests_are_all_answered(gogeta) -> None:
             assert read_answers(s, 1) == [b"GET /after"]
 
 
-def test_many_idle_connections_are_reused(gogeta) -> None:
+def test_many_idle_connections_are_reused(gogeta: Start) -> None:
     with Backend() as backend:
         proxy = through(gogeta, backend.url + "/")
         socks = [socket.create_connection(("127.0.0.1", proxy.port), timeout=5) for _ in range(50)]
@@ -81,7 +81,7 @@ def read_available(sock: socket.socket) -> bytes:
     return data
 
 
-def test_a_pipelining_client_takes_turns_with_the_others(gogeta) -> None:
+def test_a_pipelining_client_takes_turns_with_the_others(gogeta: Start) -> None:
     """Between two requests of a connection the others get their turn.
 
     A request already buffered behind the previous one could be served at once, with no

@@ -13,7 +13,15 @@ from urllib.parse import urlencode
 
 import pytest
 
-from tests.support import Backend, EtcdServer, GogetaProcess, free_port, through, wait_until
+from tests.support import (
+    Backend,
+    EtcdServer,
+    GogetaProcess,
+    Start,
+    free_port,
+    through,
+    wait_until,
+)
 
 
 def put_many(etcd: EtcdServer, items: Iterable[tuple[str, str]], threads: int = 16) -> None:
@@ -67,7 +75,7 @@ def get_json(proxy: GogetaProcess, path: str) -> dict[str, Any]:
     return body
 
 
-def test_routes_say_why_each_instance_is_not_routable(gogeta, etcd) -> None:
+def test_routes_say_why_each_instance_is_not_routable(gogeta: Start, etcd: EtcdServer) -> None:
     refused = free_port()  # nothing listens there: connections are refused
     with Backend() as backend:
         put_many(etcd, [
@@ -119,7 +127,7 @@ def test_routes_say_why_each_instance_is_not_routable(gogeta, etcd) -> None:
         assert body["last_reload"]["reason"].endswith("first load")
 
 
-def test_routes_and_live_page_through_the_domains(gogeta, etcd) -> None:
+def test_routes_and_live_page_through_the_domains(gogeta: Start, etcd: EtcdServer) -> None:
     with Backend() as backend:
         hosts = [f"site{i:03}.example.com" for i in range(240)] + ["shop.example.com"]
         put_many(etcd, [
@@ -176,7 +184,7 @@ def test_routes_and_live_page_through_the_domains(gogeta, etcd) -> None:
     assert live["mode"] == "standalone" and len(live["workers"]) == 1
 
 
-def test_a_uri_domain_shows_its_url_and_traffic(gogeta, etcd) -> None:
+def test_a_uri_domain_shows_its_url_and_traffic(gogeta: Start, etcd: EtcdServer) -> None:
     with Backend() as backend:
         put_many(etcd, [
             ("/domains/api.example.com/type", "uri"),
@@ -191,7 +199,7 @@ def test_a_uri_domain_shows_its_url_and_traffic(gogeta, etcd) -> None:
 
 
 @pytest.mark.parametrize("path", ["/__gogeta/", "/__gogeta/live", "/__gogeta/routes?q=a"])
-def test_the_live_view_is_for_trusted_networks_only(gogeta, path: str) -> None:
+def test_the_live_view_is_for_trusted_networks_only(gogeta: Start, path: str) -> None:
     with Backend() as backend:
         proxy = through(gogeta, backend.url + "/", "-trustedNetworks", "10.0.0.0/8")
         resp = proxy.get(path)
@@ -200,7 +208,7 @@ def test_the_live_view_is_for_trusted_networks_only(gogeta, path: str) -> None:
     assert not backend.seen
 
 
-def test_the_page_is_a_shell_of_its_own_assets(gogeta) -> None:
+def test_the_page_is_a_shell_of_its_own_assets(gogeta: Start) -> None:
     with Backend() as backend:
         proxy = through(gogeta, backend.url + "/")
         page = proxy.get("/__gogeta/")

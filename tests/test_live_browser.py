@@ -13,10 +13,13 @@ import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
 
 from devtools.machine import CHROMIUM_MISSING, chromium_binary
-from tests.support import Backend, GogetaProcess, free_port, wait_until
+from tests.support import Backend, EtcdServer, GogetaProcess, Start, free_port, wait_until
 from tests.test_live import domain_keys, location, put_many
 
 FOLLOW_MS = 3000  # a change in etcd shows on the page within this long (it polls every 2 s)
+
+
+LivePage = tuple[Page, "Console"]  # the `page` fixture: a page and its console
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +66,9 @@ def group(page: Page, host: str) -> Any:
     return page.locator("#routes tbody").filter(has=page.locator(f"th .host:text-is('{host}')"))
 
 
-def test_the_page_follows_etcd_without_a_reload(gogeta, etcd, page) -> None:
+def test_the_page_follows_etcd_without_a_reload(
+    gogeta: Start, etcd: EtcdServer, page: tuple[Page, Console]
+) -> None:
     view, _ = page
     with Backend() as backend:
         put_many(etcd, [
@@ -106,7 +111,9 @@ def test_the_page_follows_etcd_without_a_reload(gogeta, etcd, page) -> None:
         assert "1" in view.locator("#process").inner_text()
 
 
-def test_search_finds_one_domain_among_10000(gogeta, etcd, page) -> None:
+def test_search_finds_one_domain_among_10000(
+    gogeta: Start, etcd: EtcdServer, page: tuple[Page, Console]
+) -> None:
     view, _ = page
     with Backend() as backend:
         hosts = [f"d{i:05}.example.com" for i in range(10_000)]
@@ -144,7 +151,9 @@ def test_search_finds_one_domain_among_10000(gogeta, etcd, page) -> None:
         assert group(view, "d00200.example.com").count() == 1
 
 
-def test_an_ejected_instance_shows_with_its_reason(gogeta, etcd, page) -> None:
+def test_an_ejected_instance_shows_with_its_reason(
+    gogeta: Start, etcd: EtcdServer, page: tuple[Page, Console]
+) -> None:
     view, _ = page
     with Backend() as backend:
         put_many(etcd, [
@@ -167,7 +176,9 @@ def test_an_ejected_instance_shows_with_its_reason(gogeta, etcd, page) -> None:
     assert int(errors) >= 1  # the failed exchange counts against that instance
 
 
-def test_on_a_phone_in_dark_mode_nothing_overflows(gogeta, etcd, browser: Browser) -> None:
+def test_on_a_phone_in_dark_mode_nothing_overflows(
+    gogeta: Start, etcd: EtcdServer, browser: Browser
+) -> None:
     context = browser.new_context(viewport={"width": 390, "height": 844}, color_scheme="dark")
     view = context.new_page()
     console = Console(view)
@@ -189,7 +200,7 @@ def test_on_a_phone_in_dark_mode_nothing_overflows(gogeta, etcd, browser: Browse
     assert console.errors == []
 
 
-def test_an_untrusted_client_gets_404(gogeta, browser: Browser) -> None:
+def test_an_untrusted_client_gets_404(gogeta: Start, browser: Browser) -> None:
     with Backend() as backend:
         proxy = gogeta(
             "-resolverType", "Dummy", "-dummyTarget", backend.url + "/",

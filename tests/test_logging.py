@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tests.support import (
     Backend,
     EtcdServer,
     GogetaProcess,
+    Start,
     refused_port,
     through,
     wait_until,
@@ -45,7 +49,9 @@ def route(etcd: Any, host: str, service: str, port: int) -> None:
     client.write(f"/services/{service}/1/location", json.dumps({"host": "127.0.0.1", "port": port}))
 
 
-def test_combined_line_per_request_with_host_upstream_and_times(gogeta, etcd) -> None:
+def test_combined_line_per_request_with_host_upstream_and_times(
+    gogeta: Start, etcd: EtcdServer
+) -> None:
     with Backend() as backend:
         route(etcd, "shop.example.com", "shop", backend.port)
         proxy = gogeta("-etcdAddress", etcd.url)
@@ -80,7 +86,7 @@ def test_combined_line_per_request_with_host_upstream_and_times(gogeta, etcd) ->
     assert (unknown["upstream"], unknown["upstream_seconds"]) == ("-", "-")
 
 
-def test_json_lines(gogeta) -> None:
+def test_json_lines(gogeta: Start) -> None:
     with Backend() as backend:
         proxy = through(gogeta, backend.url + "/", "-accessLog=json")
         assert proxy.get("/j?q=1", host="api.example.com").status == 200
@@ -95,7 +101,7 @@ def test_json_lines(gogeta) -> None:
     assert line["client"] == "127.0.0.1"
 
 
-def test_a_failed_upstream_is_logged_with_its_status(gogeta) -> None:
+def test_a_failed_upstream_is_logged_with_its_status(gogeta: Start) -> None:
     proxy = through(gogeta, f"http://127.0.0.1:{refused_port()}/")
     assert proxy.get("/").status == 502
     line = access_lines(proxy, 1, COMBINED.match)[0]
@@ -104,7 +110,7 @@ def test_a_failed_upstream_is_logged_with_its_status(gogeta) -> None:
     assert line["upstream_seconds"] == "-"  # it never answered
 
 
-def test_access_log_off(gogeta) -> None:
+def test_access_log_off(gogeta: Start) -> None:
     with Backend() as backend:
         proxy = through(gogeta, backend.url + "/", "-accessLog", "off")
         for _ in range(3):
@@ -114,7 +120,7 @@ def test_access_log_off(gogeta) -> None:
     assert "gogeta stopped" in proxy.log()
 
 
-def test_log_level_hides_application_info_but_not_access_lines(gogeta) -> None:
+def test_log_level_hides_application_info_but_not_access_lines(gogeta: Start) -> None:
     with Backend() as backend:
         proxy = through(gogeta, backend.url + "/", "-logLevel=WARNING")
         assert proxy.get("/").status == 200
@@ -124,7 +130,7 @@ def test_log_level_hides_application_info_but_not_access_lines(gogeta) -> None:
     assert " INFO " not in proxy.log()
 
 
-def test_normal_traffic_logs_nothing_at_warning(gogeta, etcd) -> None:
+def test_normal_traffic_logs_nothing_at_warning(gogeta: Start, etcd: EtcdServer) -> None:
     with Backend() as backend:
         route(etcd, "shop.example.com", "shop", backend.port)
         proxy = gogeta("-etcdAddress", etcd.url, "-logLevel", "DEBUG")
@@ -145,7 +151,9 @@ def warnings_of(proxy: GogetaProcess) -> list[str]:
     return re.findall(r"^\S+ \S+ (?:WARNING|ERROR|CRITICAL) (.*)$", proxy.log(), re.M)
 
 
-def test_an_etcd_outage_logs_one_line_going_and_one_coming_back(gogeta, tmp_path) -> None:
+def test_an_etcd_outage_logs_one_line_going_and_one_coming_back(
+    gogeta: Start, tmp_path: Path
+) -> None:
     etcd = EtcdServer(tmp_path / "etcd").start()
     try:
         with Backend() as backend:
@@ -182,7 +190,9 @@ def test_an_etcd_outage_logs_one_line_going_and_one_coming_back(gogeta, tmp_path
     assert len(warned) == 2, warned
 
 
-def test_a_failing_upstream_logs_its_state_changes_not_each_request(gogeta, etcd) -> None:
+def test_a_failing_upstream_logs_its_state_changes_not_each_request(
+    gogeta: Start, etcd: EtcdServer
+) -> None:
     with Backend() as backend:
         client = etcd.client()
         route(etcd, "shop.example.com", "shop", refused_port())
@@ -204,7 +214,7 @@ def test_a_failing_upstream_logs_its_state_changes_not_each_request(gogeta, etcd
     assert found is not None and int(found[1]) >= 21, recovered
 
 
-def test_a_long_failure_is_summed_up_once_a_minute(caplog) -> None:
+def test_a_long_failure_is_summed_up_once_a_minute(caplog: pytest.LogCaptureFixture) -> None:
     from proxy.front import UpstreamStates
 
     now = [1000.0]
@@ -222,7 +232,7 @@ def test_a_long_failure_is_summed_up_once_a_minute(caplog) -> None:
     assert len(messages) == 2 + len(summaries)
 
 
-def test_health_checks_can_be_left_out_of_the_access_log(gogeta) -> None:
+def test_health_checks_can_be_left_out_of_the_access_log(gogeta: Start) -> None:
     with Backend() as backend:
         quiet = through(gogeta, backend.url + "/", "-accessLogHealth=false")
         loud = through(gogeta, backend.url + "/")

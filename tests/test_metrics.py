@@ -15,9 +15,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import (
     Backend,
+    EtcdServer,
     GogetaProcess,
     RawServer,
     Response,
+    Start,
     read_request_head,
     refused_port,
     through,
@@ -64,7 +66,7 @@ def routed(proxy: GogetaProcess, host: str, status: int = 200) -> Response:
     )
 
 
-def test_resolver_figures_are_counters_read_at_scrape_time(gogeta, etcd) -> None:
+def test_resolver_figures_are_counters_read_at_scrape_time(gogeta: Start, etcd: EtcdServer) -> None:
     with Backend() as backend:
         route(etcd, "shop.example.com", "shop", {"1": backend.port})
         proxy = gogeta("-etcdAddress", etcd.url, "-lastAccessInterval", "0")
@@ -94,7 +96,7 @@ def test_resolver_figures_are_counters_read_at_scrape_time(gogeta, etcd) -> None
     assert value(after, "gogeta_resolver_last_access_writes_total") >= 1
 
 
-def test_code_is_the_status_code_and_bounded(gogeta, etcd) -> None:
+def test_code_is_the_status_code_and_bounded(gogeta: Start, etcd: EtcdServer) -> None:
     def odd(conn: socket.socket) -> None:
         while read_request_head(conn):
             conn.sendall(b"HTTP/1.1 599 Odd\r\nContent-Length: 0\r\n\r\n")
@@ -115,7 +117,7 @@ def test_code_is_the_status_code_and_bounded(gogeta, etcd) -> None:
     assert not {"2xx", "5xx"} & codes
 
 
-def test_error_ratio_per_domain_service_and_instance(gogeta, etcd) -> None:
+def test_error_ratio_per_domain_service_and_instance(gogeta: Start, etcd: EtcdServer) -> None:
     with Backend() as backend:
         dead = refused_port()
         route(etcd, "shop.example.com", "shop", {"1": backend.port})
@@ -146,7 +148,7 @@ def test_error_ratio_per_domain_service_and_instance(gogeta, etcd) -> None:
     assert types["gogeta_upstream_failures"] == "counter"
 
 
-def test_failure_kinds(gogeta) -> None:
+def test_failure_kinds(gogeta: Start) -> None:
     def resets(conn: socket.socket) -> None:
         read_request_head(conn)
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
@@ -174,7 +176,7 @@ def test_failure_kinds(gogeta) -> None:
             proxy.stop()
 
 
-def test_retries_ejections_bytes_and_process(gogeta, etcd) -> None:
+def test_retries_ejections_bytes_and_process(gogeta: Start, etcd: EtcdServer) -> None:
     with Backend() as backend:
         # Instance 1 refuses: the first request to it is replayed on instance 2.
         route(etcd, "shop.example.com", "shop", {"1": refused_port(), "2": backend.port})
@@ -213,7 +215,7 @@ def test_service_and_upstream_labels_are_bounded() -> None:
         for j in range(3):
             metrics.count_upstream(Upstream("http", "h", 1, service=f"s{i}", instance=str(j)), 200)
     _, text = metrics.render()
-    found: dict[str, set[tuple[str, ...]]] = {}
+    found: dict[str, set[tuple[tuple[str, str], ...]]] = {}
     for family in text_string_to_metric_families(text.decode()):
         for s in family.samples:
             found.setdefault(s.name, set()).add(tuple(sorted(s.labels.items())))

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 
-from resolvers.base import Status
+from resolvers.base import Status, Upstream
 from resolvers.model import (
+    Instance,
     Location,
     computed_status,
     make_domain,
@@ -41,7 +44,9 @@ STATUS_TABLE = [
 
 
 @pytest.mark.parametrize(("current", "expected", "alive", "status"), STATUS_TABLE)
-def test_computed_status_follows_the_table(current, expected, alive, status) -> None:
+def test_computed_status_follows_the_table(
+    current: str | None, expected: str | None, alive: str | None, status: Status
+) -> None:
     assert computed_status(True, current, expected, alive) is status
 
 
@@ -51,14 +56,14 @@ def test_no_status_directory_means_started() -> None:
     assert computed_status(False, "stopped", "stopped", None) is Status.STARTED
 
 
-def instance(index: str, status: str = "started", port: int | None = 8000):
+def instance(index: str, status: str = "started", port: int | None = 8000) -> Instance:
     location = Location("10.0.0.1", port) if port else None
     if status == "started":
         return make_instance("svc", index, location, False, None, None, None, None)
     return make_instance("svc", index, location, True, "stopped", status, None, None)
 
 
-def picks(instances, count: int) -> list[str | None]:
+def picks(instances: Sequence[Instance], count: int) -> list[str | None]:
     position, chosen = -1, []
     for _ in range(count):
         position, inst = next_instance(instances, position)
@@ -211,7 +216,9 @@ def test_spared_instances_are_chosen_only_when_nothing_else_can_serve() -> None:
     assert picks_with(instances, failing, 2) == ["1", "2"]
 
 
-def picks_with(instances, failing: set, count: int) -> list[str | None]:
+def picks_with(
+    instances: Sequence[Instance], failing: set[Upstream | None], count: int
+) -> list[str | None]:
     position, chosen = -1, []
     for _ in range(count):
         position, inst = next_instance(instances, position, None, failing.__contains__)

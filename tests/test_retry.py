@@ -4,11 +4,23 @@ from __future__ import annotations
 
 import json
 import socket
+from collections.abc import Callable
 
-from tests.support import Backend, RawServer, read_request_head, refused_port, through, wait_until
+from tests.support import (
+    Backend,
+    EtcdServer,
+    RawServer,
+    Reply,
+    Seen,
+    Start,
+    read_request_head,
+    refused_port,
+    through,
+    wait_until,
+)
 
 
-def add_route(etcd, domain: str, service: str, ports: list[int]) -> None:
+def add_route(etcd: EtcdServer, domain: str, service: str, ports: list[int]) -> None:
     client = etcd.client()
     for i, port in enumerate(ports, 1):
         client.write(
@@ -18,14 +30,14 @@ def add_route(etcd, domain: str, service: str, ports: list[int]) -> None:
     client.write(f"/domains/{domain}/value", service)
 
 
-def named(name: str):
-    def reply(seen):
+def named(name: str) -> Callable[[Seen], Reply]:
+    def reply(seen: Seen) -> Reply:
         return 200, [("Content-Type", "text/plain")], name.encode()
 
     return reply
 
 
-def test_refused_instance_is_skipped_for_every_method(etcd, gogeta) -> None:
+def test_refused_instance_is_skipped_for_every_method(etcd: EtcdServer, gogeta: Start) -> None:
     with Backend(named("alive")) as alive:
         add_route(etcd, "retry.test", "retry", [refused_port(), alive.port])
         proxy = gogeta("-etcdAddress", etcd.url, "-ejectSeconds", "0")
@@ -37,7 +49,7 @@ def test_refused_instance_is_skipped_for_every_method(etcd, gogeta) -> None:
         assert all(s.body == b"payload" for s in alive.seen if s.method == "POST")
 
 
-def test_refused_instance_is_ejected_for_a_while(etcd, gogeta) -> None:
+def test_refused_instance_is_ejected_for_a_while(etcd: EtcdServer, gogeta: Start) -> None:
     def count(conn: socket.socket) -> None:
         conn.close()  # accepted then closed: a failed exchange, and counted
 
@@ -53,7 +65,9 @@ def test_refused_instance_is_ejected_for_a_while(etcd, gogeta) -> None:
     assert proxy.log().count("preferring other instances") == 1
 
 
-def test_reset_after_the_request_is_replayed_only_when_safe(etcd, gogeta) -> None:
+def test_reset_after_the_request_is_replayed_only_when_safe(
+    etcd: EtcdServer, gogeta: Start
+) -> None:
     def reset(conn: socket.socket) -> None:
         read_request_head(conn)
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
@@ -72,7 +86,7 @@ def test_reset_after_the_request_is_replayed_only_when_safe(etcd, gogeta) -> Non
         assert 502 in posts and 200 in posts
 
 
-def test_stale_keep_alive_connection_is_not_a_502(gogeta) -> None:
+def test_stale_keep_alive_connection_is_not_a_502(gogeta: Start) -> None:
     """A backend that drops a kept-alive connection instead of answering its next request."""
 
     def one_answer_per_connection(conn: socket.socket) -> None:

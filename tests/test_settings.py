@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 import settings
-from tests.support import ROOT, wait_until
+from tests.support import ROOT, EtcdServer, Start, wait_until
 
 NO_ENV: dict[str, str] = {}
 
@@ -417,7 +417,7 @@ def test_gogeta_warns_once_at_start_about_an_unknown_variable(gogeta: Any) -> No
     assert " WARNING " in line and "GOGETA_PROT" in line and "GOGETA_PORT" in line
 
 
-def test_a_client_certificate_needs_its_key_and_a_password_its_user(tmp_path) -> None:
+def test_a_client_certificate_needs_its_key_and_a_password_its_user(tmp_path: Path) -> None:
     cert = tmp_path / "client.pem"
     cert.write_text("not checked here")
     with pytest.raises(settings.SettingError, match="-etcdCertFile and -etcdKeyFile"):
@@ -430,7 +430,7 @@ def test_a_client_certificate_needs_its_key_and_a_password_its_user(tmp_path) ->
     assert config.etcdCertFile == config.etcdKeyFile == str(cert.resolve())
 
 
-def test_the_etcd_password_is_never_shown(gogeta, etcd) -> None:
+def test_the_etcd_password_is_never_shown(gogeta: Start, etcd: EtcdServer) -> None:
     from resolvers.source import EtcdAccess
 
     assert "hunter2" not in repr(EtcdAccess(("http://e:2379",), username="u", password="hunter2"))

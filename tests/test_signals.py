@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -23,6 +24,7 @@ from tests.support import (
     GogetaProcess,
     HeldBackend,
     Response,
+    Start,
     port_open,
     request,
     through,
@@ -61,7 +63,9 @@ def exit_code(proxy: GogetaProcess, timeout: float = 20) -> int:
     return proxy.proc.wait(timeout=timeout)
 
 
-def test_sigusr1_logs_the_stack_of_every_thread_and_greenlet(gogeta, held) -> None:
+def test_sigusr1_logs_the_stack_of_every_thread_and_greenlet(
+    gogeta: Start, held: HeldBackend
+) -> None:
     proxy = through(gogeta, held.server.url + "/")
     answer = in_background(lambda: proxy.get("/slow"))
     assert held.received.wait(10)
@@ -78,7 +82,7 @@ def test_sigusr1_logs_the_stack_of_every_thread_and_greenlet(gogeta, held) -> No
     assert isinstance(resp, Response) and resp.status == 200
 
 
-def test_sigusr2_profiles_every_greenlet_into_a_pstats_file(gogeta, tmp_path: Path) -> None:
+def test_sigusr2_profiles_every_greenlet_into_a_pstats_file(gogeta: Start, tmp_path: Path) -> None:
     profile = tmp_path / "gogeta.prof"
     with Backend() as backend:
         proxy = through(gogeta, backend.url + "/", "-cpuProfile", str(profile))
@@ -95,7 +99,8 @@ def test_sigusr2_profiles_every_greenlet_into_a_pstats_file(gogeta, tmp_path: Pa
 
     stats = pstats.Stats(str(profile))
     functions = {
-        (Path(f).as_posix(), name): calls for (f, _, name), (calls, *_) in stats.stats.items()
+        (Path(f).as_posix(), name): calls
+        for (f, _, name), (calls, *_) in stats.stats.items()  # type: ignore[attr-defined]
     }
     served = {n for (f, n), c in functions.items() if f.endswith("proxy/app.py") and c >= 20}
     forwarded = {n for (f, n), c in functions.items() if f.endswith("proxy/forward.py")}
@@ -116,7 +121,7 @@ def test_sigusr2_profiles_every_greenlet_into_a_pstats_file(gogeta, tmp_path: Pa
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_shutdown_finishes_the_request_in_flight_refuses_new_ones_and_exits_0(
-    gogeta, held, signum: int
+    gogeta: Start, held: HeldBackend, signum: int
 ) -> None:
     proxy = through(gogeta, held.server.url + "/")
     answer = in_background(lambda: proxy.get("/slow"))
@@ -136,7 +141,7 @@ def test_shutdown_finishes_the_request_in_flight_refuses_new_ones_and_exits_0(
     assert exit_code(proxy) == 0
 
 
-def test_idle_keep_alive_connections_do_not_hold_the_drain(gogeta) -> None:
+def test_idle_keep_alive_connections_do_not_hold_the_drain(gogeta: Start) -> None:
     with Backend() as backend:
         proxy = through(gogeta, backend.url + "/", "-drainTimeout", "60")
         conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
@@ -150,7 +155,9 @@ def test_idle_keep_alive_connections_do_not_hold_the_drain(gogeta) -> None:
         conn.close()
 
 
-def test_drain_timeout_cuts_what_is_left_and_still_exits_0(gogeta, held) -> None:
+def test_drain_timeout_cuts_what_is_left_and_still_exits_0(
+    gogeta: Start, held: HeldBackend
+) -> None:
     proxy = through(gogeta, held.server.url + "/", "-drainTimeout", "1")
     answer = in_background(lambda: proxy.get("/never"))
     assert held.received.wait(10)
@@ -159,5 +166,7 @@ def test_drain_timeout_cuts_what_is_left_and_still_exits_0(gogeta, held) -> None
     assert exit_code(proxy) == 0
     cut = answer()
     # Killed mid-request: pywsgi answers 500 if nothing was sent yet, else the socket closes.
-    assert isinstance(cut, (OSError, http.client.HTTPException)) or cut.status == 500, cut
+    assert (
+        isinstance(cut, (OSError, http.client.HTTPException)) or cast(Response, cut).status == 500
+    ), cut
     assert "drain timeout: 1 connection(s) cut" in proxy.log()

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from tests.support import Backend, through
+from tests.support import Backend, Start, through
 
 
-def test_dummy_resolver_forwards_to_its_target(gogeta) -> None:
+def test_dummy_resolver_forwards_to_its_target(gogeta: Start) -> None:
     with Backend() as backend:
         proxy = through(gogeta, backend.url + "/")
         resp = proxy.get("/hello?x=1", host="shop.example.com")

@@ -22,6 +22,7 @@ from tests.support import (
     Backend,
     EtcdServer,
     GogetaProcess,
+    Start,
     free_port,
     port_open,
     request,
@@ -56,8 +57,11 @@ def certs(etcd: EtcdServer) -> Iterator[EtcdServer]:
 Started = tuple[GogetaProcess, int]
 
 
+TlsStart = Callable[..., "Started"]  # the `tls_gogeta` fixture
+
+
 @pytest.fixture
-def tls_gogeta(gogeta, certs: EtcdServer) -> Callable[..., Started]:
+def tls_gogeta(gogeta: Start, certs: EtcdServer) -> Callable[..., Started]:
     """gogeta with -tlsPort on a free port, reading `certs`; (process, TLS port)."""
 
     def start(*flags: str) -> Started:
@@ -82,7 +86,7 @@ def tls_state(proc: GogetaProcess) -> dict[str, object]:
 
 
 def test_sni_picks_the_exact_name_then_a_one_label_wildcard_then_the_default(
-    tls_gogeta, certs: EtcdServer, tmp_path: Path
+    tls_gogeta: TlsStart, certs: EtcdServer, tmp_path: Path
 ) -> None:
     store(certs, "a.example.com", A)
     store(certs, "*.example.com", WILDCARD)
@@ -99,7 +103,7 @@ def test_sni_picks_the_exact_name_then_a_one_label_wildcard_then_the_default(
 
 
 def test_without_a_default_unknown_names_are_refused_and_the_rest_served(
-    tls_gogeta, certs: EtcdServer
+    tls_gogeta: TlsStart, certs: EtcdServer
 ) -> None:
     store(certs, "a.example.com", A)
     proc, port = tls_gogeta()
@@ -112,7 +116,9 @@ def test_without_a_default_unknown_names_are_refused_and_the_rest_served(
     assert proc.proc is not None and proc.proc.poll() is None
 
 
-def test_certificates_are_added_replaced_and_deleted_live(tls_gogeta, certs: EtcdServer) -> None:
+def test_certificates_are_added_replaced_and_deleted_live(
+    tls_gogeta: TlsStart, certs: EtcdServer
+) -> None:
     proc, port = tls_gogeta()
     assert served(port, "live.example.com") is None
     first, second = issue("live.example.com"), issue("live.example.com")
@@ -139,7 +145,9 @@ def test_certificates_are_added_replaced_and_deleted_live(tls_gogeta, certs: Etc
     assert added < 5, f"a new certificate took {added:.2f}s to be served"
 
 
-def test_broken_pairs_are_skipped_logged_once_and_shown(tls_gogeta, certs: EtcdServer) -> None:
+def test_broken_pairs_are_skipped_logged_once_and_shown(
+    tls_gogeta: TlsStart, certs: EtcdServer
+) -> None:
     good, other = issue("good.example.com"), issue("mismatch.example.com")
     client = certs.client()
     store(certs, "good.example.com", good)
@@ -176,7 +184,9 @@ def test_broken_pairs_are_skipped_logged_once_and_shown(tls_gogeta, certs: EtcdS
     assert secret not in proc.get("/__gogeta/routes").text
 
 
-def test_expiring_certificates_are_flagged_and_measured(tls_gogeta, certs: EtcdServer) -> None:
+def test_expiring_certificates_are_flagged_and_measured(
+    tls_gogeta: TlsStart, certs: EtcdServer
+) -> None:
     import datetime
 
     soon = issue("soon.example.com", not_after=datetime.datetime.now() + datetime.timedelta(days=3))
@@ -199,7 +209,7 @@ def test_expiring_certificates_are_flagged_and_measured(tls_gogeta, certs: EtcdS
     assert 'gogeta_certificates{state="ok"} 1.0' in metrics
 
 
-def test_tls_1_1_is_refused_and_alpn_says_http_1_1(tls_gogeta, certs: EtcdServer) -> None:
+def test_tls_1_1_is_refused_and_alpn_says_http_1_1(tls_gogeta: TlsStart, certs: EtcdServer) -> None:
     store(certs, "a.example.com", A)
     _, port = tls_gogeta()
     wait_until(lambda: served(port, "a.example.com") == A.der)
@@ -220,7 +230,9 @@ def test_tls_1_1_is_refused_and_alpn_says_http_1_1(tls_gogeta, certs: EtcdServer
             assert tls.selected_alpn_protocol() == "http/1.1"
 
 
-def test_tls_requests_are_forwarded_as_https_with_hsts(tls_gogeta, certs: EtcdServer) -> None:
+def test_tls_requests_are_forwarded_as_https_with_hsts(
+    tls_gogeta: TlsStart, certs: EtcdServer
+) -> None:
     store(certs, "a.example.com", A)
     with Backend() as backend:
         route(certs, "a.example.com", backend)
@@ -252,7 +264,7 @@ def test_tls_requests_are_forwarded_as_https_with_hsts(tls_gogeta, certs: EtcdSe
 
 
 def test_a_client_silent_in_its_handshake_is_cut_and_blocks_nobody(
-    tls_gogeta, certs: EtcdServer
+    tls_gogeta: TlsStart, certs: EtcdServer
 ) -> None:
     store(certs, "a.example.com", A)
     _, port = tls_gogeta("-clientTimeout", "1")
@@ -274,7 +286,7 @@ def test_a_client_silent_in_its_handshake_is_cut_and_blocks_nobody(
 
 
 def test_fifty_keep_alive_tls_clients_pipelining_get_every_answer(
-    tls_gogeta, certs: EtcdServer
+    tls_gogeta: TlsStart, certs: EtcdServer
 ) -> None:
     """Requests sent together arrive in one TLS record and wait decrypted inside the TLS
     object, where a peek at the socket cannot see them: each must still be answered."""
@@ -315,7 +327,7 @@ def test_fifty_keep_alive_tls_clients_pipelining_get_every_answer(
     assert answered[0] == 50 * 4 * 6
 
 
-def test_websocket_over_tls(tls_gogeta, certs: EtcdServer) -> None:
+def test_websocket_over_tls(tls_gogeta: TlsStart, certs: EtcdServer) -> None:
     store(certs, "chat.example.com", issue("chat.example.com"))
     with EchoServer() as backend:
         client = certs.client()
@@ -345,15 +357,15 @@ def test_websocket_over_tls(tls_gogeta, certs: EtcdServer) -> None:
 
 
 def read_ws_frame(sock: ssl.SSLSocket) -> bytes:
-    head = read_exact(sock, 2)  # type: ignore[arg-type]
+    head = read_exact(sock, 2)
     size = head[1] & 0x7F
     if size == 126:
-        size = int.from_bytes(read_exact(sock, 2), "big")  # type: ignore[arg-type]
-    return read_exact(sock, size)  # type: ignore[arg-type]
+        size = int.from_bytes(read_exact(sock, 2), "big")
+    return read_exact(sock, size)
 
 
 def test_a_bad_default_certificate_stops_gogeta_at_start(
-    gogeta, certs: EtcdServer, tmp_path: Path
+    gogeta: Start, certs: EtcdServer, tmp_path: Path
 ) -> None:
     cert_file, _ = A.write(tmp_path, "a")
     _, key_file = issue("other.test").write(tmp_path, "other")
@@ -406,7 +418,9 @@ def test_under_gunicorn_every_worker_serves_tls_and_follows_etcd(certs: EtcdServ
         server.stop()
 
 
-def test_a_client_asking_to_close_is_told_so_on_both_ports(tls_gogeta, certs: EtcdServer) -> None:
+def test_a_client_asking_to_close_is_told_so_on_both_ports(
+    tls_gogeta: TlsStart, certs: EtcdServer
+) -> None:
     """RFC 9112 §9.6: the answer to `Connection: close` says `close` before the server
     closes, or a client counting on keep-alive takes the close for a failure."""
     store(certs, "a.example.com", A)

@@ -81,12 +81,14 @@ VISITORS = [
 @pytest.mark.parametrize("agent", CRAWLERS_AND_SCANNERS)
 def test_the_default_pattern_catches_crawlers_and_scanners(agent: str) -> None:
     pattern = settings.parse([], {}).noWakeUserAgents
+    assert pattern is not None
     assert pattern.search(agent), agent
 
 
 @pytest.mark.parametrize("agent", VISITORS)
 def test_the_default_pattern_leaves_browsers_and_api_clients(agent: str) -> None:
     pattern = settings.parse([], {}).noWakeUserAgents
+    assert pattern is not None
     assert not pattern.search(agent), agent
 
 

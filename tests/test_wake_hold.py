@@ -8,10 +8,10 @@ import threading
 import etcd as etcd_client
 import pytest
 
-from tests.support import Backend, wait_until
+from tests.support import Backend, EtcdServer, Start, wait_until
 
 
-def passivated(etcd, domain: str, service: str, port: int) -> None:
+def passivated(etcd: EtcdServer, domain: str, service: str, port: int) -> None:
     client = etcd.client()
     base = f"/services/{service}/1"
     client.write(f"{base}/location", json.dumps({"host": "127.0.0.1", "port": port}))
@@ -21,12 +21,12 @@ def passivated(etcd, domain: str, service: str, port: int) -> None:
     client.write(f"/domains/{domain}/value", service)
 
 
-def expected_of(etcd, service: str) -> tuple[str, int]:
+def expected_of(etcd: EtcdServer, service: str) -> tuple[str, int]:
     node = etcd.client().read(f"/services/{service}/1/status/expected")
     return node.value, node.modifiedIndex
 
 
-def orchestrate(etcd, service: str) -> None:
+def orchestrate(etcd: EtcdServer, service: str) -> None:
     """What the platform does once asked: starting, then started and alive."""
     wait_until(lambda: expected_of(etcd, service)[0] == "started", what="wake-up write")
     client = etcd.client()
@@ -35,12 +35,12 @@ def orchestrate(etcd, service: str) -> None:
     client.write(f"/services/{service}/1/status/current", "started")
 
 
-def test_two_proxies_wake_an_application_once(etcd, gogeta) -> None:
+def test_two_proxies_wake_an_application_once(etcd: EtcdServer, gogeta: Start) -> None:
     with Backend() as backend:
         passivated(etcd, "sleepy.test", "sleepy", backend.port)
         proxies = [gogeta("-etcdAddress", etcd.url) for _ in range(2)]
         for proxy in proxies:  # both loaded it asleep: a HEAD wakes nothing
-            wait_until(lambda p=proxy: p.get("/", host="sleepy.test", method="HEAD").status == 503)
+            wait_until(lambda p=proxy: p.get("/", host="sleepy.test", method="HEAD").status == 503)  # type: ignore[misc]
         # Both visited: each asks for the wake-up, unless the other's write reached it first
         # (then it reads stopped/started, an error by docs/behaviour.md §3.1, and asks for nothing).
         asked = [p for p in proxies if p.get("/", host="sleepy.test").status == 503]
@@ -62,7 +62,7 @@ def test_two_proxies_wake_an_application_once(etcd, gogeta) -> None:
         assert not backend.seen
 
 
-def test_api_client_gets_json_503_with_retry_after(etcd, gogeta) -> None:
+def test_api_client_gets_json_503_with_retry_after(etcd: EtcdServer, gogeta: Start) -> None:
     with Backend() as backend:
         passivated(etcd, "api-sleepy.test", "apisleepy", backend.port)
         proxy = gogeta("-etcdAddress", etcd.url)
@@ -84,7 +84,7 @@ def test_api_client_gets_json_503_with_retry_after(etcd, gogeta) -> None:
         assert json.loads(resp.body)["status"] == "passivated"
 
 
-def test_hold_forwards_once_the_application_is_up(etcd, gogeta) -> None:
+def test_hold_forwards_once_the_application_is_up(etcd: EtcdServer, gogeta: Start) -> None:
     with Backend() as backend:
         passivated(etcd, "held.test", "held", backend.port)
         proxy = gogeta("-etcdAddress", etcd.url, "-wakeHoldSeconds", "20")
@@ -97,7 +97,7 @@ def test_hold_forwards_once_the_application_is_up(etcd, gogeta) -> None:
         assert resp.body == b"GET /hello"
 
 
-def test_hold_gives_up_with_the_wait_page(etcd, gogeta) -> None:
+def test_hold_gives_up_with_the_wait_page(etcd: EtcdServer, gogeta: Start) -> None:
     with Backend() as backend:
         passivated(etcd, "never.test", "never", backend.port)
         proxy = gogeta("-etcdAddress", etcd.url, "-wakeHoldSeconds", "1")

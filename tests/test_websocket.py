@@ -20,6 +20,7 @@ import pytest
 from tests.support import (
     ROOT,
     RawServer,
+    Start,
     free_port,
     port_open,
     read_request_head,
@@ -135,7 +136,7 @@ def converse(port: int, backend: EchoServer) -> None:
     assert b"X-Forwarded-For: 127.0.0.1" in seen
 
 
-def test_websocket_standalone(gogeta) -> None:
+def test_websocket_standalone(gogeta: Start) -> None:
     with EchoServer() as backend:
         proxy = through(gogeta, backend.url + "/")
         converse(proxy.port, backend)
@@ -150,7 +151,7 @@ def test_websocket_standalone(gogeta) -> None:
         assert proxy.get("/__static__/gogeta.css").status == 200
 
 
-def test_declined_upgrade_is_relayed(gogeta) -> None:
+def test_declined_upgrade_is_relayed(gogeta: Start) -> None:
     with EchoServer(decline=True) as backend:
         proxy = through(gogeta, backend.url + "/")
         sock, head = handshake(proxy.port)
