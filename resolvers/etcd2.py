@@ -604,6 +604,39 @@ class V2Source:
                     raise SourceDown(str(exc)) from exc
         raise AssertionError("not reached: the last attempt returns or raises")
 
+    def get(self, key: str) -> str | None:
+        def read(client: Any) -> str | None:
+            try:
+                value = client.read(key).value
+            except etcd.EtcdKeyNotFound:
+                return None
+            return None if value is None else str(value)
+
+        return self._on_any_endpoint(read)
+
+    def create(self, key: str, value: str, ttl: int | None = None) -> bool:
+        def write(client: Any) -> bool:
+            try:
+                client.write(key, value, prevExist=False, ttl=ttl)
+            except etcd.EtcdAlreadyExist:
+                return False
+            return True
+
+        return self._on_any_endpoint(write)
+
+    def put(self, key: str, value: str) -> None:
+        self._on_any_endpoint(lambda client: client.write(key, value))
+
+    def delete(self, key: str, value: str) -> bool:
+        def remove(client: Any) -> bool:
+            try:
+                client.delete(key, prevValue=value)
+            except (etcd.EtcdKeyNotFound, etcd.EtcdCompareFailed):
+                return False
+            return True
+
+        return self._on_any_endpoint(remove)
+
     @staticmethod
     def _touch(client: Any, service_dir: str, base: str, stamp: str) -> None:
         key = f"{base}/lastAccess"
