@@ -12,14 +12,23 @@ import json
 import socket
 import ssl
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.acme_support import Pebble, pebble_missing
-from tests.support import Backend, EtcdServer, GogetaProcess, free_port, port_open, wait_until
+from tests.support import (
+    Backend,
+    EtcdServer,
+    GogetaProcess,
+    RawServer,
+    free_port,
+    port_open,
+    wait_until,
+)
 from tests.tls_support import issue, served, store
 
 missing = pebble_missing()
@@ -312,4 +321,32 @@ def test_a_certificate_close_to_expiry_is_renewed_without_a_failed_handshake(
     assert "PRIVATE KEY" in (stored(certs, "/certs/renew.example.test/key") or "")
 
 
-FleetStart = Callable[..., tuple[GogetaProcess, int]]
+def test_a_held_handshake_holds_no_other_connection(
+    fleet: Fleet, certs: EtcdServer, backend: Backend
+) -> None:
+    """An ACME server that accepts and never answers: the order hangs; the handshake for
+    its name waits -acmeHoldSeconds, every other connection goes on meanwhile."""
+    silent = threading.Event()
+    with RawServer(lambda conn: silent.wait(60)) as acme:
+        proc, tls_port = fleet.start(0, f"{acme.url}/dir", "-acmeHoldSeconds", "3")
+        route(certs, "slow.example.test", backend)
+        wait_until(lambda: proc.get("/", host="slow.example.test").status == 200)
+        held: list[float] = []
+
+        def held_handshake() -> None:
+            began = time.monotonic()
+            assert served(tls_port, "slow.example.test") == DEFAULT.der
+            held.append(time.monotonic() - began)
+
+        thread = threading.Thread(target=held_handshake)
+        thread.start()
+        wait_until(lambda: acme.connections, what="the order to reach the ACME server")
+        began = time.monotonic()
+        for _ in range(5):
+            assert served(tls_port, "other.example.test") == DEFAULT.der
+            assert proc.get("/__gogeta/health").status == 200
+        assert time.monotonic() - began < 2
+        thread.join(timeout=20)
+        assert held and 2.5 <= held[0] < 8, held
+        assert acme_state(proc)["names"]["slow.example.test"]["state"] == "ordering"
+        silent.set()
