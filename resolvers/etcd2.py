@@ -50,6 +50,16 @@ from resolvers.tree import Node
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+# python-etcd swaps pyOpenSSL in under every urllib3 connection of the process whenever it
+# can import it (the ACME library depends on it): undone, so the standard `ssl` module (and
+# its error reasons, `tls_failure` below) stays in charge of etcd's and backends' TLS.
+try:
+    from urllib3.contrib import pyopenssl
+except ImportError:  # pragma: no cover - pyOpenSSL not installed
+    pass
+else:
+    pyopenssl.extract_from_urllib3()
+
 # python-etcd logs every failed request at ERROR; we log state changes ourselves.
 logging.getLogger("etcd.client").setLevel(logging.CRITICAL)
 
