@@ -22,6 +22,7 @@ COPY gogeta.py settings.py errors.py gunicorn.conf.py gunicorn_hooks.py docker-e
 COPY proxy/ ./proxy/
 COPY resolvers/ ./resolvers/
 COPY framing/ ./framing/
+COPY issuance/ ./issuance/
 COPY transport/ ./transport/
 COPY templates/ ./templates/
 

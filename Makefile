@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest pages chromium bench soak clean
+.PHONY: run test lint typecheck pytest pages chromium pebble bench soak clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@$(PYTHON) -m venv $(VENV) || { \
@@ -26,7 +26,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP) chromium
+pytest: $(STAMP) chromium pebble
 	$(BIN)/pytest
 
 # The system's Chromium, for the browser tests (Playwright drives it) and `make pages`:
@@ -36,6 +36,13 @@ chromium:
 	  echo "installing Debian's chromium (browser tests, make pages)"; \
 	  apt-get update -qq && apt-get install -y -qq chromium >/dev/null || \
 	  echo "chromium could not be installed: the browser tests will be skipped"; }
+
+# Debian's pebble and its mock DNS: the ACME server the certificate-on-demand tests order from.
+pebble:
+	@command -v pebble >/dev/null && command -v pebble-challtestsrv >/dev/null || { \
+	  echo "installing Debian's pebble (ACME tests)"; \
+	  apt-get update -qq && apt-get install -y -qq pebble >/dev/null || \
+	  echo "pebble could not be installed: the ACME tests will be skipped"; }
 
 test: lint typecheck pytest
 

@@ -29,6 +29,9 @@ from typing import TYPE_CHECKING, Any  # noqa: E402
 import settings  # noqa: E402
 
 if TYPE_CHECKING:
+    from issuance.orders import Orders
+    from resolvers.base import Resolver
+    from resolvers.certs import CertTree, ChallengeTree
     from resolvers.source import Source
     from transport.tls import Certificates
 
@@ -108,8 +111,10 @@ class Process:
         except TemplateError as exc:
             raise settings.SettingError(f"-templateDir: {exc}") from exc
         source = make_source(config)
-        self.certificates = certificates = self._certificates(config, source)
+        self.certificates, tree = self._certificates(config, source)
+        certificates = self.certificates
         self.resolver = resolver = make_resolver(config, source)
+        self.orders, challenges = self._orders(config, source, resolver, certificates, tree)
         self.metrics = metrics = Metrics(
             resolver.stats, certificates.figures if certificates else None
         )
@@ -156,6 +161,7 @@ class Process:
             no_wake_agents=config.noWakeUserAgents,
             tls_port=config.tlsPort,
             hsts_max_age=config.hstsMaxAge,
+            acme_answer=challenges.answer if challenges is not None else None,
         )
         admin = Admin(
             resolver,
@@ -163,7 +169,7 @@ class Process:
             metrics,
             config.trustedNetworks,
             config.healthGraceSeconds,
-            certificates.describe if certificates else None,
+            self._describe_tls if certificates else None,
             live,
         )
         self.app: Front = Front(
@@ -180,11 +186,13 @@ class Process:
         self._publisher: Any = None
 
     @staticmethod
-    def _certificates(config: settings.Config, source: "Source | None") -> "Certificates | None":
+    def _certificates(
+        config: settings.Config, source: "Source | None"
+    ) -> "tuple[Certificates | None, CertTree | None]":
         """With -tlsPort: the default certificate, and `certDir` mirrored from etcd into
         TLS contexts through the same source, whichever etcd API it speaks."""
         if not config.tlsPort:
-            return None
+            return None, None
         from resolvers.certs import CertTree
         from transport.tls import CertificateProblem, Certificates
 
@@ -192,10 +200,50 @@ class Process:
             certificates = Certificates(config.tlsCertFile, config.tlsKeyFile)
         except CertificateProblem as exc:
             raise settings.SettingError(f"-tlsCertFile/-tlsKeyFile: {exc}") from None
-        if source is not None:
-            tree = CertTree(config.certDir)
-            source.mirror(tree, lambda kind, detail: certificates.update(tree.take_changes()))
-        return certificates
+        if source is None:
+            return certificates, None
+        tree = CertTree(config.certDir)
+        source.mirror(tree, lambda kind, detail: certificates.update(tree.take_changes()))
+        return certificates, tree
+
+    @staticmethod
+    def _orders(
+        config: settings.Config,
+        source: "Source | None",
+        resolver: "Resolver",
+        certificates: "Certificates | None",
+        tree: "CertTree | None",
+    ) -> "tuple[Orders | None, ChallengeTree | None]":
+        """With -acmeDirectory: certificates ordered on demand for the routed domains, the
+        challenge answers mirrored from etcd for the plain port to serve."""
+        if not config.acmeDirectory or source is None or certificates is None or tree is None:
+            return None, None
+        from issuance.orders import Orders
+        from resolvers.certs import ChallengeTree
+
+        challenges = ChallengeTree(f"{config.certDir}/.acme/challenges")
+        source.mirror(challenges, lambda kind, detail: None)
+        orders = Orders(
+            source,
+            config.certDir,
+            config.acmeDirectory,
+            config.acmeEmail,
+            config.acmeCaFile,
+            routed=resolver.routed,
+            stored=lambda: tree.pairs,
+            challenges=challenges,
+            stopped_waiting=certificates.stop_waiting,
+        )
+        certificates.on_demand = orders.want
+        certificates.hold = config.acmeHoldSeconds
+        return orders, challenges
+
+    def _describe_tls(self) -> dict[str, Any]:
+        assert self.certificates is not None
+        described = self.certificates.describe()
+        if self.orders is not None:
+            described["acme"] = self.orders.describe()
+        return described
 
     def start(self) -> "Process":
         if not self._started:
@@ -203,6 +251,8 @@ class Process:
 
             self._started = True
             self.resolver.start()
+            if self.orders is not None:
+                self.orders.start()
             if self.metrics.multiprocess:
                 self._publisher = gevent.spawn(self._publish_metrics)
         return self
@@ -210,6 +260,8 @@ class Process:
     def stop(self) -> None:
         if self._publisher is not None:
             self._publisher.kill()
+        if self.orders is not None:
+            self.orders.stop()
         self.resolver.stop()
         self.forwarder.close()
 

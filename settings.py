@@ -130,6 +130,11 @@ def _url(text: str) -> str:
     return _urls(text)[0]
 
 
+def _optional_url(text: str) -> str:
+    """An http(s) URL, or empty (off)."""
+    return _url(text) if text.strip() else ""
+
+
 def _choice(*choices: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         for choice in choices:
@@ -251,6 +256,23 @@ SETTINGS: tuple[Setting, ...] = (
         "default certificate (PEM chain) for clients without SNI or names without one in etcd",
     ),
     Setting("tlsKeyFile", "", _file, "private key (PEM) of -tlsCertFile"),
+    Setting(
+        "acmeDirectory",
+        "",
+        _optional_url,
+        "ACME directory URL: certificates ordered on demand (HTTP-01) for routed domains"
+        " without one in -certDir (empty: off)",
+    ),
+    Setting("acmeEmail", "", _text, "contact e-mail of the fleet's ACME account (empty: none)"),
+    Setting(
+        "acmeCaFile", "", _file, "CA bundle to verify the ACME server itself (empty: system's)"
+    ),
+    Setting(
+        "acmeHoldSeconds",
+        "10",
+        _non_negative_seconds,
+        "the first TLS handshake for a name being ordered waits this long for its certificate",
+    ),
     Setting(
         "etcdAddress",
         "http://127.0.0.1:4001/",
@@ -422,6 +444,10 @@ class Config:
     certDir: str
     tlsCertFile: str
     tlsKeyFile: str
+    acmeDirectory: str
+    acmeEmail: str
+    acmeCaFile: str
+    acmeHoldSeconds: float
     etcdAddress: tuple[str, ...]
     etcdApi: str
     etcdCaFile: str
@@ -557,6 +583,10 @@ def parse(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Conf
         raise SettingError("-etcdPassword needs -etcdUsername")
     if bool(values["tlsCertFile"]) != bool(values["tlsKeyFile"]):
         raise SettingError("-tlsCertFile and -tlsKeyFile go together: set both or neither")
+    if values["acmeDirectory"] and not values["tlsPort"]:
+        raise SettingError("-acmeDirectory needs -tlsPort: certificates are for the TLS port")
+    if values["acmeDirectory"] and values["resolverType"] != "IoEtcd":
+        raise SettingError("-acmeDirectory needs -resolverType IoEtcd: orders for domains only")
     if values["tlsPort"] and values["tlsPort"] == values["port"]:
         raise SettingError("-tlsPort must differ from -port")
     return Config(**values)

@@ -35,6 +35,9 @@ WAITING = frozenset({Status.STARTING, Status.PASSIVATED})
 
 StartResponse = Callable[..., Any]
 
+# RFC 8555 §8.3: where an ACME server asks for a token's key authorization.
+CHALLENGE_PREFIX = "/.well-known/acme-challenge/"
+
 # A hostname as it may appear in Host: letters, digits, '-', '.', '_' (seen in the wild),
 # or a bracketed IPv6 literal. Anything else is a bad request, not a lookup.
 _HOST_RE = re.compile(r"(?:[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?")
@@ -94,6 +97,7 @@ class Gogeta:
         no_wake_agents: re.Pattern[str] | None = None,
         tls_port: int = 0,
         hsts_max_age: int = 0,
+        acme_answer: Callable[[str], str | None] | None = None,
     ) -> None:
         # docs/behaviour.md §2.2: the redirect names gogeta's own TLS port unless it is
         # https's default (or gogeta serves no TLS: a load balancer's 443, then).
@@ -112,9 +116,17 @@ class Gogeta:
         self.force_ssl = force_ssl
         self.url_header = url_header
         self.tunnels = tunnels
+        # token → key authorization being validated (docs/behaviour.md §10), None: ACME off
+        self.acme_answer = acme_answer
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         hostname = ""
+        if self.acme_answer is not None and environ.get("PATH_INFO", "").startswith(
+            CHALLENGE_PREFIX
+        ):
+            # For any Host, before routing and the https redirect: the validation request
+            # names a domain that may have no route to an application, nor TLS yet.
+            return self._challenge(environ, start_response, self.acme_answer)
         if self.hsts is not None and environ.get("wsgi.url_scheme") == "https":
             start_response = self._with_hsts(start_response)
         try:
@@ -125,6 +137,18 @@ class Gogeta:
             if isinstance(exc, PayloadTooLarge):
                 return self._send_and_stop_reading(environ, start_response, page)
             return self._send(start_response, page)
+
+    @staticmethod
+    def _challenge(
+        environ: dict[str, Any],
+        start_response: StartResponse,
+        answer_of: Callable[[str], str | None],
+    ) -> Iterable[bytes]:
+        answer = answer_of(environ["PATH_INFO"][len(CHALLENGE_PREFIX) :])
+        body = (answer or "no such ACME challenge\n").encode("ascii", "replace")
+        status = "200 OK" if answer is not None else "404 Not Found"
+        start_response(status, [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+        return [body]
 
     def _with_hsts(self, start_response: StartResponse) -> StartResponse:
         """`start_response` adding Strict-Transport-Security unless the backend set its own

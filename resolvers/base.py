@@ -113,6 +113,11 @@ class Resolver(Protocol):
         """True once the routing table has been loaded at least once."""
         ...
 
+    def routed(self, hostname: str) -> bool:
+        """Whether `hostname` is a domain of the table (under -domainDir): what certificates
+        may be ordered for, never a name a client merely sent."""
+        ...
+
     def stats(self) -> dict[str, Any]:
         """The sync state and figures, JSON-ready and cheap (no table), for health and metrics.
 

@@ -98,3 +98,40 @@ class CertTree:
         """Each hostname changed since the last call → its pair now (None: gone)."""
         changed, self._changed = self._changed, set()
         return {host: self.pairs.get(host) for host in sorted(changed)}
+
+
+class ChallengeTree:
+    """`{prefix}/{token}` → `answers[token]`: the HTTP-01 key authorizations being asked for
+    (docs/behaviour.md §10), written by whichever gogeta orders, answered by every one."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.answers: dict[str, str] = {}
+
+    def answer(self, token: str) -> str | None:
+        """The key authorization for `token`, None when no order asks for it."""
+        return self.answers.get(token)
+
+    def _token(self, key: str) -> str | None:
+        token = key[len(self.prefix) + 1 :] if key.startswith(self.prefix + "/") else ""
+        return token if token and "/" not in token else None
+
+    def load(self, nodes: Iterable[Node]) -> None:
+        answers = {}
+        for node in nodes:
+            token = self._token(node.key)
+            if token is not None and not node.dir and node.value is not None:
+                answers[token] = node.value
+        self.answers = answers
+
+    def apply(self, node: Node, action: str) -> bool:
+        token = self._token(node.key)
+        if token is None:
+            if node.key.rstrip("/") == self.prefix and action in DELETE_ACTIONS:
+                self.answers = {}
+                return True
+            return False
+        if action in DELETE_ACTIONS or node.dir or node.value is None:
+            return self.answers.pop(token, None) is not None
+        self.answers[token] = node.value
+        return True

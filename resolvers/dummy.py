@@ -35,6 +35,9 @@ class DummyResolver:
     def robots(self, hostname: str) -> str | None:
         return None
 
+    def routed(self, hostname: str) -> bool:
+        return False  # every name goes to one target: none is a domain of its own
+
     def ready(self) -> bool:
         return True
 

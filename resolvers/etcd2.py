@@ -50,6 +50,16 @@ from resolvers.tree import Node
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+# python-etcd swaps pyOpenSSL in under every urllib3 connection of the process whenever it
+# can import it (the ACME library depends on it): undone, so the standard `ssl` module (and
+# its error reasons, `tls_failure` below) stays in charge of etcd's and backends' TLS.
+try:
+    from urllib3.contrib import pyopenssl
+except ImportError:  # pragma: no cover - pyOpenSSL not installed
+    pass
+else:
+    pyopenssl.extract_from_urllib3()
+
 # python-etcd logs every failed request at ERROR; we log state changes ourselves.
 logging.getLogger("etcd.client").setLevel(logging.CRITICAL)
 
@@ -603,6 +613,39 @@ class V2Source:
                 if attempt == len(self.writes.urls) - 1:
                     raise SourceDown(str(exc)) from exc
         raise AssertionError("not reached: the last attempt returns or raises")
+
+    def get(self, key: str) -> str | None:
+        def read(client: Any) -> str | None:
+            try:
+                value = client.read(key).value
+            except etcd.EtcdKeyNotFound:
+                return None
+            return None if value is None else str(value)
+
+        return self._on_any_endpoint(read)
+
+    def create(self, key: str, value: str, ttl: int | None = None) -> bool:
+        def write(client: Any) -> bool:
+            try:
+                client.write(key, value, prevExist=False, ttl=ttl)
+            except etcd.EtcdAlreadyExist:
+                return False
+            return True
+
+        return self._on_any_endpoint(write)
+
+    def put(self, key: str, value: str) -> None:
+        self._on_any_endpoint(lambda client: client.write(key, value))
+
+    def delete(self, key: str, value: str) -> bool:
+        def remove(client: Any) -> bool:
+            try:
+                client.delete(key, prevValue=value)
+            except (etcd.EtcdKeyNotFound, etcd.EtcdCompareFailed):
+                return False
+            return True
+
+        return self._on_any_endpoint(remove)
 
     @staticmethod
     def _touch(client: Any, service_dir: str, base: str, stamp: str) -> None:

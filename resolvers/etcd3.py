@@ -545,11 +545,48 @@ class V3Source:
         )
         return bool(answer.get("succeeded"))  # absent when the compare failed
 
-    def _on_any_endpoint(self, txn: dict[str, Any]) -> dict[str, Any]:
-        """One transaction, tried on each endpoint in turn until one answers."""
+    def get(self, key: str) -> str | None:
+        kvs = self._on_any_endpoint({"key": b64(key)}, "/v3/kv/range").get("kvs") or []
+        return unb64(kvs[0].get("value", "")) if kvs else None
+
+    def create(self, key: str, value: str, ttl: int | None = None) -> bool:
+        put: dict[str, Any] = {"key": b64(key), "value": b64(value)}
+        if ttl is not None:
+            put["lease"] = self._on_any_endpoint({"TTL": str(ttl)}, "/v3/lease/grant")["ID"]
+        answer = self._on_any_endpoint(
+            {
+                "compare": [
+                    {"key": b64(key), "result": "EQUAL", "target": "CREATE", "create_revision": "0"}
+                ],
+                "success": [{"request_put": put}],
+            }
+        )
+        if answer.get("succeeded"):
+            return True
+        if "lease" in put:  # not needed: not left to expire on its own
+            self._on_any_endpoint({"ID": put["lease"]}, "/v3/lease/revoke")
+        return False
+
+    def put(self, key: str, value: str) -> None:
+        self._on_any_endpoint({"key": b64(key), "value": b64(value)}, "/v3/kv/put")
+
+    def delete(self, key: str, value: str) -> bool:
+        answer = self._on_any_endpoint(
+            {
+                "compare": [
+                    {"key": b64(key), "result": "EQUAL", "target": "VALUE", "value": b64(value)}
+                ],
+                "success": [{"request_delete_range": {"key": b64(key)}}],
+            }
+        )
+        return bool(answer.get("succeeded"))
+
+    def _on_any_endpoint(self, body: dict[str, Any], path: str = "/v3/kv/txn") -> dict[str, Any]:
+        """One call (a transaction unless `path` says), tried on each endpoint in turn until
+        one answers."""
         for attempt in range(len(self.writes.urls)):
             try:
-                return self.writes.call("/v3/kv/txn", txn)
+                return self.writes.call(path, body)
             except (EtcdRefused, Compacted) as exc:  # another endpoint would say the same
                 raise WriteRefused(str(exc)) from exc
             except EtcdDown as exc:

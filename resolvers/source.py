@@ -1,7 +1,8 @@
 """What the routing table is fed from, whatever etcd API serves it.
 
 A *source* loads etcd directories into mirrors (resolvers/tree.py), keeps them live, and
-makes the two writes gogeta does (`lastAccess`, the wake-up). The resolver
+makes the writes gogeta does (`lastAccess`, the wake-up; for ACME a few plain keys and a
+lock that expires: `get`, `create`, `put`, `delete`). The resolver
 (resolvers/table.py), the mirrors and the model never know which API fed them: a second
 etcd API is a second module implementing `Source` (resolvers/etcd2.py is the v2 one).
 Here too: the machinery every source shares (backoff, one log line per outage).
@@ -94,6 +95,22 @@ class Source(Protocol):
     def wake(self, service_dir: str, service: str, index: str) -> bool:
         """Compare-and-swap `status/expected` from `passivated` to `started`: False when
         another gogeta (or anyone) changed it first. Raises SourceDown or WriteRefused."""
+        ...
+
+    def get(self, key: str) -> str | None:
+        """The value of `key` read from etcd now (None: no such key). Raises SourceDown..."""
+        ...
+
+    def create(self, key: str, value: str, ttl: int | None = None) -> bool:
+        """Write `key` only if it does not exist (False: it does), gone after `ttl` seconds
+        when given (a v2 TTL, a v3 lease): a lock whose dead holder releases it."""
+        ...
+
+    def put(self, key: str, value: str) -> None:
+        """Write `key`, whatever it held. Raises SourceDown or WriteRefused."""
+
+    def delete(self, key: str, value: str) -> bool:
+        """Delete `key` if it still holds `value` (False: it does not, or is gone)."""
         ...
 
 

@@ -345,6 +345,10 @@ class TableResolver:
     def failed(self, upstream: Upstream) -> None:
         self.ejections.eject(upstream)
 
+    def routed(self, hostname: str) -> bool:
+        # Env routes any name whose first label is a service: no list of domains to trust.
+        return not self.env and hostname in self.domains.domains
+
     def robots(self, hostname: str) -> str | None:
         service, _, is_service_domain = self._service_for(hostname)
         if not is_service_domain:

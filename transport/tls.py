@@ -20,12 +20,13 @@ import re
 import ssl
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import gevent
+import gevent.event
 import gevent.ssl
 
 log = logging.getLogger(__name__)
@@ -235,12 +236,27 @@ class Certificates:
         self.entries: dict[str, Entry] = {}
         self._stored: dict[str, Certificate] = {}
         self._settling: dict[str, gevent.Greenlet] = {}
+        # Certificates on demand (docs/behaviour.md §10): `on_demand(name)` is asked about a
+        # name without one, and says whether one is on its way; the handshake then waits up
+        # to `hold` seconds for it (set by `update`, or by `stop_waiting` when an order fails).
+        self.on_demand: Callable[[str], bool] | None = None
+        self.hold = 0.0
+        self._arrivals: dict[str, gevent.event.Event] = {}
 
     # The SNI callback runs inside each handshake, in the connection's greenlet: a lookup
     # in `entries`, which `update` changes one assignment at a time (atomic for greenlets).
+    # Waiting here for a certificate on demand switches to other greenlets like any wait:
+    # only this connection's handshake is held.
     def _choose(self, sslobj: Any, server_name: str | None, _: ssl.SSLContext) -> int | None:
         if server_name:
             for name in names_for(server_name):
+                entry = self.entries.get(name)
+                if entry is not None and entry.context is not None:
+                    sslobj.context = entry.context
+                    return None
+            name = server_name.lower().rstrip(".")
+            if self.on_demand is not None and self.on_demand(name):
+                self._arrivals.setdefault(name, gevent.event.Event()).wait(self.hold)
                 entry = self.entries.get(name)
                 if entry is not None and entry.context is not None:
                     sslobj.context = entry.context
@@ -257,6 +273,12 @@ class Certificates:
             if entry is not None and entry.context is not None:
                 return entry.context
         return None
+
+    def stop_waiting(self, host: str) -> None:
+        """Wake the handshakes waiting for `host`: its certificate came, or none is coming."""
+        arrived = self._arrivals.pop(host, None)
+        if arrived is not None:
+            arrived.set()
 
     def update(self, changes: Mapping[str, Certificate | None]) -> None:
         """Follow the stored pairs: `changes` maps each changed hostname to its pair now."""
@@ -293,6 +315,7 @@ class Certificates:
         replaced = host in self.entries
         self.entries[host] = Entry(context, not_after)
         log.info("certificate for %s %s", host, "replaced" if replaced else "loaded")
+        self.stop_waiting(host)  # the handshakes waiting for it go on, now with it
 
     def _settle(self, host: str, pair: Certificate, problem: str) -> None:
         self._settling.pop(host, None)
