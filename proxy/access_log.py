@@ -1,8 +1,8 @@
 """Access log lines: one per request, in the combined log format plus fields, or JSON.
 
-Pure formatting, no I/O: `proxy.front` fills an `Exchange` and logs the line at INFO on the
-`gogeta.access` logger. Combined is Apache/nginx's `combined` with gogeta's fields appended
-as `key=value`, so tools that parse combined still do:
+`proxy.front` fills an `Exchange`; `AccessWriter` formats it and writes the line to stdout
+itself, not through `logging`. Combined is Apache/nginx's `combined` with gogeta's fields
+appended as `key=value`, so tools that parse combined still do:
 
     127.0.0.1 - - [28/Nov/2026:10:00:00 +0000] "GET /x HTTP/1.1" 200 12 "-" "curl/8" \
 host="shop.example.com" upstream="shop/1" time=0.0042 upstream_time=0.0031
@@ -15,9 +15,15 @@ upstream to the backend's response headers, both in seconds.
 from __future__ import annotations
 
 import json
+import logging
+import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TextIO
+
+log = logging.getLogger(__name__)
 
 FORMATS = ("combined", "json", "off")
 
@@ -43,6 +49,9 @@ class Exchange:
 
 def _quoted(text: str) -> str:
     """A field between double quotes, with quotes, backslashes and controls escaped (as nginx)."""
+    # Printable ASCII is the common case: no loop over its characters.
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        return '"' + text + '"'
     out = []
     for ch in text:
         if ch in '"\\' or not 0x20 <= ord(ch) < 0x7F:
@@ -52,8 +61,30 @@ def _quoted(text: str) -> str:
     return '"' + "".join(out) + '"'
 
 
+class _Stamps:
+    """`time.strftime` of local time for one format, computed once per second."""
+
+    __slots__ = ("_format", "_second", "_text")
+
+    def __init__(self, fmt: str) -> None:
+        self._format = fmt
+        self._second = -1
+        self._text = ""
+
+    def __call__(self, epoch: float) -> str:
+        second = int(epoch)
+        if second != self._second:
+            self._text = time.strftime(self._format, time.localtime(second))
+            self._second = second
+        return self._text
+
+
+_combined_stamp = _Stamps("%d/%b/%Y:%H:%M:%S %z")
+_json_stamp = _Stamps("%Y-%m-%dT%H:%M:%S%z")
+
+
 def combined(ex: Exchange) -> str:
-    stamp = time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime(ex.started))
+    stamp = _combined_stamp(ex.started)
     request = f"{ex.method} {ex.target} {ex.protocol}"
     upstream_time = "-" if ex.upstream_seconds is None else f"{ex.upstream_seconds:.4f}"
     return (
@@ -67,7 +98,7 @@ def combined(ex: Exchange) -> str:
 def json_line(ex: Exchange) -> str:
     return json.dumps(
         {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(ex.started)),
+            "time": _json_stamp(ex.started),
             "client": ex.client,
             "method": ex.method,
             "target": ex.target,
@@ -91,3 +122,45 @@ def json_line(ex: Exchange) -> str:
 def formatter(name: str) -> Callable[[Exchange], str] | None:
     """The line formatter for `-accessLog`, None for `off`."""
     return {"combined": combined, "json": json_line}.get(name)
+
+
+def writer(name: str) -> AccessWriter | None:
+    """What writes `-accessLog`'s lines to stdout, None for `off`."""
+    line = formatter(name)
+    return AccessWriter(line) if line is not None else None
+
+
+class AccessWriter:
+    """Writes access lines to a stream (stdout), each with one write as soon as it is made.
+
+    Not through `logging`: its records, handler lock and formatter cost as much as making
+    the line. A stream with a file descriptor gets one `os.write` per line (nothing waits
+    in a buffer, and a line is never split between two writes); any other stream, `write`
+    and `flush`. A write that fails loses its line, as logging's handlers do, and says so
+    once on the application log.
+    """
+
+    def __init__(self, line: Callable[[Exchange], str], stream: TextIO | None = None) -> None:
+        self._line = line
+        self._stream = stream if stream is not None else sys.stdout
+        self._failed = False
+        try:
+            self._fd: int | None = self._stream.fileno()
+            self._stream.flush()  # what was printed before goes first
+        except (AttributeError, OSError, ValueError):
+            self._fd = None
+
+    def __call__(self, ex: Exchange) -> None:
+        text = self._line(ex) + "\n"
+        try:
+            if self._fd is None:
+                self._stream.write(text)
+                self._stream.flush()
+                return
+            data = text.encode("utf-8", "backslashreplace")
+            while data:
+                data = data[os.write(self._fd, data) :]
+        except (OSError, ValueError) as exc:
+            if not self._failed:
+                self._failed = True
+                log.error("access lines cannot be written, losing them: %s", exc)
