@@ -40,26 +40,15 @@ log = logging.getLogger("gogeta")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def configure_logging(level: str, access_log: str = "combined") -> None:
-    """Application logs at `level` on stderr; access lines (`gogeta.access`) on stdout.
-
-    The access log has its own switch (`-accessLog`), so it is INFO whatever `level` is,
-    and its lines are bare, for log tools to parse.
-    """
+def configure_logging(level: str) -> None:
+    """Application logs at `level` on stderr. Access lines do not go through `logging`:
+    `proxy.access_log.AccessWriter` writes them, bare, on stdout, whatever `level` is."""
     root = logging.getLogger()
     if not root.handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
         root.addHandler(handler)
     root.setLevel(level)
-
-    access = logging.getLogger("gogeta.access")
-    access.propagate = False
-    access.setLevel(logging.CRITICAL + 1 if access_log == "off" else logging.INFO)
-    if not access.handlers:
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        access.addHandler(handler)
 
 
 def warn_unknown_variables() -> None:
@@ -92,7 +81,7 @@ class Process:
     """
 
     def __init__(self, config: settings.Config) -> None:
-        from proxy.access_log import formatter
+        from proxy.access_log import writer
         from proxy.admin import Admin
         from proxy.app import Gogeta
         from proxy.forward import Forwarder
@@ -173,7 +162,7 @@ class Process:
             live,
         )
         self.app: Front = Front(
-            app, formatter(config.accessLog), admin, metrics, config.accessLogHealth, live
+            app, writer(config.accessLog), admin, metrics, config.accessLogHealth, live
         )
         # With TLS: the context to serve it with, on -tlsPort (transport.worker under gunicorn).
         self.server_options = ServerOptions(
@@ -338,7 +327,7 @@ def create_app(*argv: str) -> WorkerApp:
         if loading is not None and (problem := gunicorn_hooks.worker_class_problem(loading.cfg)):
             raise settings.SettingError(problem)
         config = settings.parse(list(argv))
-        configure_logging(config.logLevel, config.accessLog)
+        configure_logging(config.logLevel)
         warn_unknown_variables()
         app = WorkerApp(config)
         if not monkey.is_module_patched("socket"):
@@ -432,7 +421,7 @@ def serve(config: settings.Config, process: Process) -> None:
 
 def main(argv: Sequence[str]) -> int:
     config = settings.parse_or_exit(argv)
-    configure_logging(config.logLevel, config.accessLog)
+    configure_logging(config.logLevel)
     warn_unknown_variables()
     try:
         process = Process(config)

@@ -37,6 +37,7 @@ class BenchOptions:
     tiers: tuple[int, ...]  # part 3: domain counts
     trials: int  # part 2: trials per kind
     connections: int  # part 4: idle keep-alive connections
+    reference: str  # part 1: a reference proxy's command, with {port} and {etcd}; "" for none
 
     @classmethod
     def from_env(cls) -> BenchOptions:
@@ -56,6 +57,7 @@ class BenchOptions:
             tiers=tuple(t for t in ALL_TIERS if t <= scale) or (scale,),
             trials=max(1, _int("BENCH_TRIALS", 50)),
             connections=max(1, _int("BENCH_CONNECTIONS", 10_000)),
+            reference=os.environ.get("BENCH_REFERENCE", "").strip(),
         )
 
     @staticmethod

@@ -82,6 +82,7 @@ def fmt(value: object, spec: str = ".1f") -> str:
 def _throughput(p1: ThroughputResult, opts: BenchOptions) -> Table:
     header = ["case", "target", "req/s", "p50 ms", "p99 ms", "MB/s", "err", "non-2xx"]
     header += ["CPU µs/req", "× nginx-proxy", "MB/s × nginx-proxy", "× pywsgi"]
+    header += ["× reference", "MB/s × reference"]
     rows = [
         [
             r.case,
@@ -96,6 +97,8 @@ def _throughput(p1: ThroughputResult, opts: BenchOptions) -> Table:
             fmt(r.x_nginx_proxy, ".3f"),
             fmt(r.mb_x_nginx_proxy, ".3f"),
             fmt(r.x_pywsgi, ".3f"),
+            fmt(r.x_reference, ".3f"),
+            fmt(r.mb_x_reference, ".3f"),
         ]
         for r in p1.summary
     ]
@@ -103,8 +106,11 @@ def _throughput(p1: ThroughputResult, opts: BenchOptions) -> Table:
         f"wrk -t1, keep-alive, {opts.seconds} s × {opts.rounds} round(s) in"
         " alternating order; medians over rounds; ratios taken within a round.",
         "CPU µs/req: CPU time of the server under test (all its processes) per request.",
-        "Access logs off everywhere (nginx access_log off; gogeta -accessLog off).",
+        "gogeta and gogeta-gunicorn with their defaults (access log combined, metrics,"
+        " the live view's counting); gogeta-nolog: -accessLog off; nginx: access_log off.",
     ]
+    if opts.reference:
+        notes.append(f"reference (BENCH_REFERENCE): {opts.reference}")
     return ("1. Throughput and latency", header, rows, notes)
 
 

@@ -245,11 +245,12 @@ def start_gogeta(
     flags: list[str],
     preexec_fn: Callable[[], None] | None = None,
     wait: bool = True,
+    access_log: str = "off",
 ) -> subprocess.Popen[bytes]:
-    """`gogeta.py` standalone, quiet (WARNING, no access log: the nginx references log
-    nothing either), with `flags` after the common ones."""
+    """`gogeta.py` standalone at WARNING, with `flags` after the common ones. No access log
+    unless asked (part 1 measures the default, `combined`, beside `off`)."""
     argv = [PYTHON, str(ROOT / "gogeta.py"), "-listenAddress", "127.0.0.1", "-port", str(port)]
-    quiet = ["-logLevel", "WARNING", "-accessLog", "off"]
+    quiet = ["-logLevel", "WARNING", "-accessLog", access_log]
     proc = procs.start(name, [*argv, *quiet, *flags], preexec_fn=preexec_fn)
     if wait:
         try:

@@ -6,18 +6,37 @@ a shared machine), then the median over rounds; rounds alternate the targets' or
 
 from __future__ import annotations
 
+import shlex
 import signal
 import subprocess
 from dataclasses import dataclass
 
 from bench.clients import Probe, WrkResult, run_wrk
-from bench.harness import BENCH, PYTHON, free_port, say, wait_listening
+from bench.harness import BENCH, PYTHON, free_port, say, wait_for, wait_listening
 from bench.options import BenchOptions
 from bench.rig import Rig
-from bench.servers import BIG_SIZE, SMALL_BODY, Nginx, start_gogeta, start_gunicorn
+from bench.servers import (
+    BIG_SIZE,
+    SMALL_BODY,
+    Etcd,
+    Nginx,
+    location,
+    start_gogeta,
+    start_gunicorn,
+)
 from bench.stats import median
 
-TARGET_ORDER = ("nginx-backend", "nginx-proxy", "pywsgi-hello", "gogeta", "gogeta-gunicorn")
+TARGET_ORDER = (
+    "nginx-backend",
+    "nginx-proxy",
+    "pywsgi-hello",
+    "gogeta",
+    "gogeta-nolog",
+    "gogeta-gunicorn",
+    "reference",
+)
+# The hosts a reference proxy routed by etcd is asked for: wrk's (its URL's) and the probe's.
+REFERENCE_HOSTS = ("127.0.0.1", "bench")
 
 
 @dataclass(frozen=True)
@@ -80,6 +99,8 @@ class Row:
     x_nginx_proxy: float
     mb_x_nginx_proxy: float
     x_pywsgi: float
+    x_reference: float  # NaN without BENCH_REFERENCE
+    mb_x_reference: float
 
 
 @dataclass(frozen=True)
@@ -88,7 +109,8 @@ class ThroughputResult:
     summary: list[Row]
 
 
-def start_targets(rig: Rig) -> list[Target]:
+def start_targets(rig: Rig) -> tuple[list[Target], list[subprocess.Popen[bytes]]]:
+    """The targets, and what else was started for them (stopped after them)."""
     procs, tools = rig.procs, rig.tools
     targets = [Target("nginx-backend", rig.port_a, rig.backend.worker_parent_pid(), None)]
 
@@ -101,27 +123,52 @@ def start_targets(rig: Rig) -> list[Target]:
     wait_listening(hello, hello_port, "pywsgi-hello", timeout=20)
     targets.append(Target("pywsgi-hello", hello_port, hello.pid, hello))
 
+    # gogeta with its defaults (access log `combined`, metrics, the live view's counting),
+    # and the same with `-accessLog off` to show what the log costs.
     backend_url = f"http://127.0.0.1:{rig.port_a}/"
-    gogeta_port = free_port()
     flags = ["-resolverType", "Dummy", "-dummyTarget", backend_url]
-    gogeta = start_gogeta(procs, "gogeta", gogeta_port, flags)
-    targets.append(Target("gogeta", gogeta_port, gogeta.pid, gogeta))
+    for name, access_log in (("gogeta", "combined"), ("gogeta-nolog", "off")):
+        port = free_port()
+        gogeta = start_gogeta(procs, name, port, flags, access_log=access_log)
+        targets.append(Target(name, port, gogeta.pid, gogeta))
 
     gunicorn_port = free_port()
     env = {
         "GOGETA_RESOLVER_TYPE": "Dummy",
         "GOGETA_DUMMY_TARGET": backend_url,
         "GOGETA_LOG_LEVEL": "WARNING",
-        "GOGETA_ACCESS_LOG": "off",
     }
     gunicorn = start_gunicorn(procs, tools.gunicorn, "gogeta-gunicorn", gunicorn_port, env)
     targets.append(Target("gogeta-gunicorn", gunicorn_port, gunicorn.pid, gunicorn))
-    return targets
+
+    helpers: list[subprocess.Popen[bytes]] = []
+    if rig.opts.reference:
+        reference, etcd = start_reference(rig, rig.opts.reference)
+        targets.append(reference)
+        helpers.append(etcd)
+    return targets, helpers
+
+
+def start_reference(rig: Rig, template: str) -> tuple[Target, subprocess.Popen[bytes]]:
+    """BENCH_REFERENCE's proxy, on a free port, routed by its own etcd (v2) to the backend:
+    one service with one instance, and a domain for each host it is asked for."""
+    etcd = Etcd(rig.procs, rig.tools.etcd, "reference-etcd")
+    etcd.put("/services/bench/1/location", location(rig.port_a))
+    for host in REFERENCE_HOSTS:
+        etcd.put(f"/domains/{host}/type", "service")
+        etcd.put(f"/domains/{host}/value", "bench")
+    port = free_port()
+    argv = shlex.split(template.format(port=port, etcd=etcd.url))
+    proc = rig.procs.start("reference", argv)
+    wait_listening(proc, port, "reference", timeout=30)
+    # It may answer before its etcd watch has loaded the domains.
+    wait_for(lambda: Probe(port).get_once("bench", "/small")[0] == 200, 30, "reference routes")
+    return Target("reference", port, proc.pid, proc), etcd.proc
 
 
 def run(rig: Rig) -> ThroughputResult:
     opts, wrk = rig.opts, rig.tools.wrk
-    targets = start_targets(rig)
+    targets, helpers = start_targets(rig)
     for t in targets:  # every target answers both bodies before anything is measured
         for path, size in (("/small", len(SMALL_BODY)), ("/big", BIG_SIZE)):
             status, body = Probe(t.port).get_once("bench", path)
@@ -146,6 +193,8 @@ def run(rig: Rig) -> ThroughputResult:
         if t.proc is not None:
             sig = signal.SIGINT if t.name == "gogeta-gunicorn" else signal.SIGTERM
             rig.procs.stop(t.proc, sig)
+    for proc in helpers:
+        rig.procs.stop(proc)
     return ThroughputResult(runs, summarise(runs, opts))
 
 
@@ -159,16 +208,21 @@ def summarise(runs: list[Run], opts: BenchOptions) -> list[Row]:
             mine = [r for r in case if r.target == target]
             if not mine:
                 continue
-            vs_proxy, vs_hello, mb_vs_proxy = [], [], []
+            vs_proxy, vs_hello, mb_vs_proxy, vs_ref, mb_vs_ref = [], [], [], [], []
             for r in mine:
                 ref = by_round.get(("nginx-proxy", r.round))
                 hello = by_round.get(("pywsgi-hello", r.round))
+                other = by_round.get(("reference", r.round))
                 if ref and ref.rps:
                     vs_proxy.append(r.rps / ref.rps)
                 if ref and ref.mb_s:
                     mb_vs_proxy.append(r.mb_s / ref.mb_s)
                 if hello and hello.rps:
                     vs_hello.append(r.rps / hello.rps)
+                if other and other.rps:
+                    vs_ref.append(r.rps / other.rps)
+                if other and other.mb_s:
+                    mb_vs_ref.append(r.mb_s / other.mb_s)
             rows.append(
                 Row(
                     case=f"/{path} c{conns}",
@@ -186,6 +240,8 @@ def summarise(runs: list[Run], opts: BenchOptions) -> list[Row]:
                     x_nginx_proxy=median(vs_proxy),
                     mb_x_nginx_proxy=median(mb_vs_proxy),
                     x_pywsgi=median(vs_hello),
+                    x_reference=median(vs_ref),
+                    mb_x_reference=median(mb_vs_ref),
                 )
             )
     return rows

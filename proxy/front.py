@@ -23,7 +23,6 @@ from proxy.live import LiveView
 from proxy.metrics import Metrics
 from proxy.traffic import Traffic
 
-access_log = logging.getLogger("gogeta.access")
 log = logging.getLogger(__name__)
 
 HEALTH_PATH = ADMIN_PREFIX + "health"
@@ -106,7 +105,7 @@ class Front:
     def __init__(
         self,
         app: Gogeta,
-        access_line: Callable[[Exchange], str] | None,
+        access_line: Callable[[Exchange], None] | None,
         admin: Admin | None = None,
         metrics: Metrics | None = None,
         log_health: bool = True,
@@ -115,7 +114,7 @@ class Front:
         self.live = live
         self.traffic: Traffic | None = live.traffic if live is not None else None
         self.app = app
-        self.access_line = access_line
+        self.access_line = access_line  # writes the line (proxy.access_log.AccessWriter)
         self.log_health = log_health  # -accessLogHealth
         self.admin = admin
         self.metrics = metrics
@@ -175,7 +174,7 @@ class Front:
             ex.upstream = upstream.label
             ex.upstream_seconds = environ.get("gogeta.upstream_seconds")
         if self.access_line is not None and logged:
-            access_log.info(self.access_line(ex))
+            self.access_line(ex)
         if admin:
             return  # scrapes and probes are not traffic
         failures: list[tuple[Any, BaseException]] | None = environ.get("gogeta.failures")
