@@ -528,7 +528,8 @@ def test_env_resolver_routes_by_first_label(
         write_domain(client, "ignored.test", "service", "envsvc")  # domains play no part
         assert answer_with(env, "envsvc.example.com", 200).text == "envsvc"
         assert env.get(host="www.envsvc.example.com").text == "envsvc"
-        assert page_of(env.get(host="envoff.example.com")) == "stopped"
+        # envoff's keys come after envsvc's in the watch: wait for them too.
+        assert page_of(answer_with(env, "envoff.example.com", 500)) == "stopped"
         assert page_of(env.get(host="nothing.example.com")) == "notfound"
         assert page_of(env.get(host="ignored.test")) == "notfound"
         robots = env.get("/robots.txt", host="envsvc.example.com")
