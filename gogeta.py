@@ -20,13 +20,15 @@ if __name__ == "__main__":
 import dataclasses  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
+import re  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Iterable, Sequence  # noqa: E402
+from collections.abc import Callable, Iterable, Sequence  # noqa: E402
 from typing import TYPE_CHECKING, Any  # noqa: E402
 
 import settings  # noqa: E402
+from errors import GogetaError  # noqa: E402
 
 if TYPE_CHECKING:
     from issuance.orders import Orders
@@ -68,6 +70,8 @@ def check_templates(config: settings.Config) -> None:
 # Under gunicorn, how often a worker copies its resolver and process figures to the
 # shared metrics files at the latest (a routing change copies them at once).
 PUBLISH_SECONDS = 1.0
+# An ACME token (RFC 8555 §8.3: base64url, at least 128 bits): nothing else becomes a key.
+_ACME_TOKEN = re.compile(r"[A-Za-z0-9_-]{16,256}")
 
 
 class Process:
@@ -150,7 +154,7 @@ class Process:
             no_wake_agents=config.noWakeUserAgents,
             tls_port=config.tlsPort,
             hsts_max_age=config.hstsMaxAge,
-            acme_answer=challenges.answer if challenges is not None else None,
+            acme_answer=self._acme_answers(config, source, challenges),
         )
         admin = Admin(
             resolver,
@@ -226,6 +230,28 @@ class Process:
         certificates.on_demand = orders.want
         certificates.hold = config.acmeHoldSeconds
         return orders, challenges
+
+    @staticmethod
+    def _acme_answers(
+        config: settings.Config, source: "Source | None", challenges: "ChallengeTree | None"
+    ) -> "Callable[[str], str | None] | None":
+        """The answer to an HTTP-01 validation request: the mirror's, or etcd's own when
+        the mirror does not hold it (yet). The validation is asked once and its failure
+        costs the name a backoff, so a watch that lags must not turn it into a 404."""
+        if challenges is None or source is None:
+            return None
+        known, prefix = challenges, f"{config.certDir}/.acme/challenges"
+
+        def answer(token: str) -> str | None:
+            found = known.answer(token)
+            if found is None and _ACME_TOKEN.fullmatch(token):
+                try:
+                    found = source.get(f"{prefix}/{token}")
+                except GogetaError as exc:  # etcd away: nothing better to say than 404
+                    log.info("ACME challenge %s: not in the mirror, etcd unread: %s", token, exc)
+            return found
+
+        return answer
 
     def _describe_tls(self) -> dict[str, Any]:
         assert self.certificates is not None

@@ -350,3 +350,23 @@ def test_a_held_handshake_holds_no_other_connection(
         assert held and 2.5 <= held[0] < 8, held
         assert acme_state(proc)["names"]["slow.example.test"]["state"] == "ordering"
         silent.set()
+
+
+def test_challenge_answers_come_from_etcd_for_any_host_and_nothing_else_does(
+    fleet: Fleet, certs: EtcdServer
+) -> None:
+    refused = free_port()  # no ACME server needed to answer a validation request
+    proc, _ = fleet.start(0, f"https://127.0.0.1:{refused}/dir")
+    token = "dG9rZW4tb2YtYS12YWxpZGF0aW9u"
+    certs.client().write(f"/certs/.acme/challenges/{token}", f"{token}.thumbprint")
+    path = f"/.well-known/acme-challenge/{token}"
+    for host in ("any.example.test", "unrouted.test:8080"):
+        resp = wait_until(
+            lambda h=host: (r := proc.get(path, host=h)).status == 200 and r,  # type: ignore[misc]
+            what="the challenge answer",
+        )
+        assert resp.text == f"{token}.thumbprint"
+    assert proc.get("/.well-known/acme-challenge/bm90LWEtdG9rZW4tYXQtYWxs").status == 404
+    # Not a token: never read as a key (the account key sits beside the challenges).
+    for odd in ("..%2Faccount", "short", "a" * 300):
+        assert proc.get(f"/.well-known/acme-challenge/{odd}").status == 404
