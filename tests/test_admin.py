@@ -99,7 +99,9 @@ def test_routes_is_the_live_table(gogeta: Start, etcd: EtcdServer) -> None:
             resp = proxy.get("/__gogeta/routes", host="shop.example.com")
             assert resp.status == 200 and resp.header("Content-Type") == "application/json"
             body: dict[str, Any] = json.loads(resp.body)
-            return body if "shop.example.com" in body["domains"] else {}
+            # Each directory loads on its own: wait for both, not the domain alone.
+            loaded = "shop.example.com" in body["domains"] and "shop" in body["services"]
+            return body if loaded else {}
 
         body = wait_until(table, what="the route in /routes")
     assert body["domains"]["shop.example.com"] == {"type": "service", "value": "shop"}
