@@ -31,7 +31,7 @@ from tests.etcd_routes import (
     write_domain,
     write_instance,
 )
-from tests.support import Backend, EtcdServer, GogetaProcess
+from tests.support import Backend, EtcdServer, GogetaProcess, wait_until
 
 DEFAULT_ROBOTS = "User-agent: *\nDisallow: /\n"
 
@@ -528,8 +528,12 @@ def test_env_resolver_routes_by_first_label(
         write_domain(client, "ignored.test", "service", "envsvc")  # domains play no part
         assert answer_with(env, "envsvc.example.com", 200).text == "envsvc"
         assert env.get(host="www.envsvc.example.com").text == "envsvc"
-        # envoff's keys come after envsvc's in the watch: wait for them too.
-        assert page_of(answer_with(env, "envoff.example.com", 500)) == "stopped"
+        # envoff's keys come after envsvc's in the watch, one at a time (current, then
+        # expected: "error" between the two): wait for the last of them.
+        wait_until(
+            lambda: page_of(env.get(host="envoff.example.com")) == "stopped",
+            what="envoff's status applied",
+        )
         assert page_of(env.get(host="nothing.example.com")) == "notfound"
         assert page_of(env.get(host="ignored.test")) == "notfound"
         robots = env.get("/robots.txt", host="envsvc.example.com")
