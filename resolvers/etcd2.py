@@ -22,7 +22,6 @@ python-etcd is untyped: its values stay inside this module.
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import ssl
@@ -32,18 +31,21 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import etcd
-import gevent
 import urllib3
 
 from resolvers.source import (
-    Background,
     Backoff,
+    DirectoryWatcher,
+    EndpointRing,
     EtcdAccess,
     Mirror,
+    OnChange,
     Reachability,
     SourceDown,
-    SyncState,
+    WatchedSource,
     WriteRefused,
+    on_any_endpoint,
+    uncollected,
 )
 from resolvers.tree import Node
 
@@ -172,8 +174,8 @@ def problem_of(exc: BaseException, access: EtcdAccess) -> str | None:
     return None
 
 
-class Endpoints:
-    """The etcd endpoints of `-etcdAddress`, used one at a time, in turn on failure."""
+class Endpoints(EndpointRing):
+    """The etcd endpoints of `-etcdAddress`, each through a python-etcd client of its own."""
 
     def __init__(
         self,
@@ -181,19 +183,14 @@ class Endpoints:
         read_timeout: float = REQUEST_TIMEOUT,
         access: EtcdAccess | None = None,
     ) -> None:
-        self.urls = list(urls)
+        super().__init__(urls)
         self.access = access or EtcdAccess(tuple(self.urls))
         _ETCD_HOSTS.update(urlsplit(url).hostname or "" for url in self.urls)
         self.read_timeout = read_timeout
-        self._position = 0
         self._client: Any = None
         # The X-Etcd-Cluster-Id last seen, kept across clients: python-etcd raises
         # EtcdClusterIdChanged once when an answer carries another one.
         self.cluster_id: str | None = None
-
-    @property
-    def current(self) -> str:
-        return self.urls[self._position]
 
     def client(self) -> Any:
         if self._client is None:
@@ -220,7 +217,7 @@ class Endpoints:
         if self._client is not None:
             self.cluster_id = self._client.expected_cluster_id or self.cluster_id
         self._client = None
-        self._position = (self._position + 1) % len(self.urls)
+        super().rotate()
 
 
 def nodes_of(body: bytes, witness: list[tuple[str, int, int]] | None = None) -> Iterator[Node]:
@@ -258,35 +255,23 @@ def nodes_of(body: bytes, witness: list[tuple[str, int, int]] | None = None) -> 
         yield pop()
 
 
-class Watcher(Background):
+class Watcher(DirectoryWatcher[Endpoints]):
     """Mirrors one directory (`mirror.prefix`) of etcd into `mirror`, forever."""
 
     def __init__(
         self,
         endpoints: Endpoints,
         mirror: Mirror,
-        on_change: Callable[[str, Any], None] = lambda event, detail: None,
+        on_change: OnChange = lambda event, detail: None,
         watch_timeout: float = WATCH_TIMEOUT,
         reachability: Reachability | None = None,
         probe_timeout: float = PROBE_TIMEOUT,
     ) -> None:
-        self.reachability = reachability or Reachability()
-        self.endpoints = endpoints
-        self.mirror = mirror
-        self.prefix = mirror.prefix
+        super().__init__(endpoints, mirror, on_change, reachability)
         self.probe_key = f"{self.prefix}/{PROBE_NAME}"
-        self.on_change = on_change
         self.watch_timeout = watch_timeout  # the silence after which etcd is probed
         self.probe_timeout = probe_timeout
         self.index: int | None = None  # next waitIndex; None: (re)load first
-        self.loaded = False
-        self.reachable: bool | None = None
-        self.unreachable_since: float | None = None
-        self.last_error: str | None = None
-        self.events_applied = 0
-        self.lag = 0
-        self.reloads = 0
-        self.problem: str | None = None
         self.load_seconds = 0.0  # how long the last load took
         self._gap = 1.0  # index distance between our consecutive events (moving average)
         self._poll_seconds = POLL_SECONDS  # one long poll answered at once (moving average)
@@ -294,7 +279,13 @@ class Watcher(Background):
         # or re-`set`; another etcd at the same address has it at another index or not at all.
         self.witness: tuple[str, int] | None = None
         self.load_reason = "first load"  # why the next load happens
-        self.last_load: tuple[float, str] | None = None  # (epoch seconds, reason)
+
+    @property
+    def position(self) -> int | None:
+        return self.index
+
+    def problem_of(self, exc: BaseException) -> str | None:
+        return problem_of(exc, self.endpoints.access)
 
     def run(self) -> None:
         backoff = Backoff()
@@ -327,10 +318,7 @@ class Watcher(Background):
                 )
                 self.index = None
             except ETCD_DOWN as exc:
-                self._set_reachable(False, exc)
-                if len(self.endpoints.urls) > 1:
-                    self.endpoints.rotate()
-                gevent.sleep(backoff.next())
+                self._retry_later(exc, backoff)
 
     def _watch_forever(self) -> None:
         """Apply etcd's events as they come; return when a reload is the faster way on."""
@@ -406,31 +394,16 @@ class Watcher(Background):
             self.mirror.load([])
             self.witness = None
         else:
-            # Decoding and building the table make a million objects at 100,000 domains,
-            # without blocking (no other greenlet runs meanwhile): the cyclic collector,
-            # which would walk everything alive again and again, waits until the end.
-            # The table has no reference cycles (reference counting frees the old one), so
-            # it is then frozen out of the collector's sight: a full collection under
-            # traffic no longer walks it.
-            collecting = gc.isenabled()
-            gc.disable()
-            try:
+            with uncollected():
                 witness: list[tuple[str, int, int]] = []
                 nodes = nodes_of(body, witness)
                 del body  # the generator's reference is dropped once decoded
                 self.mirror.load(nodes)
                 self.witness = witness[0][:2] if witness else None
-            finally:
-                if collecting:
-                    gc.enable()
-            gc.freeze()
-        self.reloads += 1
         self.last_load = (time.time(), f"{self.prefix}: {self.load_reason}")
-        self.loaded = True
         self.load_seconds = time.monotonic() - started
         self._gap, self.lag = 1.0, 0
-        log.info("%s: loaded at etcd index %s", self.prefix, index)
-        self.on_change("load", index)
+        self._loaded(index)
         return index + 1
 
     def _read_tree(self, client: Any) -> tuple[int, bytes]:
@@ -496,29 +469,8 @@ class Watcher(Background):
             )
         return same
 
-    def _set_reachable(
-        self, reachable: bool, exc: BaseException | None = None, resumed: bool = True
-    ) -> None:
-        if reachable:
-            if self.reachable is False:
-                if resumed:
-                    log.info("%s: resuming from index %s", self.prefix, self.index)
-                self.reachability.answered(self.prefix, self.endpoints.current)
-            self.reachable = True
-            self.unreachable_since = None
-            self.problem = None
-            return
-        assert exc is not None
-        self.last_error = f"{self.endpoints.current}: {exc}"
-        self.problem = problem_of(exc, self.endpoints.access)
-        if self.reachable is not False or self.problem is not None:
-            self.reachability.failed(self.prefix, self.endpoints.current, exc, self.problem)
-        if self.reachable is not False:
-            self.unreachable_since = time.time()
-        self.reachable = False
 
-
-class V2Source:
+class V2Source(WatchedSource[Watcher]):
     """etcd's v2 API (`/v2/keys`) as a `Source`: one watcher greenlet per directory."""
 
     name = "etcd v2"
@@ -530,6 +482,7 @@ class V2Source:
         watch_timeout: float = WATCH_TIMEOUT,
         health_grace: float | None = None,
     ) -> None:
+        super().__init__()
         self.access = access
         self.urls = list(access.urls)
         self.watch_timeout = watch_timeout
@@ -539,49 +492,16 @@ class V2Source:
             # so health turns 503 near when the grace says, not a whole long poll later.
             self.watch_timeout = min(watch_timeout, max(1.0, health_grace / 2))
             self.probe_timeout = min(PROBE_TIMEOUT, max(1.0, health_grace / 4))
-        self.watchers: list[Watcher] = []
-        self.reachability = Reachability()  # one line per outage, however many watchers see it
         self.writes = Endpoints(self.urls, access=access)
 
-    def mirror(self, mirror: Mirror, on_change: Callable[[str, Any], None]) -> None:
-        self.watchers.append(
-            Watcher(
-                Endpoints(self.urls, access=self.access),
-                mirror,
-                on_change,
-                watch_timeout=self.watch_timeout,
-                reachability=self.reachability,
-                probe_timeout=self.probe_timeout,
-            )
-        )
-
-    def start(self) -> None:
-        for watcher in self.watchers:
-            watcher.start()
-
-    def stop(self) -> None:
-        for watcher in self.watchers:
-            watcher.stop()
-
-    def state(self) -> SyncState:
-        watchers = self.watchers
-        unreachable = [w.unreachable_since for w in watchers if w.unreachable_since]
-        errors = [w.last_error for w in watchers if w.last_error]
-        problems = [w.problem for w in watchers if w.problem]
-        loads = [w.last_load for w in watchers if w.last_load]
-        last_load = max(loads) if loads else None
-        return SyncState(
-            loaded=all(w.loaded for w in watchers),
-            index=min((w.index or 1) - 1 for w in watchers) if watchers else None,
-            unreachable_since=min(unreachable) if unreachable else None,
-            last_error=errors[-1] if errors else None,
-            events_applied=sum(w.events_applied for w in watchers),
-            reloads=sum(w.reloads for w in watchers),
-            lag=max((w.lag for w in watchers), default=0),
-            problem=problems[-1] if problems else None,
-            endpoint=watchers[0].endpoints.current if watchers else None,
-            last_load=last_load[0] if last_load else None,
-            last_load_reason=last_load[1] if last_load else None,
+    def watcher(self, mirror: Mirror, on_change: OnChange) -> Watcher:
+        return Watcher(
+            Endpoints(self.urls, access=self.access),
+            mirror,
+            on_change,
+            watch_timeout=self.watch_timeout,
+            reachability=self.reachability,
+            probe_timeout=self.probe_timeout,
         )
 
     def touch(self, service_dir: str, service: str, index: str, stamp: str) -> None:
@@ -593,12 +513,9 @@ class V2Source:
         return self._on_any_endpoint(lambda client: self._wake(client, key))
 
     def _on_any_endpoint(self, write: Callable[[Any], T]) -> T:
-        """One write, tried on each endpoint in turn until one answers.
+        """One write (or read) with a client of the endpoint in use, the next on failure."""
 
-        Dropped at the first failure, a write behind a dead first endpoint would be lost
-        (and a lastAccess not asked again for a whole interval).
-        """
-        for attempt in range(len(self.writes.urls)):
+        def once() -> T:
             try:
                 try:
                     return write(self.writes.client())
@@ -609,10 +526,9 @@ class V2Source:
             except ETCD_REFUSED as exc:  # etcd answered: another endpoint would say the same
                 raise WriteRefused(f"{type(exc).__name__}: {exc}") from exc
             except ETCD_DOWN as exc:
-                self.writes.rotate()
-                if attempt == len(self.writes.urls) - 1:
-                    raise SourceDown(str(exc)) from exc
-        raise AssertionError("not reached: the last attempt returns or raises")
+                raise SourceDown(str(exc)) from exc
+
+        return on_any_endpoint(self.writes, once)
 
     def get(self, key: str) -> str | None:
         def read(client: Any) -> str | None:

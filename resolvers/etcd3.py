@@ -19,31 +19,33 @@ Rules:
 from __future__ import annotations
 
 import base64
-import gc
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import gevent
 import urllib3
 
 from resolvers.source import (
     BACKOFF_CAP,
-    Background,
     Backoff,
+    DirectoryWatcher,
+    EndpointRing,
     EtcdAccess,
     Mirror,
+    OnChange,
     Reachability,
     SourceDown,
-    SyncState,
+    WatchedSource,
     WriteRefused,
+    on_any_endpoint,
+    uncollected,
 )
 from resolvers.tree import Node
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 WATCH_TIMEOUT = 55.0  # seconds a watch may stay silent before we reopen it
 REQUEST_TIMEOUT = 10.0
@@ -108,13 +110,12 @@ def _error_of(data: bytes) -> tuple[int | None, str]:
     return code if isinstance(code, int) else None, str(body.get("message") or error)
 
 
-class Gateway:
+class Gateway(EndpointRing):
     """etcd's JSON gateway at the endpoints of `-etcdAddress`, one at a time, with a token."""
 
     def __init__(self, access: EtcdAccess) -> None:
+        super().__init__([url.rstrip("/") for url in access.urls])
         self.access = access
-        self.urls = [url.rstrip("/") for url in access.urls]
-        self._position = 0
         self.token: str | None = None
         self.pool = urllib3.PoolManager(
             maxsize=2,
@@ -125,14 +126,9 @@ class Gateway:
             cert_reqs="CERT_REQUIRED",
         )
 
-    @property
-    def current(self) -> str:
-        return self.urls[self._position]
-
     def rotate(self) -> None:
-        """Give up on the current endpoint: the next call goes to the next one."""
-        self.token = None
-        self._position = (self._position + 1) % len(self.urls)
+        self.token = None  # each endpoint's token is its own
+        super().rotate()
 
     def call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST `body` to `path`; the decoded answer. Raises EtcdDown, EtcdRefused..."""
@@ -265,33 +261,37 @@ class Refusals:
         self._said.clear()
 
 
-class Watcher(Background):
-    """Mirrors one prefix (`mirror.prefix` + "/") of etcd into `mirror`, forever."""
+class Watcher(DirectoryWatcher[Gateway]):
+    """Mirrors one prefix (`mirror.prefix` + "/") of etcd into `mirror`, forever.
+
+    Its `lag` stays 0: a watch message carries every event up to its revision, applied at
+    once.
+    """
+
+    position_name = "revision"
 
     def __init__(
         self,
         gateway: Gateway,
         mirror: Mirror,
-        on_change: Callable[[str, Any], None] = lambda event, detail: None,
+        on_change: OnChange = lambda event, detail: None,
         watch_timeout: float = WATCH_TIMEOUT,
         reachability: Reachability | None = None,
         refusals: Refusals | None = None,
     ) -> None:
-        self.gateway = gateway
-        self.mirror = mirror
-        self.prefix = mirror.prefix
-        self.on_change = on_change
+        super().__init__(gateway, mirror, on_change, reachability)
         self.watch_timeout = watch_timeout
-        self.reachability = reachability or Reachability()
         self.refusals = refusals or Refusals()
         self.revision: int | None = None  # next revision to watch from; None: (re)load first
         self.cluster_id: str | None = None  # of the etcd the table was loaded from
-        self.loaded = False
-        self.reachable: bool | None = None
-        self.unreachable_since: float | None = None
-        self.last_error: str | None = None
-        self.events_applied = 0
-        self.reloads = 0
+
+    @property
+    def position(self) -> int | None:
+        return self.revision
+
+    def reconnected(self) -> None:
+        self.refusals.clear()
+        self.last_error = None
 
     def run(self) -> None:
         backoff = Backoff()
@@ -319,17 +319,14 @@ class Watcher(Background):
                 self.revision = None
             except EtcdRefused as exc:
                 self._refused(exc)
-                if isinstance(exc, WrongApi) and len(self.gateway.urls) > 1:
-                    self.gateway.rotate()  # another endpoint may be the etcd meant
+                if isinstance(exc, WrongApi) and len(self.endpoints.urls) > 1:
+                    self.endpoints.rotate()  # another endpoint may be the etcd meant
                 gevent.sleep(min(BACKOFF_CAP, backoff.next()))
             except EtcdDown as exc:
-                self._set_reachable(False, exc)
-                if len(self.gateway.urls) > 1:
-                    self.gateway.rotate()
-                gevent.sleep(backoff.next())
+                self._retry_later(exc, backoff)
 
     def _load(self) -> None:
-        answer = self.gateway.call(
+        answer = self.endpoints.call(
             "/v3/kv/range",
             {"key": b64(self.prefix + "/"), "range_end": range_end(self.prefix + "/")},
         )
@@ -337,25 +334,14 @@ class Watcher(Background):
         revision = int(header.get("revision", 0))
         kvs = answer.pop("kvs", None) or []
         del answer
-        # As etcd2.py: no cyclic collection while a million objects are made, and the table
-        # frozen out of the collector's sight afterwards.
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
+        with uncollected():
             self.mirror.load(
                 Node(unb64(kv["key"]), unb64(kv.get("value", "")), False) for kv in kvs
             )
-        finally:
-            if collecting:
-                gc.enable()
-        del kvs
-        gc.freeze()
+            del kvs
         self.revision = revision + 1
         self.cluster_id = header.get("cluster_id")
-        self.reloads += 1
-        self.loaded = True
-        log.info("%s: loaded at etcd revision %s", self.prefix, revision)
-        self.on_change("load", revision)
+        self._loaded(revision)
 
     def _watch(self, backoff: Backoff) -> bool:
         """Watch from `self.revision` until the stream ends (False) or stays silent (True)."""
@@ -370,7 +356,7 @@ class Watcher(Background):
         for attempt in range(2):
             # The answer head and `created` come at once from a live etcd: a frozen one is down.
             with gevent.Timeout(REQUEST_TIMEOUT, EtcdDown("no answer")):
-                resp = self.gateway.stream("/v3/watch", request, self.watch_timeout)
+                resp = self.endpoints.stream("/v3/watch", request, self.watch_timeout)
                 try:
                     lines = lines_of(resp)
                     created = self._result(next(lines, b""))
@@ -383,10 +369,10 @@ class Watcher(Background):
             resp.close()
             resp.release_conn()
             reason = str(created.get("cancel_reason", "cancelled"))
-            if attempt == 0 and self.gateway.access.username:
-                self.gateway.token = None  # refused at once: the token expired, take another
+            if attempt == 0 and self.endpoints.access.username:
+                self.endpoints.token = None  # refused at once: the token expired, take another
                 continue
-            raise EtcdRefused(f"etcd at {self.gateway.current} refused to watch: {reason}")
+            raise EtcdRefused(f"etcd at {self.endpoints.current} refused to watch: {reason}")
         try:
             self._set_reachable(True)
             backoff.reset()
@@ -424,7 +410,7 @@ class Watcher(Background):
         cluster = (result.get("header") or {}).get("cluster_id")
         if cluster and self.cluster_id and cluster != self.cluster_id:
             raise ClusterChanged(
-                f"etcd at {self.gateway.current} is another cluster ({cluster}, was"
+                f"etcd at {self.endpoints.current} is another cluster ({cluster}, was"
                 f" {self.cluster_id}): its revisions are not the ones the table reflects"
             )
         return dict(result)
@@ -447,71 +433,32 @@ class Watcher(Background):
             self.unreachable_since = time.time()
         self.reachable = False
 
-    def _set_reachable(self, reachable: bool, exc: BaseException | None = None) -> None:
-        if reachable:
-            if self.reachable is False:
-                log.info("%s: resuming from revision %s", self.prefix, self.revision)
-                self.reachability.answered(self.prefix, self.gateway.current)
-                self.refusals.clear()
-            self.reachable = True
-            self.unreachable_since = None
-            self.last_error = None
-            return
-        self.last_error = f"{self.gateway.current}: {exc}"
-        if self.reachable is not False:
-            assert exc is not None
-            self.reachability.failed(self.prefix, self.gateway.current, exc)
-            self.unreachable_since = time.time()
-        self.reachable = False
 
-
-class V3Source:
+class V3Source(WatchedSource[Watcher]):
     """etcd's v3 API (its JSON gateway) as a `Source`: one watcher greenlet per prefix."""
 
     name = "etcd v3"
     implicit_dirs = True  # v3 has keys only
 
     def __init__(self, access: EtcdAccess, watch_timeout: float = WATCH_TIMEOUT) -> None:
+        super().__init__()
         self.access = access
         self.watch_timeout = watch_timeout
-        self.watchers: list[Watcher] = []
-        self.reachability = Reachability()  # one line per outage, however many watchers see it
         self.refusals = Refusals()
         self.writes = Gateway(access)
 
-    def mirror(self, mirror: Mirror, on_change: Callable[[str, Any], None]) -> None:
-        self.watchers.append(
-            Watcher(
-                Gateway(self.access),
-                mirror,
-                on_change,
-                watch_timeout=self.watch_timeout,
-                reachability=self.reachability,
-                refusals=self.refusals,
-            )
+    def watcher(self, mirror: Mirror, on_change: OnChange) -> Watcher:
+        return Watcher(
+            Gateway(self.access),
+            mirror,
+            on_change,
+            watch_timeout=self.watch_timeout,
+            reachability=self.reachability,
+            refusals=self.refusals,
         )
 
-    def start(self) -> None:
-        for watcher in self.watchers:
-            watcher.start()
-
-    def stop(self) -> None:
-        for watcher in self.watchers:
-            watcher.stop()
-
-    def state(self) -> SyncState:
-        watchers = self.watchers
-        unreachable = [w.unreachable_since for w in watchers if w.unreachable_since]
-        errors = [w.last_error for w in watchers if w.last_error]
-        return SyncState(
-            loaded=all(w.loaded for w in watchers),
-            index=min((w.revision or 1) - 1 for w in watchers) if watchers else None,
-            unreachable_since=min(unreachable) if unreachable else None,
-            last_error=errors[-1] if errors else None,
-            events_applied=sum(w.events_applied for w in watchers),
-            reloads=sum(w.reloads for w in watchers),
-            lag=0,  # a watch message carries every event up to its revision, applied at once
-        )
+    def endpoint(self) -> None:
+        return None  # not reported by this source (its state's `endpoint` stays None)
 
     def touch(self, service_dir: str, service: str, index: str, stamp: str) -> None:
         # A put only while the instance's `location` exists (gogeta only routes to an
@@ -582,16 +529,15 @@ class V3Source:
         return bool(answer.get("succeeded"))
 
     def _on_any_endpoint(self, body: dict[str, Any], path: str = "/v3/kv/txn") -> dict[str, Any]:
-        """One call (a transaction unless `path` says), tried on each endpoint in turn until
-        one answers."""
-        for attempt in range(len(self.writes.urls)):
+        """One call (a transaction unless `path` says) to the endpoint in use, the next on
+        failure."""
+
+        def once() -> dict[str, Any]:
             try:
                 return self.writes.call(path, body)
             except (EtcdRefused, Compacted) as exc:  # another endpoint would say the same
                 raise WriteRefused(str(exc)) from exc
             except EtcdDown as exc:
-                endpoint = self.writes.current
-                self.writes.rotate()
-                if attempt == len(self.writes.urls) - 1:
-                    raise SourceDown(f"{endpoint}: {exc}") from exc
-        raise AssertionError("not reached: the last attempt returns or raises")
+                raise SourceDown(f"{self.writes.current}: {exc}") from exc
+
+        return on_any_endpoint(self.writes, once)

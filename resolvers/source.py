@@ -5,17 +5,21 @@ makes the writes gogeta does (`lastAccess`, the wake-up; for ACME a few plain ke
 lock that expires: `get`, `create`, `put`, `delete`). The resolver
 (resolvers/table.py), the mirrors and the model never know which API fed them: a second
 etcd API is a second module implementing `Source` (resolvers/etcd2.py is the v2 one).
-Here too: the machinery every source shares (backoff, one log line per outage).
+Here too: the machinery every source shares, whatever its API (backoff, one log line per
+outage, endpoints in turn, a watcher greenlet per directory and what the source says of
+them); nothing here speaks to etcd.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import gevent
 
@@ -25,6 +29,7 @@ from resolvers.tree import Node
 __all__ = ["SourceDown", "WriteRefused"]  # raised by sources, caught by their users
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 BACKOFF_FIRST = 0.05
 BACKOFF_CAP = 5.0
@@ -188,3 +193,190 @@ class Reachability:
             log.warning(
                 "etcd reachable again at %s after %.1f s", endpoint, time.monotonic() - self._since
             )
+
+
+class EndpointRing:
+    """The etcd endpoints of `-etcdAddress`, used one at a time, the next one on failure."""
+
+    def __init__(self, urls: Sequence[str]) -> None:
+        self.urls = list(urls)
+        self._position = 0
+
+    @property
+    def current(self) -> str:
+        return self.urls[self._position]
+
+    def rotate(self) -> None:
+        """Give up on the current endpoint: the next call goes to the next one."""
+        self._position = (self._position + 1) % len(self.urls)
+
+
+def on_any_endpoint(endpoints: EndpointRing, call: Callable[[], T]) -> T:
+    """`call` (one write or read, raising SourceDown or WriteRefused) on each endpoint in
+    turn until one answers; a refusal is final, as another endpoint would say the same.
+
+    Dropped at the first failure, a write behind a dead first endpoint would be lost
+    (and a lastAccess not asked again for a whole interval).
+    """
+    for attempt in range(len(endpoints.urls)):
+        try:
+            return call()
+        except SourceDown:
+            endpoints.rotate()
+            if attempt == len(endpoints.urls) - 1:
+                raise
+    raise AssertionError("not reached: the last attempt returns or raises")
+
+
+@contextmanager
+def uncollected() -> Iterator[None]:
+    """A (re)load of a directory without the cyclic collector, the table frozen after it.
+
+    Decoding and building the table make a million objects at 100,000 domains, without
+    blocking (no other greenlet runs meanwhile): the cyclic collector, which would walk
+    everything alive again and again, waits until the end. The table has no reference
+    cycles (reference counting frees the old one), so it is then frozen out of the
+    collector's sight: a full collection under traffic no longer walks it.
+    """
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
+    gc.freeze()
+
+
+E = TypeVar("E", bound=EndpointRing)
+
+
+class DirectoryWatcher(Background, Generic[E]):
+    """Mirrors one directory (`mirror.prefix`) of etcd into `mirror` from its own greenlet:
+    what a watcher holds whatever the API, and how it says etcd answers or not."""
+
+    position_name: ClassVar[str] = "index"  # what the API counts its history in
+
+    def __init__(
+        self,
+        endpoints: E,
+        mirror: Mirror,
+        on_change: OnChange,
+        reachability: Reachability | None,
+    ) -> None:
+        self.endpoints = endpoints
+        self.mirror = mirror
+        self.prefix = mirror.prefix
+        self.on_change = on_change
+        self.reachability = reachability or Reachability()
+        self.loaded = False
+        self.reachable: bool | None = None
+        self.unreachable_since: float | None = None
+        self.last_error: str | None = None
+        self.problem: str | None = None  # why etcd answers but cannot be used
+        self.events_applied = 0
+        self.reloads = 0
+        self.lag = 0  # events etcd had beyond the last one applied
+        self.last_load: tuple[float, str] | None = None  # (epoch seconds, reason)
+
+    @property
+    def position(self) -> int | None:
+        """The next etcd index or revision to watch from; None: (re)load first."""
+        raise NotImplementedError
+
+    def problem_of(self, exc: BaseException) -> str | None:
+        """Why etcd cannot be used although it answered with `exc` (None: an outage)."""
+        return None
+
+    def reconnected(self) -> None:
+        """etcd answers again after a failure: what the API's watcher forgets then."""
+
+    def _loaded(self, position: int) -> None:
+        """The directory was (re)loaded at etcd's `position`: counted, logged, announced."""
+        self.reloads += 1
+        self.loaded = True
+        log.info("%s: loaded at etcd %s %s", self.prefix, self.position_name, position)
+        self.on_change("load", position)
+
+    def _set_reachable(
+        self, reachable: bool, exc: BaseException | None = None, resumed: bool = True
+    ) -> None:
+        endpoint = self.endpoints.current
+        if reachable:
+            if self.reachable is False:
+                if resumed:
+                    log.info(
+                        "%s: resuming from %s %s", self.prefix, self.position_name, self.position
+                    )
+                self.reachability.answered(self.prefix, endpoint)
+                self.reconnected()
+            self.reachable = True
+            self.unreachable_since = None
+            self.problem = None
+            return
+        assert exc is not None
+        self.last_error = f"{endpoint}: {exc}"
+        self.problem = self.problem_of(exc)
+        if self.reachable is not False or self.problem is not None:
+            self.reachability.failed(self.prefix, endpoint, exc, self.problem)
+        if self.reachable is not False:
+            self.unreachable_since = time.time()
+        self.reachable = False
+
+    def _retry_later(self, exc: BaseException, backoff: Backoff) -> None:
+        """etcd did not answer: say so, and wait before trying the next endpoint."""
+        self._set_reachable(False, exc)
+        if len(self.endpoints.urls) > 1:
+            self.endpoints.rotate()
+        gevent.sleep(backoff.next())
+
+
+W = TypeVar("W", bound=DirectoryWatcher[Any])
+
+
+class WatchedSource(Generic[W]):
+    """A `Source`'s watchers, one greenlet per directory, and what it says of them."""
+
+    def __init__(self) -> None:
+        self.watchers: list[W] = []
+        self.reachability = Reachability()  # one line per outage, however many watchers see it
+
+    def watcher(self, mirror: Mirror, on_change: OnChange) -> W:
+        """The API's watcher of `mirror`, sharing the source's `reachability`."""
+        raise NotImplementedError
+
+    def mirror(self, mirror: Mirror, on_change: OnChange) -> None:
+        self.watchers.append(self.watcher(mirror, on_change))
+
+    def start(self) -> None:
+        for watcher in self.watchers:
+            watcher.start()
+
+    def stop(self) -> None:
+        for watcher in self.watchers:
+            watcher.stop()
+
+    def endpoint(self) -> str | None:
+        """The endpoint `state` reports as in use."""
+        return self.watchers[0].endpoints.current if self.watchers else None
+
+    def state(self) -> SyncState:
+        watchers = self.watchers
+        unreachable = [w.unreachable_since for w in watchers if w.unreachable_since]
+        errors = [w.last_error for w in watchers if w.last_error]
+        problems = [w.problem for w in watchers if w.problem]
+        loads = [w.last_load for w in watchers if w.last_load]
+        last_load = max(loads) if loads else None
+        return SyncState(
+            loaded=all(w.loaded for w in watchers),
+            index=min((w.position or 1) - 1 for w in watchers) if watchers else None,
+            unreachable_since=min(unreachable) if unreachable else None,
+            last_error=errors[-1] if errors else None,
+            events_applied=sum(w.events_applied for w in watchers),
+            reloads=sum(w.reloads for w in watchers),
+            lag=max((w.lag for w in watchers), default=0),
+            problem=problems[-1] if problems else None,
+            endpoint=self.endpoint(),
+            last_load=last_load[0] if last_load else None,
+            last_load_reason=last_load[1] if last_load else None,
+        )
