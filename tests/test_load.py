@@ -14,7 +14,8 @@ import etcd
 import pytest
 from etcd import EtcdKeyNotFound
 
-from resolvers.etcd2 import Endpoints, Watcher, nodes_of
+from resolvers.etcd2_client import Endpoints, nodes_of
+from resolvers.etcd2_watcher import Watcher
 from resolvers.tree import DomainTree, Node, ServiceTree
 from tests.etcd_routes import write_domain, write_instance
 from tests.support import EtcdServer
