@@ -1,8 +1,9 @@
-"""Certificates made by the tests with trustme: CAs and the leaves they sign.
+"""Every certificate the tests use, made here with trustme: CAs and the leaves they sign.
 
 `Authority` is one CA: it issues leaves (for hostnames, wildcards, IP addresses), as PEM
-text and as files. `CA` is the authority the TLS tests share. This module starts nothing
-and opens no socket: it is the bottom of the tests' helpers.
+text and as files, and writes the files an https etcd with client certificates takes.
+`CA` is the authority the TLS tests share. This module starts nothing and opens no
+socket: it is the bottom of the tests' helpers.
 """
 
 from __future__ import annotations
@@ -33,8 +34,24 @@ class Leaf:
         return str(cert), str(key)
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files of a CA, a server certificate and a client certificate it signed."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+
 class Authority:
-    """A CA of the tests' own, trusted only by the clients and servers told of it."""
+    """A CA of the tests' own, trusted only by the clients and servers told of it.
+
+    Every leaf carries both extended key usages, serverAuth and clientAuth: etcd's v3
+    gateway dials etcd's own gRPC port with the server certificate as a client when
+    `--client-cert-auth` is on, and a client certificate needs clientAuth.
+    """
 
     def __init__(self) -> None:
         self._ca = trustme.CA()
@@ -57,6 +74,21 @@ class Authority:
         cert = self._ca.issue_cert(*names, **kwargs)
         chain = "".join(blob.bytes().decode() for blob in cert.cert_chain_pems)
         return Leaf(chain, cert.private_key_pem.bytes().decode(), leaf_der(chain))
+
+    def etcd_files(self, directory: Path) -> TlsFiles:
+        """This CA, a server certificate for 127.0.0.1 and localhost, and a client
+        certificate (CN gogeta, as etcd names a certificate's user), as files in `directory`."""
+        server_cert, server_key = self.issue("127.0.0.1", "localhost").write(directory, "server")
+        client_cert, client_key = self.issue("gogeta", common_name="gogeta").write(
+            directory, "client"
+        )
+        return TlsFiles(
+            ca=self.write_cert(directory / "ca.pem"),
+            server_cert=Path(server_cert),
+            server_key=Path(server_key),
+            client_cert=Path(client_cert),
+            client_key=Path(client_key),
+        )
 
 
 def leaf_der(chain: str) -> bytes:
