@@ -2,8 +2,9 @@
 
 The mock DNS answers every name with 127.0.0.1 (and no IPv6), so pebble's HTTP-01
 validation of any test domain reaches `http_port` on this machine: a gogeta's plain port.
-pebble serves its ACME API with a certificate of a trustme CA, which gogeta trusts through
-`-acmeCaFile`; the root that signs what pebble issues comes from its management API.
+pebble serves its ACME API with a certificate of a CA of the tests' own (tests/pki.py),
+which gogeta trusts through `-acmeCaFile`; the root that signs what pebble issues comes from
+its management API.
 Installed by `make pebble` (the Makefile), as `make chromium` installs the browser.
 """
 
@@ -16,12 +17,11 @@ import ssl
 import urllib.request
 from pathlib import Path
 
-import trustme
-
+from tests.pki import Authority
 from tests.support import LoggedProcess, free_port, port_open, wait_until
 
 # Who serves pebble's own API: not the CA of what it issues.
-API_CA = trustme.CA()
+API_CA = Authority()
 
 
 def pebble_missing() -> str | None:
@@ -51,11 +51,8 @@ class Pebble:
 
     def start(self) -> Pebble:
         self.directory.mkdir(parents=True, exist_ok=True)
-        API_CA.cert_pem.write_to_path(self.ca_file)
-        leaf = API_CA.issue_cert("127.0.0.1", "localhost")
-        cert, key = self.directory / "pebble.pem", self.directory / "pebble.key"
-        leaf.cert_chain_pems[0].write_to_path(str(cert))
-        leaf.private_key_pem.write_to_path(str(key))
+        API_CA.write_cert(Path(self.ca_file))
+        cert, key = API_CA.issue("127.0.0.1", "localhost").write(self.directory, "pebble")
         config = self.directory / "pebble.json"
         config.write_text(
             json.dumps(

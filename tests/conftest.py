@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tests.pki import Authority
 from tests.support import EtcdServer, GogetaProcess
 
 
@@ -37,6 +41,30 @@ def etcd(etcd_server: EtcdServer) -> Iterator[EtcdServer]:
     etcd_server.wipe("/domains", "/services")
     yield etcd_server
     etcd_server.wipe("/domains", "/services")
+
+
+@pytest.fixture
+def start_etcd(api: str, tmp_path: Path) -> Iterator[Callable[..., EtcdServer]]:
+    """Start etcd servers of this test alone; all are stopped after it (continued first).
+
+    They serve the module's API unless `api` says; `tls=True`: https with client
+    certificates required, of a CA made for that etcd (tests/pki.py). The other keywords
+    are EtcdServer's.
+    """
+    started: list[EtcdServer] = []
+
+    def start(api: str = api, tls: bool = False, **kw: Any) -> EtcdServer:
+        directory = tmp_path / f"etcd-{len(started)}"
+        files = Authority().etcd_files(directory / "pki") if tls else None
+        server = EtcdServer(directory, api=api, tls=files, **kw)
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        if server.proc is not None:
+            server.proc.send_signal(signal.SIGCONT)
+        server.stop()
 
 
 @pytest.fixture

@@ -8,11 +8,14 @@ on 127.0.0.1 port 0. Waiting is always "poll until a deadline", never a fixed sl
 from __future__ import annotations
 
 import atexit
+import base64
 import http.client
+import json
 import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -26,6 +29,7 @@ from typing import Any, Literal, Self, TypeVar
 
 from devtools.machine import etcd_binary
 from devtools.machine import free_port as free_port
+from tests.pki import TlsFiles
 
 ROOT = Path(__file__).resolve().parent.parent
 # The test run's process logs (gogeta, gunicorn, etcd), in one directory removed at exit.
@@ -69,22 +73,15 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 # --------------------------------------------------------------------------- etcd
 
 
-@dataclass(frozen=True)
-class TlsFiles:
-    """PEM files of a test CA, a server certificate and a client certificate."""
-
-    ca: Path
-    server_cert: Path
-    server_key: Path
-    client_cert: Path
-    client_key: Path
-
-
 class EtcdServer:
-    """A real single-node etcd 3.5 on free loopback ports, serving `api` (v2 or v3).
+    """A real etcd 3.5 on loopback ports serving `api` (v2 or v3), alone or a cluster member.
 
-    With `api="v3"` the v2 API is off, as on etcd 3.6 and later. `tls`: https with client
-    certificates required; `extra`: more flags (auth token TTL...).
+    With `api="v3"` the v2 API is off, as on etcd 3.6 and later; the v3 API is always on.
+    `tls`: https with client certificates required (`--client-cert-auth`); `ports`: the
+    client and peer ports of an etcd that is gone, for another at its address; `token`: with
+    the name and peer URLs, what etcd derives its cluster id from (a fresh data directory
+    started with the same three has the same cluster id); `extra`: more flags. `username`
+    and `password` are what `client()`, `call()` and `flags` use once etcd has auth on.
     """
 
     def __init__(
@@ -93,50 +90,57 @@ class EtcdServer:
         api: str = "v2",
         tls: TlsFiles | None = None,
         extra: tuple[str, ...] = (),
+        name: str = "gogeta-test",
+        ports: tuple[int, int] | None = None,
+        token: str = "gogeta-test",
     ) -> None:
         self._tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="gogeta-etcd-")
         self.data_dir = data_dir or Path(self._tmp.name)  # type: ignore[union-attr]
         self.api = api
         self.tls = tls
         self.extra = extra
-        self.username = self.password = ""  # for `client()`, once auth is enabled
-        self.client_port = free_port()
-        self.peer_port = free_port()
-        scheme = "https" if tls else "http"
-        self.url = f"{scheme}://127.0.0.1:{self.client_port}"
+        self.name = name
+        self.token = token
+        self.username = self.password = ""
+        self.client_port, self.peer_port = ports or (free_port(), free_port())
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.client_port}"
+        self.peer_url = f"http://127.0.0.1:{self.peer_port}"
+        self.initial_cluster = f"{name}={self.peer_url}"
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = LOG_DIR / f"etcd-{self.client_port}.log"
+        again = "-again" if ports else ""
+        self.log_path = LOG_DIR / f"etcd-{self.client_port}{again}.log"
 
-    def start(self) -> EtcdServer:
-        peer = f"http://127.0.0.1:{self.peer_port}"
-        self._log = open(self.log_path, "ab")
-        tls: list[str] = []
+    def argv(self) -> list[str]:
+        argv = [
+            etcd_binary(),
+            *(["--enable-v2"] if self.api == "v2" else []),
+            f"--name={self.name}",
+            f"--data-dir={self.data_dir / 'data'}",
+            f"--listen-client-urls={self.url}",
+            f"--advertise-client-urls={self.url}",
+            f"--listen-peer-urls={self.peer_url}",
+            f"--initial-advertise-peer-urls={self.peer_url}",
+            f"--initial-cluster={self.initial_cluster}",
+            f"--initial-cluster-token={self.token}",
+            "--log-level=error",
+        ]
         if self.tls:
-            tls = [
+            argv += [
                 f"--cert-file={self.tls.server_cert}",
                 f"--key-file={self.tls.server_key}",
                 f"--trusted-ca-file={self.tls.ca}",
                 "--client-cert-auth",
             ]
-        self.proc = subprocess.Popen(
-            [
-                etcd_binary(),
-                *(["--enable-v2"] if self.api == "v2" else []),
-                "--name=gogeta-test",
-                f"--data-dir={self.data_dir / 'data'}",
-                f"--listen-client-urls={self.url}",
-                f"--advertise-client-urls={self.url}",
-                f"--listen-peer-urls={peer}",
-                f"--initial-advertise-peer-urls={peer}",
-                f"--initial-cluster=gogeta-test={peer}",
-                "--log-level=error",
-                *tls,
-                *self.extra,
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-        wait_until(self.healthy, timeout=30, what="etcd to answer")
+        return [*argv, *self.extra]
+
+    def launch(self) -> None:
+        """Start the process without waiting: cluster members wait for each other."""
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.argv(), stdout=self._log, stderr=subprocess.STDOUT)
+
+    def start(self) -> Self:
+        self.launch()
+        wait_until(self.healthy, timeout=30, what=f"etcd {self.name} to answer")
         return self
 
     @property
@@ -150,20 +154,57 @@ class EtcdServer:
             flags += ["-etcdUsername", self.username]
         return flags
 
-    def healthy(self) -> bool:
-        if self.api == "v3":
-            try:
-                return bool(self.client().call("/v3/maintenance/status", {}, timeout=1))
-            except Exception:
-                return False
-        conn = http.client.HTTPConnection("127.0.0.1", self.client_port, timeout=1)
+    # ------------------------------------------------------------------ plain HTTP to it
+
+    def connection(self, timeout: float = 2) -> http.client.HTTPConnection:
+        if not self.tls:
+            return http.client.HTTPConnection("127.0.0.1", self.client_port, timeout=timeout)
+        context = ssl.create_default_context(cafile=str(self.tls.ca))
+        context.load_cert_chain(str(self.tls.client_cert), str(self.tls.client_key))
+        return http.client.HTTPSConnection(
+            "127.0.0.1", self.client_port, timeout=timeout, context=context
+        )
+
+    def call(
+        self, method: str, path: str, body: Any = None, auth: tuple[str, str] | None = None
+    ) -> tuple[int, Any]:
+        """(status, decoded JSON or text) of one request; `body` is sent as JSON.
+
+        `auth`, or the user once set, goes as Basic credentials: the v2 API's way.
+        """
+        headers = {"Content-Type": "application/json"}
+        user = auth or ((self.username, self.password) if self.username else None)
+        if user and self.api == "v2":
+            headers["Authorization"] = "Basic " + base64.b64encode(":".join(user).encode()).decode()
+        conn = self.connection()
         try:
-            conn.request("GET", "/v2/keys/")
-            return conn.getresponse().status == 200
-        except (OSError, http.client.HTTPException):
-            return False
+            conn.request(method, path, None if body is None else json.dumps(body), headers)
+            resp = conn.getresponse()
+            data = resp.read().decode()
         finally:
             conn.close()
+        try:
+            return resp.status, json.loads(data) if data else None
+        except ValueError:
+            return resp.status, data
+
+    def healthy(self) -> bool:
+        try:
+            status, body = self.call("GET", "/health")
+        except (OSError, http.client.HTTPException):
+            return False
+        return status == 200 and isinstance(body, dict) and body.get("health") == "true"
+
+    def member_id(self) -> str:
+        """This member's id, as v3 status answers name it."""
+        _, body = self.call("POST", "/v3/maintenance/status", {})
+        return str(body["header"]["member_id"])
+
+    def leader_id(self) -> str:
+        _, body = self.call("POST", "/v3/maintenance/status", {})
+        return str(body.get("leader", ""))
+
+    # ------------------------------------------------------------------ the process
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.proc and self.proc.poll() is None:
@@ -178,12 +219,22 @@ class EtcdServer:
         if self._tmp is not None:
             self._tmp.cleanup()
 
+    def freeze(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
+    # ------------------------------------------------------------------ clients
+
     def client(self) -> Any:
         """A python-etcd client (v2), or one of the same shape for v3 (tests/etcd3_client.py)."""
+        tls = self.tls
         if self.api == "v3":
             from tests.etcd3_client import V3Client
 
-            tls = self.tls
             return V3Client(
                 self.url,
                 self.username,
@@ -194,7 +245,21 @@ class EtcdServer:
             )
         import etcd
 
-        return etcd.Client(host="127.0.0.1", port=self.client_port, read_timeout=5)
+        https: dict[str, Any] = {}
+        if tls:
+            https = {
+                "protocol": "https",
+                "ca_cert": str(tls.ca),
+                "cert": (str(tls.client_cert), str(tls.client_key)),
+            }
+        return etcd.Client(
+            host="127.0.0.1",
+            port=self.client_port,
+            read_timeout=5,
+            username=self.username or None,
+            password=self.password or None,
+            **https,
+        )
 
     def wipe(self, *dirs: str) -> None:
         """Delete these directories (recursively) if they exist."""
@@ -210,6 +275,9 @@ class EtcdServer:
                 client.delete(d, recursive=True, dir=True)
             except etcd.EtcdKeyNotFound:
                 pass
+
+
+StartEtcd = Callable[..., EtcdServer]  # the `start_etcd` fixture (conftest.py)
 
 
 # --------------------------------------------------------------------------- gogeta

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from tests.acme_support import Pebble, pebble_missing
+from tests.pki import issue
 from tests.support import (
     Backend,
     EtcdServer,
@@ -29,7 +30,7 @@ from tests.support import (
     port_open,
     wait_until,
 )
-from tests.tls_support import issue, served, store
+from tests.tls_support import served, store
 
 missing = pebble_missing()
 pytestmark = pytest.mark.skipif(missing is not None, reason=missing or "")

@@ -14,7 +14,7 @@ from cryptography import x509
 
 from resolvers.certs import CertPair, CertTree
 from resolvers.tree import Node
-from tests.tls_support import issue
+from tests.pki import issue
 from transport.tls import (
     CertificateProblem,
     Certificates,

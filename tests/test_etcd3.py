@@ -10,10 +10,8 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,7 +24,7 @@ from tests.support import (
     Reply,
     Seen,
     Start,
-    TlsFiles,
+    StartEtcd,
     refused_port,
     wait_until,
 )
@@ -43,23 +41,6 @@ def api() -> str:
 def app() -> Iterator[Backend]:
     with named_backend("app") as backend:
         yield backend
-
-
-@pytest.fixture
-def own_servers() -> Iterator[list[EtcdServer]]:
-    """etcd servers of this test alone, stopped after it (continued first if stopped)."""
-    servers: list[EtcdServer] = []
-    yield servers
-    for server in servers:
-        if server.proc is not None:
-            os.kill(server.proc.pid, signal.SIGCONT)
-        server.stop()
-
-
-def own(servers: list[EtcdServer], **kw: Any) -> EtcdServer:
-    server = EtcdServer(api="v3", **kw)
-    servers.append(server)
-    return server.start()
 
 
 def routed(proxy: GogetaProcess, host: str, body: str = "app", timeout: float = 15) -> None:
@@ -103,9 +84,9 @@ def paused(proxy: GogetaProcess) -> Any:
 
 
 def test_compaction_while_gogeta_is_stopped_reloads(
-    own_servers: list[EtcdServer], gogeta: Start, app: Backend
+    start_etcd: StartEtcd, gogeta: Start, app: Backend
 ) -> None:
-    server = own(own_servers)
+    server = start_etcd()
     client = server.client()
     write_instance(client, "kept", "1", app.port)
     write_domain(client, "kept.test", "service", "kept")
@@ -149,9 +130,9 @@ def test_compaction_while_watching_loses_nothing(
 
 
 def test_etcd_replaced_by_a_new_cluster_at_a_higher_revision_reloads(
-    own_servers: list[EtcdServer], gogeta: Start, app: Backend
+    start_etcd: StartEtcd, gogeta: Start, app: Backend
 ) -> None:
-    server = own(own_servers)
+    server = start_etcd()
     client = server.client()
     write_instance(client, "old", "1", app.port)
     write_domain(client, "old.test", "service", "old")
@@ -163,7 +144,7 @@ def test_etcd_replaced_by_a_new_cluster_at_a_higher_revision_reloads(
         # A fresh etcd on the same address. Its cluster id hashes its members' peer URLs and
         # --initial-cluster-token, which etcd wants unique per cluster: a new one here.
         shutil.rmtree(server.data_dir / "data")
-        server.extra = ("--initial-cluster-token=replacement",)
+        server.token = "replacement"
         server.start()
         client = server.client()
         for i in range(old_revision + 10):  # refilled past the revision gogeta resumes from
@@ -188,10 +169,8 @@ def enable_auth(server: EtcdServer) -> None:
     server.username, server.password = "root", PASSWORD
 
 
-def test_expired_tokens_are_taken_again(
-    own_servers: list[EtcdServer], gogeta: Start, app: Backend
-) -> None:
-    server = own(own_servers, extra=("--auth-token-ttl=2",))
+def test_expired_tokens_are_taken_again(start_etcd: StartEtcd, gogeta: Start, app: Backend) -> None:
+    server = start_etcd(extra=("--auth-token-ttl=2",))
     enable_auth(server)
     client = server.client()
     write_instance(client, "auth", "1", app.port)
@@ -223,9 +202,9 @@ def test_expired_tokens_are_taken_again(
 
 
 def test_wrong_credentials_are_said_once_and_in_health(
-    own_servers: list[EtcdServer], gogeta: Start
+    start_etcd: StartEtcd, gogeta: Start
 ) -> None:
-    server = own(own_servers)
+    server = start_etcd()
     enable_auth(server)
     proxy = gogeta(*server.flags, env={"GOGETA_ETCD_PASSWORD": "not-the-password"})
     wait_until(
@@ -246,47 +225,8 @@ def test_wrong_credentials_are_said_once_and_in_health(
 # --------------------------------------------------------------------------- TLS
 
 
-def openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-@pytest.fixture(scope="module")
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
-    """A CA, a server certificate for 127.0.0.1 and a client certificate, made here."""
-    d = tmp_path_factory.mktemp("tls")
-    openssl(
-        *("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"),
-        *("-keyout", "ca.key", "-out", "ca.pem", "-subj", "/CN=gogeta test CA"),
-        *("-addext", "basicConstraints=critical,CA:TRUE"),
-        *("-addext", "keyUsage=critical,keyCertSign,cRLSign"),
-        cwd=d,
-    )
-    # etcd's gateway dials etcd with the server certificate: it must be a client's too.
-    for name, usage in (("server", "serverAuth,clientAuth"), ("client", "clientAuth")):
-        (d / f"{name}.ext").write_text(
-            f"subjectAltName=IP:127.0.0.1\nextendedKeyUsage={usage}\n"
-            "keyUsage=critical,digitalSignature,keyEncipherment\n"
-        )
-        openssl(
-            *("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key"),
-            *("-out", f"{name}.csr", "-subj", f"/CN={name}"),
-            cwd=d,
-        )
-        openssl(
-            *("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key"),
-            *("-CAcreateserial", "-days", "2", "-out", f"{name}.pem"),
-            *("-extfile", f"{name}.ext"),
-            cwd=d,
-        )
-    return TlsFiles(
-        d / "ca.pem", d / "server.pem", d / "server.key", d / "client.pem", d / "client.key"
-    )
-
-
-def test_tls_with_client_certificates(
-    own_servers: list[EtcdServer], gogeta: Start, app: Backend, tls_files: TlsFiles
-) -> None:
-    server = own(own_servers, tls=tls_files)
+def test_tls_with_client_certificates(start_etcd: StartEtcd, gogeta: Start, app: Backend) -> None:
+    server = start_etcd(tls=True)
     client = server.client()
     write_instance(client, "tls", "1", app.port)
     write_domain(client, "tls.test", "service", "tls")
@@ -300,7 +240,8 @@ def test_tls_with_client_certificates(
         what="lastAccess written over TLS",
     )
     # And without the client certificate etcd does not answer.
-    bare = gogeta("-etcdAddress", server.url, "-etcdApi", "v3", "-etcdCaFile", str(tls_files.ca))
+    assert server.tls is not None
+    bare = gogeta("-etcdAddress", server.url, "-etcdApi", "v3", "-etcdCaFile", str(server.tls.ca))
     wait_until(lambda: health(bare)[0] == 503 and "etcd unreachable" in bare.log(), timeout=10)
 
 
@@ -345,9 +286,9 @@ def test_a_dead_first_endpoint_is_passed_over(
 
 
 def test_etcd_stopping_mid_stream_is_an_outage_resumed_without_loss(
-    own_servers: list[EtcdServer], gogeta: Start, app: Backend
+    start_etcd: StartEtcd, gogeta: Start, app: Backend
 ) -> None:
-    server = own(own_servers)
+    server = start_etcd()
     client = server.client()
     write_instance(client, "calm", "1", app.port)
     write_domain(client, "calm.test", "service", "calm")

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from tests.etcd3_client import V3Client
-from tests.etcd_nodes import EtcdCluster, EtcdNode
-from tests.support import Start, wait_until
+from tests.etcd_nodes import EtcdCluster
+from tests.support import EtcdServer, Start, wait_until
 from tests.test_faults import Load, backend_process, route, routed
 
 
@@ -29,7 +29,7 @@ def cluster(tmp_path: Path) -> Iterator[EtcdCluster]:
     cluster.stop()
 
 
-def client_of(member: EtcdNode, api: str) -> Any:
+def client_of(member: EtcdServer, api: str) -> Any:
     """Writes through `api`: python-etcd for v2, the gateway for v3 (the members serve both)."""
     return V3Client(member.url) if api == "v3" else member.client()
 

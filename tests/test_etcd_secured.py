@@ -1,20 +1,18 @@
 """etcd as production runs it, v2 API: https with client certificates, and auth.
 
-Each test starts its own etcd (tests/etcd_nodes.py): certificates made by the test with
-`openssl`, `--client-cert-auth`; auth enabled through the v2 auth API with a root user and
-the guest role's permissions revoked, so an anonymous client is refused.
+Each test starts its own etcd (the `start_etcd` fixture): https with certificates of a CA
+made for it and `--client-cert-auth`; or auth enabled through the v2 auth API with a root
+user and the guest role's permissions revoked, so an anonymous client is refused.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.etcd_nodes import Certificates, EtcdNode, make_certificates
 from tests.etcd_routes import log_count, named_backend, write_domain, write_instance
-from tests.support import Backend, GogetaProcess, Start, wait_until
+from tests.support import Backend, EtcdServer, GogetaProcess, Start, StartEtcd, wait_until
 
 PASSWORD = "Zq9-hunter2-secret"
 
@@ -26,32 +24,24 @@ def app() -> Iterator[Backend]:
 
 
 @pytest.fixture
-def certs(tmp_path: Path) -> Certificates:
-    return make_certificates(tmp_path / "pki")
+def tls_etcd(start_etcd: StartEtcd) -> EtcdServer:
+    return start_etcd(tls=True)
 
 
 @pytest.fixture
-def tls_etcd(tmp_path: Path, certs: Certificates) -> Iterator[EtcdNode]:
-    node = EtcdNode(tmp_path / "etcd", tls=certs).start()
-    yield node
-    node.stop()
-
-
-@pytest.fixture
-def auth_etcd(tmp_path: Path) -> Iterator[EtcdNode]:
+def auth_etcd(start_etcd: StartEtcd) -> EtcdServer:
     """An etcd with v2 auth on: user root (PASSWORD), anonymous clients refused."""
-    node = EtcdNode(tmp_path / "etcd").start()
+    node = start_etcd()
     assert node.call("PUT", "/v2/auth/users/root", {"user": "root", "password": PASSWORD})[0] in (
         200,
         201,
     )
     assert node.call("PUT", "/v2/auth/enable")[0] == 200
-    node.auth = ("root", PASSWORD)
+    node.username, node.password = "root", PASSWORD
     revoke = {"role": "guest", "revoke": {"kv": {"read": ["/*"], "write": ["/*"]}}}
     assert node.call("PUT", "/v2/auth/roles/guest", revoke)[0] == 200
     assert node.call("GET", "/v2/keys/", auth=("nobody", "x"))[0] == 401
-    yield node
-    node.stop()
+    return node
 
 
 def routed(proxy: GogetaProcess, host: str, timeout: float = 15) -> None:
@@ -69,9 +59,9 @@ def health(proxy: GogetaProcess) -> tuple[int, str]:
     return resp.status, str(json.loads(resp.body).get("reason", ""))
 
 
-def test_https_with_client_certificates(
-    gogeta: Start, tls_etcd: EtcdNode, certs: Certificates, app: Backend
-) -> None:
+def test_https_with_client_certificates(gogeta: Start, tls_etcd: EtcdServer, app: Backend) -> None:
+    certs = tls_etcd.tls
+    assert certs is not None
     client = tls_etcd.client()
     write_instance(client, "tls", "1", app.port)
     write_domain(client, "before.tls.test", "service", "tls")
@@ -92,10 +82,9 @@ def test_https_with_client_certificates(
     assert health(proxy)[0] == 200
 
 
-def test_https_without_a_client_certificate_says_why(
-    gogeta: Start, tls_etcd: EtcdNode, certs: Certificates
-) -> None:
-    proxy = gogeta("-etcdAddress", tls_etcd.url, "-etcdCaFile", str(certs.ca))
+def test_https_without_a_client_certificate_says_why(gogeta: Start, tls_etcd: EtcdServer) -> None:
+    assert tls_etcd.tls is not None
+    proxy = gogeta("-etcdAddress", tls_etcd.url, "-etcdCaFile", str(tls_etcd.tls.ca))
     wait_until(
         lambda: (h := health(proxy))[0] == 503 and "TLS" in h[1],
         timeout=15,
@@ -106,7 +95,7 @@ def test_https_without_a_client_certificate_says_why(
 
 
 def test_auth_with_the_password_from_the_environment(
-    gogeta: Start, auth_etcd: EtcdNode, app: Backend
+    gogeta: Start, auth_etcd: EtcdServer, app: Backend
 ) -> None:
     client = auth_etcd.client()
     write_instance(client, "auth", "1", app.port)
@@ -139,7 +128,7 @@ def test_auth_with_the_password_from_the_environment(
     ids=["wrong-password", "none"],
 )
 def test_refused_credentials_say_so_once(
-    gogeta: Start, auth_etcd: EtcdNode, flags: list[str], env: dict[str, str]
+    gogeta: Start, auth_etcd: EtcdServer, flags: list[str], env: dict[str, str]
 ) -> None:
     proxy = gogeta("-etcdAddress", auth_etcd.url, *flags, env=env)
     wait_until(

@@ -11,14 +11,12 @@ import json
 import signal
 import threading
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.etcd_nodes import EtcdNode
 from tests.etcd_routes import log_count, named_backend, write_domain, write_instance
-from tests.support import Backend, GogetaProcess, Start, wait_until
+from tests.support import Backend, EtcdServer, GogetaProcess, Start, StartEtcd, wait_until
 
 
 @pytest.fixture
@@ -28,10 +26,8 @@ def app() -> Iterator[Backend]:
 
 
 @pytest.fixture
-def own_etcd(tmp_path: Path) -> Iterator[EtcdNode]:
-    node = EtcdNode(tmp_path / "etcd").start()
-    yield node
-    node.stop()
+def own_etcd(start_etcd: StartEtcd) -> EtcdServer:
+    return start_etcd()
 
 
 def routed(proxy: GogetaProcess, host: str, timeout: float = 15) -> None:
@@ -86,7 +82,12 @@ def write_many(
     ids=["same-cluster-id", "new-cluster-id"],
 )
 def test_new_etcd_at_a_higher_index_is_reloaded_not_resumed(
-    gogeta: Start, own_etcd: EtcdNode, app: Backend, tmp_path: Path, token: str, said: str
+    gogeta: Start,
+    start_etcd: StartEtcd,
+    own_etcd: EtcdServer,
+    app: Backend,
+    token: str,
+    said: str,
 ) -> None:
     client = own_etcd.client()
     write_instance(client, "old", "1", app.port)
@@ -99,10 +100,9 @@ def test_new_etcd_at_a_higher_index_is_reloaded_not_resumed(
     # ahead of the index it had: the index alone cannot tell it anything happened.
     proxy.proc.send_signal(signal.SIGSTOP)
     own_etcd.kill()
-    new = EtcdNode(tmp_path / "etcd-new", ports=(own_etcd.client_port, own_etcd.peer_port))
-    new.token = token
     try:
-        fresh = new.start().client()
+        ports = (own_etcd.client_port, own_etcd.peer_port)
+        fresh = start_etcd(ports=ports, token=token).client()
         for i in range(old_index + 20):
             fresh.write("/filler", str(i))
         write_instance(fresh, "new", "1", app.port)
@@ -115,14 +115,13 @@ def test_new_etcd_at_a_higher_index_is_reloaded_not_resumed(
         assert health(proxy)[0] == 200
     finally:
         proxy.proc.send_signal(signal.SIGCONT)
-        new.stop()
 
 
 # --------------------------------------------------------------------------- a frozen etcd
 
 
 def test_frozen_etcd_is_noticed_and_nothing_is_lost(
-    gogeta: Start, own_etcd: EtcdNode, app: Backend
+    gogeta: Start, own_etcd: EtcdServer, app: Backend
 ) -> None:
     client = own_etcd.client()
     write_instance(client, "ice", "1", app.port)
@@ -167,7 +166,7 @@ def burst(hosts: list[str], service: str) -> list[tuple[str, str]]:
 
 
 def test_burst_while_the_watch_is_behind_is_one_reload(
-    gogeta: Start, own_etcd: EtcdNode, app: Backend
+    gogeta: Start, own_etcd: EtcdServer, app: Backend
 ) -> None:
     client = own_etcd.client()
     write_instance(client, "burst", "1", app.port)
@@ -195,7 +194,7 @@ def test_burst_while_the_watch_is_behind_is_one_reload(
 
 
 def test_1000_back_to_back_writes_are_all_served(
-    gogeta: Start, own_etcd: EtcdNode, app: Backend
+    gogeta: Start, own_etcd: EtcdServer, app: Backend
 ) -> None:
     client = own_etcd.client()
     write_instance(client, "rush", "1", app.port)
@@ -217,20 +216,17 @@ def test_1000_back_to_back_writes_are_all_served(
 # --------------------------------------------------------------------------- no v2 API
 
 
-def test_etcd_without_the_v2_api_says_so(gogeta: Start, tmp_path: Path) -> None:
-    node = EtcdNode(tmp_path / "etcd", v2=False).start()
-    try:
-        proxy = gogeta("-etcdAddress", node.url)
+def test_etcd_without_the_v2_api_says_so(gogeta: Start, start_etcd: StartEtcd) -> None:
+    node = start_etcd(api="v3")
+    proxy = gogeta("-etcdAddress", node.url)
 
-        def said() -> bool:
-            code, body = health(proxy)
-            return code == 503 and "v2 API" in body["reason"]
+    def said() -> bool:
+        code, body = health(proxy)
+        return code == 503 and "v2 API" in body["reason"]
 
-        wait_until(said, timeout=15, what="health 503 naming the v2 API")
-        assert "-etcdApi v3" in health(proxy)[1]["reason"]
-        lines = [line for line in proxy.log().splitlines() if "v2 API" in line]
-        assert len(lines) == 1 and "-etcdApi v3" in lines[0], proxy.log()
-        assert "Traceback" not in proxy.log(), proxy.log()
-        assert proxy.proc is not None and proxy.proc.poll() is None
-    finally:
-        node.stop()
+    wait_until(said, timeout=15, what="health 503 naming the v2 API")
+    assert "-etcdApi v3" in health(proxy)[1]["reason"]
+    lines = [line for line in proxy.log().splitlines() if "v2 API" in line]
+    assert len(lines) == 1 and "-etcdApi v3" in lines[0], proxy.log()
+    assert "Traceback" not in proxy.log(), proxy.log()
+    assert proxy.proc is not None and proxy.proc.poll() is None

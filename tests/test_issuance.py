@@ -12,7 +12,7 @@ from issuance.backoff import after_failure
 from issuance.orders import renewal_due
 from resolvers.certs import ChallengeTree
 from resolvers.tree import Node
-from tests.tls_support import issue
+from tests.pki import issue
 
 
 def test_backoff_starts_at_a_minute_and_doubles_to_an_hour() -> None:

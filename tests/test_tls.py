@@ -1,7 +1,7 @@
 """TLS on `-tlsPort` (docs/behaviour.md §9): certificates from etcd chosen by SNI, live.
 
 gogeta runs as a process against the session's real etcd; the certificates are made by
-the tests (tests/tls_support.py) and written under `/certs` as an operator writes them;
+the tests (tests/pki.py) and written under `/certs` as an operator writes them;
 clients are the standard library's TLS, and they check which certificate they got.
 """
 
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.pki import issue
 from tests.support import (
     Backend,
     EtcdServer,
@@ -34,7 +35,6 @@ from tests.tls_support import (
     client_context,
     connect,
     https_get,
-    issue,
     request_bytes,
     served,
     store,

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import pytest
 
+from tests.pki import issue
 from tests.support import EtcdServer, Start, free_port, port_open, wait_until
-from tests.tls_support import issue, served, store
+from tests.tls_support import served, store
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,8 @@
-"""Certificates made by the tests (trustme: a CA, leaves, wildcards) and TLS clients.
+"""TLS clients for the tests, and certificates written into etcd as an operator writes them.
 
-Shared by the TLS test files: certificates are written into a real etcd under `/certs`
-as an operator writes them, and clients speak TLS to gogeta's `-tlsPort` with the
-standard library, checking which certificate the handshake served.
+The certificates come from tests/pki.py: `store` writes one under `/certs` of a real etcd,
+and clients speak TLS to gogeta's `-tlsPort` with the standard library, trusting the
+shared CA and checking which certificate the handshake served.
 """
 
 from __future__ import annotations
@@ -10,43 +10,10 @@ from __future__ import annotations
 import http.client
 import socket
 import ssl
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import trustme
-
+from tests.pki import CA, Leaf
 from tests.support import Response
-
-CA = trustme.CA()
-
-
-@dataclass(frozen=True)
-class Leaf:
-    """A certificate issued by CA: its PEM chain (leaf first), key, and leaf DER."""
-
-    chain: str
-    key: str
-    der: bytes
-
-    def write(self, directory: Path, name: str) -> tuple[str, str]:
-        """The pair as files (for -tlsCertFile and -tlsKeyFile)."""
-        cert, key = directory / f"{name}.pem", directory / f"{name}.key"
-        cert.write_text(self.chain)
-        key.write_text(self.key)
-        key.chmod(0o600)
-        return str(cert), str(key)
-
-
-def issue(*names: str, **kwargs: Any) -> Leaf:
-    cert = CA.issue_cert(*names, **kwargs)
-    chain = "".join(blob.bytes().decode() for blob in cert.cert_chain_pems)
-    return Leaf(chain, cert.private_key_pem.bytes().decode(), leaf_der(chain))
-
-
-def leaf_der(chain: str) -> bytes:
-    first = chain[: chain.index("-----END CERTIFICATE-----") + len("-----END CERTIFICATE-----")]
-    return ssl.PEM_cert_to_DER_cert(first + "\n")
 
 
 def store(etcd: Any, hostname: str, leaf: Leaf, cert_dir: str = "/certs") -> None:
