@@ -261,11 +261,20 @@ def start_gogeta(
 
 
 def start_gunicorn(
-    procs: Processes, binary: str, name: str, port: int, env: dict[str, str], workers: int = 2
+    procs: Processes,
+    binary: str,
+    name: str,
+    port: int,
+    env: dict[str, str],
+    workers: int = 2,
+    worker_class: str | None = None,
 ) -> subprocess.Popen[bytes]:
-    """gogeta under gunicorn (its worker class: gunicorn_hooks.ProxyWorker), configured by
-    GOGETA_* variables. SIGINT is its quick shutdown."""
+    """gogeta under gunicorn (its conf's worker class, gunicorn_hooks.ProxyWorker, unless
+    `worker_class` names another), configured by GOGETA_* variables. SIGINT is its quick
+    shutdown."""
     argv = [binary, "-c", str(ROOT / "gunicorn.conf.py"), "-w", str(workers)]
+    if worker_class is not None:
+        argv += ["-k", worker_class]
     argv += ["-b", f"127.0.0.1:{port}", "--log-level", "warning", "gogeta:create_app()"]
     proc = procs.start(name, argv, env=env)
     try:

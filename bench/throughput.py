@@ -33,8 +33,10 @@ TARGET_ORDER = (
     "gogeta",
     "gogeta-nolog",
     "gogeta-gunicorn",
+    "gogeta-k-gevent",
     "reference",
 )
+GUNICORN_TARGETS = frozenset({"gogeta-gunicorn", "gogeta-k-gevent"})
 # The hosts a reference proxy routed by etcd is asked for: wrk's (its URL's) and the probe's.
 REFERENCE_HOSTS = ("127.0.0.1", "bench")
 
@@ -140,6 +142,13 @@ def start_targets(rig: Rig) -> tuple[list[Target], list[subprocess.Popen[bytes]]
     }
     gunicorn = start_gunicorn(procs, tools.gunicorn, "gogeta-gunicorn", gunicorn_port, env)
     targets.append(Target("gogeta-gunicorn", gunicorn_port, gunicorn.pid, gunicorn))
+    # What a user who types gunicorn's own `-k gevent` gets: gunicorn's gevent worker, into
+    # which gogeta installs its own server when it loads there.
+    k_gevent_port = free_port()
+    k_gevent = start_gunicorn(
+        procs, tools.gunicorn, "gogeta-k-gevent", k_gevent_port, env, worker_class="gevent"
+    )
+    targets.append(Target("gogeta-k-gevent", k_gevent_port, k_gevent.pid, k_gevent))
 
     helpers: list[subprocess.Popen[bytes]] = []
     if rig.opts.reference:
@@ -191,7 +200,7 @@ def run(rig: Rig) -> ThroughputResult:
 
     for t in targets:
         if t.proc is not None:
-            sig = signal.SIGINT if t.name == "gogeta-gunicorn" else signal.SIGTERM
+            sig = signal.SIGINT if t.name in GUNICORN_TARGETS else signal.SIGTERM
             rig.procs.stop(t.proc, sig)
     for proc in helpers:
         rig.procs.stop(proc)
