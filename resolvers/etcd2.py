@@ -87,7 +87,7 @@ class V2Source(WatchedSource[Watcher]):
             except ETCD_DOWN as exc:
                 raise SourceDown(str(exc)) from exc
 
-        return on_any_endpoint(self.writes, once)
+        return on_any_endpoint(self.writes, once, self.reachability)
 
     def get(self, key: str) -> str | None:
         def read(client: Any) -> str | None:

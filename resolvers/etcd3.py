@@ -130,4 +130,4 @@ class V3Source(WatchedSource[Watcher]):
             except EtcdDown as exc:
                 raise SourceDown(f"{self.writes.current}: {exc}") from exc
 
-        return on_any_endpoint(self.writes, once)
+        return on_any_endpoint(self.writes, once, self.reachability)

@@ -158,11 +158,15 @@ class Reachability:
 
     A resolver watches with one greenlet per directory and each one notices an outage: the
     first to fail logs that etcd went away, the last to get an answer again that it is back.
+    A write that no endpoint takes says so too, when it is the first to notice (the watchers
+    may not have seen the outage yet, or never will: a cluster without quorum still answers
+    reads), without making etcd unreachable for health: only the watchers decide that.
     """
 
     def __init__(self) -> None:
         self._failing: set[str] = set()
         self._since = 0.0
+        self._announced = False  # an outage was logged and its end not yet
         self.problem: str | None = None  # the last problem logged, until etcd answers
 
     @property
@@ -173,15 +177,15 @@ class Reachability:
         self, who: str, endpoint: str, exc: BaseException, problem: str | None = None
     ) -> None:
         """`problem`: etcd answered but cannot be used (bad credentials...), said instead."""
-        if problem is not None and problem != self.problem:
-            log.error("%s (%s)", problem, endpoint)  # once per problem, not per retry
-            self.problem = problem
-        elif not self._failing and problem is None:
-            log.warning(
-                "etcd unreachable (%s: %s); serving the last table, retrying", endpoint, exc
-            )
-        if not self._failing:
-            self._since = time.monotonic()
+        if problem is None:
+            self._announce(endpoint, exc)
+        else:
+            if problem != self.problem:
+                log.error("%s (%s)", problem, endpoint)  # once per problem, not per retry
+                self.problem = problem
+            if not self._announced:
+                self._announced = True
+                self._since = time.monotonic()
         self._failing.add(who)
 
     def answered(self, who: str, endpoint: str) -> None:
@@ -190,9 +194,29 @@ class Reachability:
         self._failing.discard(who)
         if not self._failing:
             self.problem = None
+            self._recovered(endpoint)
+
+    def write_failed(self, endpoint: str, exc: BaseException) -> None:
+        """No endpoint took a write (or a read outside the watch)."""
+        self._announce(endpoint, exc)
+
+    def write_answered(self, endpoint: str) -> None:
+        if not self._failing:
+            self._recovered(endpoint)
+
+    def _announce(self, endpoint: str, exc: BaseException) -> None:
+        if self._announced or self._failing:
+            return
+        log.warning("etcd unreachable (%s: %s); serving the last table, retrying", endpoint, exc)
+        self._announced = True
+        self._since = time.monotonic()
+
+    def _recovered(self, endpoint: str) -> None:
+        if self._announced:
             log.warning(
                 "etcd reachable again at %s after %.1f s", endpoint, time.monotonic() - self._since
             )
+            self._announced = False
 
 
 class EndpointRing:
@@ -211,20 +235,34 @@ class EndpointRing:
         self._position = (self._position + 1) % len(self.urls)
 
 
-def on_any_endpoint(endpoints: EndpointRing, call: Callable[[], T]) -> T:
+def on_any_endpoint(
+    endpoints: EndpointRing, call: Callable[[], T], reachability: Reachability | None = None
+) -> T:
     """`call` (one write or read, raising SourceDown or WriteRefused) on each endpoint in
     turn until one answers; a refusal is final, as another endpoint would say the same.
+    `reachability` hears whether etcd answered.
 
     Dropped at the first failure, a write behind a dead first endpoint would be lost
     (and a lastAccess not asked again for a whole interval).
     """
     for attempt in range(len(endpoints.urls)):
+        endpoint = endpoints.current
         try:
-            return call()
-        except SourceDown:
+            answer = call()
+        except SourceDown as exc:
             endpoints.rotate()
             if attempt == len(endpoints.urls) - 1:
+                if reachability is not None:
+                    reachability.write_failed(endpoint, exc)
                 raise
+            continue
+        except WriteRefused:
+            if reachability is not None:
+                reachability.write_answered(endpoint)
+            raise
+        if reachability is not None:
+            reachability.write_answered(endpoint)
+        return answer
     raise AssertionError("not reached: the last attempt returns or raises")
 
 

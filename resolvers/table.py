@@ -103,12 +103,7 @@ class TableResolver:
         source.mirror(self.services, self._on_change)
         if not env:
             source.mirror(self.domains, self._on_change)
-        self.writer = Writer(
-            source,
-            service_dir,
-            last_access_interval,
-            lambda: self.source.state().unreachable_since is not None,
-        )
+        self.writer = Writer(source, service_dir, last_access_interval)
         self._positions: dict[str, int] = {}  # round robin: the only per-request state
         self.ejections = Ejections(eject_seconds)
         self._sweeper: gevent.Greenlet | None = None

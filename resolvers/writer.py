@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 
 import gevent
 import gevent.queue
@@ -39,13 +38,10 @@ class Writer(Background):
         source: Source,
         service_dir: str,
         interval: float,
-        unreachable: Callable[[], bool] = lambda: False,
     ) -> None:
         self.source = source
         self.service_dir = service_dir
         self.interval = interval
-        # While the watchers already say etcd is away, a failed write is not news.
-        self.unreachable = unreachable
         self.queue: gevent.queue.Queue[tuple[str, Instance, float]] = gevent.queue.Queue(QUEUE_SIZE)
         self.last_touch: dict[tuple[str, str], float] = {}
         self.pending: set[tuple[str, str, str]] = set()
@@ -117,11 +113,8 @@ class Writer(Background):
                 else:
                     self.last_touch.pop(key, None)
                 if not self.failing:
-                    # During an outage the watchers have said so already, at WARNING.
-                    level = logging.INFO if self.unreachable() else logging.WARNING
-                    log.log(
-                        level, "cannot write to etcd (%s): %s skipped until it answers", exc, kind
-                    )
+                    # The outage itself is logged once, at WARNING, by the source.
+                    log.info("cannot write to etcd (%s): %s skipped until it answers", exc, kind)
                     self.failing = True
                 gevent.sleep(backoff.next())
                 continue

@@ -259,7 +259,10 @@ def test_sigterm_closes_idle_keep_alive_connections_at_once(gunicorn: StartGunic
             assert server.proc.wait(timeout=30) == 0
 
 
-GRACEFUL = 10  # seconds: gunicorn.conf.py's graceful_timeout, from GOGETA_DRAIN_TIMEOUT
+GRACEFUL = 40  # seconds: gunicorn.conf.py's graceful_timeout, from GOGETA_DRAIN_TIMEOUT
+# A lost stop signal leaves its worker to be killed at the graceful timeout; a stop that is
+# only slow (a loaded machine: a few seconds) stays well under this.
+HUNG = GRACEFUL * 3 / 4
 
 
 def listening(server: Gunicorn) -> None:
@@ -312,7 +315,7 @@ def test_sigterm_at_any_moment_of_a_start_stops_long_before_the_graceful_timeout
             sent = time.monotonic()
             server.proc.send_signal(signal.SIGTERM)
             try:
-                code = server.proc.wait(timeout=GRACEFUL / 2)
+                code = server.proc.wait(timeout=HUNG)
             except subprocess.TimeoutExpired:
                 code = None
                 for process in [*workers, psutil.Process(server.proc.pid)]:
@@ -320,7 +323,7 @@ def test_sigterm_at_any_moment_of_a_start_stops_long_before_the_graceful_timeout
                         process.kill()
             stops.append((moment.__name__, round(time.monotonic() - sent, 2)))
             assert code in (0, None), server.log()
-    slow = [(name, took) for name, took in stops if took >= GRACEFUL / 2]
+    slow = [(name, took) for name, took in stops if took >= HUNG]
     assert not slow, f"stops that waited for the graceful timeout: {slow} (all: {stops})"
 
 

@@ -89,9 +89,11 @@ def test_resolver_figures_are_counters_read_at_scrape_time(gogeta: Start, etcd: 
             grown = value(found, "gogeta_resolver_events_applied_total") - value(
                 before, "gogeta_resolver_events_applied_total"
             )
-            return found if grown >= 2 else {}
+            # lastAccess is written from a background greenlet, after the request.
+            written = value(found, "gogeta_resolver_last_access_writes_total")
+            return found if grown >= 2 and written >= 1 else {}
 
-        after = wait_until(applied, timeout=5, what="the two events in the counter")
+        after = wait_until(applied, timeout=5, what="the two events and a lastAccess write")
     assert value(after, "gogeta_etcd_index") >= etcd.client().read("/").etcd_index - 10
     assert value(after, "gogeta_resolver_last_access_writes_total") >= 1
 
