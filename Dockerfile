@@ -18,9 +18,10 @@ WORKDIR /app
 COPY requirements.txt ./
 RUN pip install --no-cache-dir -r requirements.txt
 
-COPY gogeta.py settings.py errors.py gunicorn.conf.py gunicorn_hooks.py docker-entrypoint.sh ./
+COPY gogeta.py errors.py gunicorn.conf.py gunicorn_hooks.py docker-entrypoint.sh ./
 COPY proxy/ ./proxy/
 COPY resolvers/ ./resolvers/
+COPY settings/ ./settings/
 COPY framing/ ./framing/
 COPY issuance/ ./issuance/
 COPY transport/ ./transport/

@@ -17,18 +17,14 @@ if __name__ == "__main__":
 
     monkey.patch_all()
 
-import dataclasses  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
-import re  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable, Iterable, Sequence  # noqa: E402
+from collections.abc import Iterable, Sequence  # noqa: E402
 from typing import TYPE_CHECKING, Any  # noqa: E402
 
 import settings  # noqa: E402
-from errors import GogetaError  # noqa: E402
 
 if TYPE_CHECKING:
     from issuance.orders import Orders
@@ -67,13 +63,6 @@ def check_templates(config: settings.Config) -> None:
         raise settings.SettingError(f"-templateDir: {exc}") from exc
 
 
-# Under gunicorn, how often a worker copies its resolver and process figures to the
-# shared metrics files at the latest (a routing change copies them at once).
-PUBLISH_SECONDS = 1.0
-# An ACME token (RFC 8555 §8.3: base64url, at least 128 bits): nothing else becomes a key.
-_ACME_TOKEN = re.compile(r"[A-Za-z0-9_-]{16,256}")
-
-
 class Process:
     """One serving process, wired from its config: the composition root.
 
@@ -85,6 +74,7 @@ class Process:
     """
 
     def __init__(self, config: settings.Config) -> None:
+        from issuance.answers import validation_answers
         from proxy.access_log import writer
         from proxy.admin import Admin
         from proxy.app import Gogeta
@@ -141,6 +131,10 @@ class Process:
             config.UrlHeaderParam,
             on_count=count_tunnel,
         )
+        # With -acmeDirectory: the answers to HTTP-01 validation requests (docs/behaviour.md §10).
+        acme_answer = None
+        if source is not None and challenges is not None:
+            acme_answer = validation_answers(source, challenges)
         app = Gogeta(
             resolver=resolver,
             pages=pages,
@@ -154,7 +148,7 @@ class Process:
             no_wake_agents=config.noWakeUserAgents,
             tls_port=config.tlsPort,
             hsts_max_age=config.hstsMaxAge,
-            acme_answer=self._acme_answers(config, source, challenges),
+            acme_answer=acme_answer,
         )
         admin = Admin(
             resolver,
@@ -231,28 +225,6 @@ class Process:
         certificates.hold = config.acmeHoldSeconds
         return orders, challenges
 
-    @staticmethod
-    def _acme_answers(
-        config: settings.Config, source: "Source | None", challenges: "ChallengeTree | None"
-    ) -> "Callable[[str], str | None] | None":
-        """The answer to an HTTP-01 validation request: the mirror's, or etcd's own when
-        the mirror does not hold it (yet). The validation is asked once and its failure
-        costs the name a backoff, so a watch that lags must not turn it into a 404."""
-        if challenges is None or source is None:
-            return None
-        known, prefix = challenges, f"{config.certDir}/.acme/challenges"
-
-        def answer(token: str) -> str | None:
-            found = known.answer(token)
-            if found is None and _ACME_TOKEN.fullmatch(token):
-                try:
-                    found = source.get(f"{prefix}/{token}")
-                except GogetaError as exc:  # etcd away: nothing better to say than 404
-                    log.info("ACME challenge %s: not in the mirror, etcd unread: %s", token, exc)
-            return found
-
-        return answer
-
     def _describe_tls(self) -> dict[str, Any]:
         assert self.certificates is not None
         described = self.certificates.describe()
@@ -268,8 +240,12 @@ class Process:
             self.resolver.start()
             if self.orders is not None:
                 self.orders.start()
-            if self.metrics.multiprocess:
-                self._publisher = gevent.spawn(self._publish_metrics)
+            if self.metrics.multiprocess:  # under gunicorn: figures for every worker
+                from proxy.publisher import publish_forever
+
+                self._publisher = gevent.spawn(
+                    publish_forever, self.metrics, self.live, self.resolver
+                )
         return self
 
     def stop(self) -> None:
@@ -279,30 +255,6 @@ class Process:
             self.orders.stop()
         self.resolver.stop()
         self.forwarder.close()
-
-    def _publish_metrics(self) -> None:
-        # Under gunicorn a scrape reaches one worker: every worker keeps its figures in the
-        # shared files so the scrape shows them all, fresh: at once after each change of
-        # the routing table (the load included), and every PUBLISH_SECONDS for the rest
-        # (lastAccess writes, etcd going away, memory...).
-        import gevent
-
-        process_due = 0.0
-        while True:
-            started = time.monotonic()
-            try:
-                self.metrics.publish(process=started >= process_due)
-            except Exception:
-                log.exception("cannot publish the metrics")
-            if started >= process_due:
-                try:
-                    self.live.publish()  # this worker's heartbeat, for the live view
-                except OSError as exc:
-                    log.warning("cannot write the live view's heartbeat: %s", exc)
-                process_due = started + PUBLISH_SECONDS
-            if not self.resolver.wait_for_change(PUBLISH_SECONDS):
-                # Timed out, or a resolver whose table never changes returned at once.
-                gevent.sleep(max(0.0, PUBLISH_SECONDS - (time.monotonic() - started)))
 
 
 class WorkerApp:
@@ -373,72 +325,42 @@ def create_app(*argv: str) -> WorkerApp:
 def serve(config: settings.Config, process: Process) -> None:
     """Run the standalone server until SIGTERM or SIGINT, then drain (docs/behaviour.md §6)."""
     import gevent
-    import gevent.event
 
     from proxy.diagnostics import CpuProfiler, stacks
-    from transport.server import ProxyServer
+    from transport.standalone import CannotListen, Listeners
 
     options = process.server_options
-    servers = [
-        ProxyServer(
-            (config.listenAddress, port),
-            process.app,
-            options=dataclasses.replace(options, tls=tls),
-            log=None,  # pywsgi's own access lines: off, `proxy.front` writes gogeta's
-            error_log=logging.getLogger("gogeta.server"),
-        )
-        for port, tls in ((config.port, None), (config.tlsPort, options.tls))
-        if port
-    ]
-    server = servers[0]
-    stopped = gevent.event.Event()
+    listeners = Listeners(
+        config.listenAddress,
+        ((config.port, None), (config.tlsPort, options.tls)),
+        process.app,
+        options,
+    )
     profiler = CpuProfiler(config.cpuProfile)
-
-    def drain(timeout: float) -> None:
-        for each in servers:
-            each.close()  # every port stops accepting before the wait
-        drains = [gevent.spawn(each.drain, timeout) for each in servers]
-        gevent.joinall(drains)
-        left = sum(d.value or 0 for d in drains)
-        if left:
-            log.warning("drain timeout: %d connection(s) cut after %ss", left, timeout)
-        stopped.set()
-
-    def shutdown(signum: int) -> None:
-        name = signal.Signals(signum).name
-        if server.draining:
-            log.warning("%s again: stopping without waiting", name)
-            gevent.spawn(drain, 0.001)
-            return
-        log.info("%s: stopped accepting, draining for up to %ss", name, config.drainTimeout)
-        gevent.spawn(drain, config.drainTimeout)
 
     def dump_stacks() -> None:
         log.warning("SIGUSR1: stacks of every thread and greenlet\n%s", stacks())
 
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        gevent.signal_handler(signum, shutdown, signum)
+    listeners.drain_on_signals(config.drainTimeout)
     gevent.signal_handler(signal.SIGUSR1, dump_stacks)
     gevent.signal_handler(signal.SIGUSR2, profiler.toggle)
 
-    for each in servers:
-        try:
-            each.start()
-        except OSError as exc:
-            port = each.address[1] if isinstance(each.address, tuple) else each.address
-            log.error("cannot listen on %s:%s: %s", config.listenAddress, port, exc)
-            raise SystemExit(1) from None
+    try:
+        listeners.start()
+    except CannotListen as exc:
+        log.error("%s", exc)
+        raise SystemExit(1) from None
     process.start()
     log.info(
         "gogeta listening on http://%s:%s/ (resolver %s)",
         config.listenAddress,
-        server.server_port,
+        listeners.port,
         config.resolverType,
     )
-    if len(servers) > 1:
+    if len(listeners.servers) > 1:
         log.info("gogeta listening on https://%s:%s/", config.listenAddress, config.tlsPort)
     try:
-        stopped.wait()
+        listeners.wait()
     finally:
         profiler.stop()
         process.stop()

@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+from devtools.children import ROOT, spawn, terminate, wait_for
+from devtools.example_app import start_backend
+from devtools.local_etcd import start_etcd
 from devtools.machine import chromium_binary, free_port
-from devtools.run_example import ROOT, spawn, start_backend, start_etcd, terminate, wait_for
 
 Key = tuple[str, str]
 

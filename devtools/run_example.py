@@ -19,285 +19,54 @@ answer: another example owns it, and rewriting it would leave that one answering
 
 Children run in their own process group, so a Ctrl-C in the terminal reaches this script
 only and the shutdown order stays ours; on Linux they are also told to die with it.
+
+This file is the order of things; the parts are beside it: the port checks
+(devtools/ports.py), the children and the waits (devtools/children.py), the local etcd
+(devtools/local_etcd.py), the example instances (devtools/example_app.py) and their keys
+in etcd (devtools/example_keys.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import http.client
 import os
-import signal
-import socket
-import subprocess
 import sys
-import threading
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from socketserver import ThreadingMixIn
-from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.simple_server import WSGIServer
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import settings  # noqa: E402  (gogeta's flags: checked here before they are passed on)
+from devtools.children import (  # noqa: E402
+    Stopping,
+    spawn,
+    stop_on_signals,
+    stopped,
+    terminate,
+    wait_for,
+)
+from devtools.example_app import DEFAULT_BACKEND_PORTS, backend_ports  # noqa: E402
+from devtools.example_app import start_backend as start_backend  # noqa: E402  (tests use it here)
 from devtools.example_keys import (  # noqa: E402
     DOMAIN,
     SERVICE,
-    _b64,
     live_instances,
     log,
     port_open,
-    v3_call,
     write_certificate,
     write_route,
 )
-from devtools.machine import etcd_binary, free_port  # noqa: E402
+from devtools.local_etcd import etcd_answers, start_etcd  # noqa: E402
+from devtools.machine import free_port  # noqa: E402
+from devtools.ports import check_free, holder_of, http_get  # noqa: E402
+from devtools.ports import port_free as port_free  # noqa: E402  (tests use it here)
 
 DEFAULT_ETCD = "http://127.0.0.1:4001"
-DEFAULT_BACKEND_PORTS = (8081, 8082)
 DEFAULT_HTTPS_PORT = 7443
-
-
-# --------------------------------------------------------------------------- waiting
-
-
-class Stopping(Exception):
-    """SIGINT or SIGTERM arrived: unwind and stop what was started."""
-
-
-_stop = threading.Event()
-
-
-def _on_signal(signum: int, frame: FrameType | None) -> None:
-    _stop.set()
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll `condition` until true; raise Stopping on a signal, RuntimeError on timeout."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if _stop.is_set():
-            raise Stopping
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
-        _stop.wait(0.05)
-
-
-def port_free(port: int) -> bool:
-    """Nothing listens on 127.0.0.1:port. Connections of an earlier run in TIME_WAIT do not
-    count: the servers started here bind with SO_REUSEADDR, as this check does."""
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-def holder_of(port: int) -> str:
-    """Who listens on a TCP port, as far as /proc tells without privileges: "pid N (argv)"."""
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            rows = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for row in rows:
-            fields = row.split()  # local address is HEXIP:HEXPORT, state 0A is LISTEN
-            if len(fields) > 9 and fields[3] == "0A" and fields[1].endswith(f":{port:04X}"):
-                inodes.add(f"socket:[{fields[9]}]")
-    if not inodes:
-        return "a process this script cannot see"
-    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
-        try:
-            if not any(os.readlink(fd) in inodes for fd in fd_dir.iterdir()):
-                continue
-            argv = (fd_dir.parent / "cmdline").read_bytes().rstrip(b"\0").split(b"\0")
-        except OSError:  # gone, or another user's
-            continue
-        command = " ".join(" ".join(a.decode(errors="replace") for a in argv).split())
-        return f"pid {fd_dir.parent.name} ({command[:120]})"
-    return "a process of another user"
-
-
-def check_free(port: int, whose: str, fix: str) -> None:
-    if not port_free(port):
-        raise RuntimeError(f"{whose} port {port} is taken by {holder_of(port)}: {fix}")
-
-
-def http_get(host: str, port: int, path: str, headers: dict[str, str]) -> tuple[int, str]:
-    conn = http.client.HTTPConnection(host, port, timeout=2)
-    try:
-        conn.request("GET", path, headers=headers)
-        resp = conn.getresponse()
-        return resp.status, resp.read().decode("utf-8", "replace")
-    finally:
-        conn.close()
-
-
-# --------------------------------------------------------------------------- children
-
-
-def _pdeathsig() -> Callable[[], None] | None:
-    """A pre-exec hook asking Linux for SIGTERM when this script dies (even by SIGKILL).
-
-    libc is looked up here, in the parent: the hook itself only makes one call.
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    pr_set_pdeathsig, sigterm = 1, int(signal.SIGTERM)
-
-    def hook() -> None:
-        prctl(pr_set_pdeathsig, sigterm)
-
-    return hook
-
-
-_DIE_WITH_PARENT = _pdeathsig()
-
-
-def spawn(argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None) -> Any:
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as out:
-        return subprocess.Popen(
-            list(argv),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=ROOT,
-            env=env,
-            process_group=0,
-            preexec_fn=_DIE_WITH_PARENT,
-        )
-
-
-def terminate(proc: Any, name: str, timeout: float = 15) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            log(f"{name} did not stop within {timeout:.0f}s: killing it")
-            proc.kill()
-            proc.wait()
-    log(f"{name} stopped (exit {proc.returncode})")
-
-
-def etcd_answers(host: str, port: int, api: str = "v2") -> bool:
-    try:
-        if api == "v3":
-            v3_call(host, port, "/v3/kv/range", {"key": _b64("\0")})
-            return True
-        status, _ = http_get(host, port, "/v2/keys/", {})
-        return status == 200
-    except (OSError, RuntimeError, ValueError):
-        return False
-
-
-def start_etcd(host: str, port: int, data_dir: Path, run_dir: Path, api: str = "v2") -> Any:
-    if host not in ("127.0.0.1", "localhost"):
-        raise RuntimeError(
-            f"nothing answers at {host}:{port} and it is not a loopback address: start etcd"
-            " there, or leave GOGETA_ETCD_ADDRESS unset for a local one"
-        )
-    fix = f"no etcd {api} API answers there; stop it, or name another etcd with --etcd-address"
-    check_free(port, "etcd's", fix)
-    client = f"http://127.0.0.1:{port}"
-    peer = f"http://127.0.0.1:{free_port()}"
-    log(f"no etcd at {client}: starting one (data in {data_dir})")
-    proc = spawn(
-        [
-            etcd_binary(),
-            *(["--enable-v2"] if api == "v2" else []),
-            "--name=gogeta-example",
-            f"--data-dir={data_dir}",
-            f"--listen-client-urls={client}",
-            f"--advertise-client-urls={client}",
-            f"--listen-peer-urls={peer}",
-            f"--initial-advertise-peer-urls={peer}",
-            f"--initial-cluster=gogeta-example={peer}",
-            "--log-level=warn",
-        ],
-        run_dir / "etcd.log",
-    )
-
-    def up() -> bool:
-        if proc.poll() is not None:
-            raise RuntimeError(f"etcd exited {proc.returncode}: see {run_dir / 'etcd.log'}")
-        return etcd_answers("127.0.0.1", port, api)
-
-    wait_for(up, 30, "etcd to answer")
-    return proc
-
-
-# --------------------------------------------------------------------------- the backend
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-
-def example_app(instance: str, port: int) -> Callable[..., Iterable[bytes]]:
-    """A WSGI app that says which instance answered and what it was asked."""
-
-    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO", "/")
-        query = environ.get("QUERY_STRING", "")
-        text = (
-            f"Hello from the example application, instance {instance}"
-            f" (127.0.0.1:{port}).\n\n"
-            f"You asked for {environ.get('HTTP_HOST', '?')}{path}{'?' + query if query else ''}"
-            f" and gogeta picked this instance of service {SERVICE!r} from etcd.\n"
-            f"X-Forwarded-For: {environ.get('HTTP_X_FORWARDED_FOR', '-')}\n\n"
-            "Ask again: the next request goes to the other instance (round robin).\n"
-        )
-        data = text.encode("utf-8")
-        start_response(
-            "200 OK",
-            [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(data)))],
-        )
-        return [data]
-
-    return app
-
-
-def start_backend(instance: str, port: int) -> WSGIServer:
-    server = make_server(
-        "127.0.0.1",
-        port,
-        example_app(instance, port),
-        server_class=_ThreadingWSGIServer,
-        handler_class=_QuietHandler,
-    )
-    threading.Thread(target=server.serve_forever, name=f"backend-{instance}", daemon=True).start()
-    return server
-
-
-def backend_ports(requested: Sequence[int]) -> list[int]:
-    """The requested ports; 0, or a default port already taken, becomes a free one."""
-    ports = []
-    for want in requested:
-        if want and (want not in DEFAULT_BACKEND_PORTS or port_free(want)):
-            ports.append(want)
-        else:
-            ports.append(free_port())
-    return ports
-
-
-# --------------------------------------------------------------------------- main
 
 
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -348,8 +117,7 @@ def main(argv: Sequence[str]) -> int:
     except settings.SettingError as exc:
         log(f"error: gogeta: {exc}")
         return 2
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, _on_signal)
+    stop_on_signals()
 
     first = args.etcd_address.split(",")[0].strip()
     parsed = urlsplit(first if "://" in first else "http://" + first)
@@ -454,10 +222,10 @@ def main(argv: Sequence[str]) -> int:
             + "Ctrl-C stops gogeta, the example instances and the etcd started here.\n",
             flush=True,
         )
-        while not _stop.is_set():
+        while not stopped():
             if gogeta.poll() is not None:
                 raise RuntimeError(f"gogeta exited {gogeta.returncode}: see {gogeta_log}")
-            _stop.wait(0.5)
+            stopped(0.5)
         raise Stopping
     except Stopping:
         log("stopping")
