@@ -17,10 +17,19 @@ from typing import Any, Generic, TypeVar
 
 from bench.connections import ConnectionsResult
 from bench.harness import ROOT, say
+from bench.loop_probe import INTERVAL
 from bench.options import BenchOptions
 from bench.propagation import ChangeTimes, PropagationResult
 from bench.rig import Skipped
-from bench.scale import ScaleResult, Tier
+from bench.scale import (
+    ADMIN_GOAL_MS,
+    ADMIN_TIMINGS,
+    STALL_GOAL_MS,
+    STEADY_CONNECTIONS,
+    ScaleResult,
+    Tier,
+)
+from bench.stats import Spread
 from bench.throughput import Row, ThroughputResult
 from bench.tls import CONNECTIONS, TlsResult, TlsRow
 from bench.tools import Machine
@@ -95,6 +104,11 @@ class Column(Generic[T]):
         return fmt(value, self.spec)
 
 
+def spread(ms: Spread) -> str:
+    """p50 / p99 / max of a `Spread` of milliseconds."""
+    return " / ".join(fmt(value) for value in (ms.median, ms.p99, ms.max))
+
+
 def table(title: str, columns: Sequence[Column[T]], items: Iterable[T], notes: list[str]) -> Table:
     """A row per item, a cell per column."""
     rows = [[column.cell(item) for column in columns] for item in items]
@@ -141,6 +155,20 @@ SCALE: list[Column[Tier]] = [
         "CPU µs/req single / random",
         lambda t: f"{fmt(t.single_cpu_us_per_req, '.0f')} / {fmt(t.random_cpu_us_per_req, '.0f')}",
     ),
+    Column("steady req/s", lambda t: t.steady.rps, ".0f"),
+    Column(
+        f"health ms p50 / p99 / max (goal ≤ {ADMIN_GOAL_MS:g})",
+        lambda t: spread(t.steady.health_ms),
+    ),
+    Column(
+        f"metrics ms p50 / p99 / max (goal ≤ {ADMIN_GOAL_MS:g})",
+        lambda t: f"{spread(t.steady.metrics_ms)} ({t.steady.metrics_timed})",
+    ),
+    Column(
+        f"longest stall ms (goal ≤ {STALL_GOAL_MS:g}) / scraping",
+        lambda t: f"{fmt(t.steady.stall_ms.max)} / {fmt(t.steady.stall_scraping_ms.max)}",
+    ),
+    Column("nginx probed ms (the machine)", lambda t: t.steady.machine_ms.max),
     Column("RSS after wrk MB", "rss_after_wrk_mb", ".0f"),
 ]
 
@@ -195,6 +223,18 @@ def _scale(p3: ScaleResult) -> Table:
     notes.append(
         "Changes: sequential location writes from one client; 'visible' is"
         " from the first write to the last change served."
+    )
+    notes.append(
+        f"Steady: wrk -c{STEADY_CONNECTIONS} over every domain, each connection paced so"
+        " that the total is about half the random req/s; two windows: health timed"
+        f" ({ADMIN_TIMINGS} requests, evenly spaced) in the first, metrics in the second (as"
+        f" many of {ADMIN_TIMINGS} as fit: the count in brackets). In both a probe sends"
+        f" health every {INTERVAL * 1000:g} ms on its own connection: its longest round trip"
+        f" (+ {INTERVAL * 1000:g} ms) bounds the event loop's longest stall from above, counting"
+        " the CPU others on the machine took from gogeta too; 'scraping': the same in the"
+        " second window, metrics rendered meanwhile; 'nginx probed': the longest round trip"
+        " of the same probe of the nginx backend in the first window, what the machine alone"
+        " does. The goals are set for 100,000 domains."
     )
     return table("3. Scale (gogeta standalone, IoEtcd)", SCALE, p3.tiers, notes)
 
