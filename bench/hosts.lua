@@ -14,3 +14,13 @@ function request()
   local i = math.random(0, count - 1)
   return wrk.format(nil, nil, { ["Host"] = "d" .. i .. ".scale" })
 end
+
+-- BENCH_DELAY_MS (whole milliseconds, as wrk takes them): each connection waits that long
+-- after an answer before its next request, so that the load is a steady rate, not all wrk
+-- can push (part 3's steady traffic).
+local pause = tonumber(os.getenv("BENCH_DELAY_MS") or "0")
+if pause > 0 then
+  function delay()
+    return pause
+  end
+end

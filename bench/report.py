@@ -9,19 +9,29 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from bench.connections import ConnectionsResult
 from bench.harness import ROOT, say
+from bench.loop_probe import INTERVAL
 from bench.options import BenchOptions
-from bench.propagation import PropagationResult
+from bench.propagation import ChangeTimes, PropagationResult
 from bench.rig import Skipped
-from bench.scale import ScaleResult
-from bench.throughput import ThroughputResult
-from bench.tls import CONNECTIONS, TlsResult
+from bench.scale import (
+    ADMIN_GOAL_MS,
+    ADMIN_TIMINGS,
+    STALL_GOAL_MS,
+    STEADY_CONNECTIONS,
+    ScaleResult,
+    Tier,
+)
+from bench.stats import Spread
+from bench.throughput import Row, ThroughputResult
+from bench.tls import CONNECTIONS, TlsResult, TlsRow
 from bench.tools import Machine
 
 RESULTS = ROOT / "bench" / "results"  # the recorded results, tracked by git
@@ -69,6 +79,7 @@ class BenchResults:
 
 
 Table = tuple[str, list[str], list[list[str]], list[str]]  # title, header, rows, notes
+T = TypeVar("T")
 
 
 def fmt(value: object, spec: str = ".1f") -> str:
@@ -79,29 +90,113 @@ def fmt(value: object, spec: str = ".1f") -> str:
     return str(value)
 
 
+@dataclass(frozen=True)
+class Column(Generic[T]):
+    """A table's column: its header and, for one item, a field's name or a function of the
+    item, its value written by `fmt` with `spec`."""
+
+    header: str
+    value: str | Callable[[T], object]
+    spec: str = ".1f"
+
+    def cell(self, item: T) -> str:
+        value = getattr(item, self.value) if isinstance(self.value, str) else self.value(item)
+        return fmt(value, self.spec)
+
+
+def spread(ms: Spread) -> str:
+    """p50 / p99 / max of a `Spread` of milliseconds."""
+    return " / ".join(fmt(value) for value in (ms.median, ms.p99, ms.max))
+
+
+def table(title: str, columns: Sequence[Column[T]], items: Iterable[T], notes: list[str]) -> Table:
+    """A row per item, a cell per column."""
+    rows = [[column.cell(item) for column in columns] for item in items]
+    return (title, [column.header for column in columns], rows, notes)
+
+
+THROUGHPUT: list[Column[Row]] = [
+    Column("case", "case"),
+    Column("target", "target"),
+    Column("req/s", "rps", ".0f"),
+    Column("p50 ms", "p50_ms", ".2f"),
+    Column("p99 ms", "p99_ms", ".2f"),
+    Column("MB/s", "mb_s", ".1f"),
+    Column("err", "errors"),
+    Column("non-2xx", "non_2xx"),
+    Column("CPU µs/req", "cpu_us_per_req", ".0f"),
+    Column("× nginx-proxy", "x_nginx_proxy", ".3f"),
+    Column("MB/s × nginx-proxy", "mb_x_nginx_proxy", ".3f"),
+    Column("× pywsgi", "x_pywsgi", ".3f"),
+    Column("× reference", "x_reference", ".3f"),
+    Column("MB/s × reference", "mb_x_reference", ".3f"),
+]
+
+Change = tuple[str, ChangeTimes]  # (what changed, its times)
+PROPAGATION: list[Column[Change]] = [
+    Column("change", lambda c: c[0]),
+    Column("min ms", lambda c: c[1].min),
+    Column("median ms", lambda c: c[1].median),
+    Column("p99 ms", lambda c: c[1].p99),
+    Column("max ms", lambda c: c[1].max),
+    Column("timeouts", lambda c: f"{c[1].timeouts}/{c[1].trials}"),
+]
+
+SCALE: list[Column[Tier]] = [
+    Column("domains", lambda t: f"{t.domains:,}"),
+    Column("routable after start s", "routable_after_start_s", ".2f"),
+    Column("RSS MB", "rss_after_load_mb", ".0f"),
+    Column("1000 changes visible s", "changes_visible_s", ".2f"),
+    Column("lag after last write ms", "changes_lag_after_last_write_ms", ".0f"),
+    Column("single req/s", "single_rps", ".0f"),
+    Column("random req/s", "random_rps", ".0f"),
+    Column("random × single", "random_x_single", ".3f"),
+    Column(
+        "CPU µs/req single / random",
+        lambda t: f"{fmt(t.single_cpu_us_per_req, '.0f')} / {fmt(t.random_cpu_us_per_req, '.0f')}",
+    ),
+    Column("steady req/s", lambda t: t.steady.rps, ".0f"),
+    Column(
+        f"health ms p50 / p99 / max (goal ≤ {ADMIN_GOAL_MS:g})",
+        lambda t: spread(t.steady.health_ms),
+    ),
+    Column(
+        f"metrics ms p50 / p99 / max (goal ≤ {ADMIN_GOAL_MS:g})",
+        lambda t: f"{spread(t.steady.metrics_ms)} ({t.steady.metrics_timed})",
+    ),
+    Column(
+        f"longest stall ms (goal ≤ {STALL_GOAL_MS:g}) / scraping",
+        lambda t: f"{fmt(t.steady.stall_ms.max)} / {fmt(t.steady.stall_scraping_ms.max)}",
+    ),
+    Column("nginx probed ms (the machine)", lambda t: t.steady.machine_ms.max),
+    Column("RSS after wrk MB", "rss_after_wrk_mb", ".0f"),
+]
+
+CONNECTIONS_COLUMNS: list[Column[ConnectionsResult]] = [
+    Column("connections", lambda p: f"{p.connections:,}"),
+    Column("RSS idle MB", "rss_idle_mb", ".0f"),
+    Column("RSS holding MB", "rss_held_mb", ".0f"),
+    Column("KB/conn", "kb_per_connection", ".1f"),
+    Column("open s", "open_s", ".1f"),
+    Column("fresh request ms", "fresh_request_ms", ".1f"),
+    Column("held reused", "sample_reused_ok"),
+]
+
+TLS: list[Column[TlsRow]] = [
+    Column("load", "load"),
+    Column("target", "target"),
+    Column("req/s", "rps", ".0f"),
+    Column("p99 ms", "p99_ms", ".2f"),
+    Column("errors", "errors"),
+    Column("CPU µs/req", "cpu_us_per_req", ".0f"),
+    Column("× nginx-tls", "x_nginx", ".3f"),
+]
+
+SKIPPED: list[Column[Skipped]] = [Column("skipped", "skipped")]
+FAILED: list[Column[str]] = [Column("error", lambda error: error)]
+
+
 def _throughput(p1: ThroughputResult, opts: BenchOptions) -> Table:
-    header = ["case", "target", "req/s", "p50 ms", "p99 ms", "MB/s", "err", "non-2xx"]
-    header += ["CPU µs/req", "× nginx-proxy", "MB/s × nginx-proxy", "× pywsgi"]
-    header += ["× reference", "MB/s × reference"]
-    rows = [
-        [
-            r.case,
-            r.target,
-            fmt(r.rps, ".0f"),
-            fmt(r.p50_ms, ".2f"),
-            fmt(r.p99_ms, ".2f"),
-            fmt(r.mb_s, ".1f"),
-            str(r.errors),
-            str(r.non_2xx),
-            fmt(r.cpu_us_per_req, ".0f"),
-            fmt(r.x_nginx_proxy, ".3f"),
-            fmt(r.mb_x_nginx_proxy, ".3f"),
-            fmt(r.x_pywsgi, ".3f"),
-            fmt(r.x_reference, ".3f"),
-            fmt(r.mb_x_reference, ".3f"),
-        ]
-        for r in p1.summary
-    ]
     notes = [
         f"wrk -t1, keep-alive, {opts.seconds} s × {opts.rounds} round(s) in"
         " alternating order; medians over rounds; ratios taken within a round.",
@@ -111,89 +206,45 @@ def _throughput(p1: ThroughputResult, opts: BenchOptions) -> Table:
     ]
     if opts.reference:
         notes.append(f"reference (BENCH_REFERENCE): {opts.reference}")
-    return ("1. Throughput and latency", header, rows, notes)
+    return table("1. Throughput and latency", THROUGHPUT, p1.summary, notes)
 
 
 def _propagation(p2: PropagationResult, title: str) -> Table:
-    header = ["change", "min ms", "median ms", "p99 ms", "max ms", "timeouts"]
-    rows = [
-        [
-            label,
-            fmt(t.min, ".1f"),
-            fmt(t.median, ".1f"),
-            fmt(t.p99, ".1f"),
-            fmt(t.max, ".1f"),
-            f"{t.timeouts}/{t.trials}",
-        ]
-        for label, t in (
-            ("new domain", p2.new_domain_ms),
-            ("location change", p2.location_change_ms),
-        )
-    ]
+    changes = [("new domain", p2.new_domain_ms), ("location change", p2.location_change_ms)]
     notes = [
         "From just before the etcd write to the first answer by the new rule;"
         " gogeta polled every 1 ms over one keep-alive connection."
     ]
-    return (title, header, rows, notes)
+    return table(title, PROPAGATION, changes, notes)
 
 
 def _scale(p3: ScaleResult) -> Table:
-    header = ["domains", "routable after start s", "RSS MB", "1000 changes visible s"]
-    header += ["lag after last write ms", "single req/s", "random req/s", "random × single"]
-    header += ["CPU µs/req single / random", "RSS after wrk MB"]
-    rows = [
-        [
-            f"{t.domains:,}",
-            fmt(t.routable_after_start_s, ".2f"),
-            fmt(t.rss_after_load_mb, ".0f"),
-            fmt(t.changes_visible_s, ".2f"),
-            fmt(t.changes_lag_after_last_write_ms, ".0f"),
-            fmt(t.single_rps, ".0f"),
-            fmt(t.random_rps, ".0f"),
-            fmt(t.random_x_single, ".3f"),
-            f"{fmt(t.single_cpu_us_per_req, '.0f')} / {fmt(t.random_cpu_us_per_req, '.0f')}",
-            fmt(t.rss_after_wrk_mb, ".0f"),
-        ]
-        for t in p3.tiers
-    ]
     notes = [p3.note] if p3.note else []
     notes.append(
         "Changes: sequential location writes from one client; 'visible' is"
         " from the first write to the last change served."
     )
-    return ("3. Scale (gogeta standalone, IoEtcd)", header, rows, notes)
+    notes.append(
+        f"Steady: wrk -c{STEADY_CONNECTIONS} over every domain, each connection paced so"
+        " that the total is about half the random req/s; two windows: health timed"
+        f" ({ADMIN_TIMINGS} requests, evenly spaced) in the first, metrics in the second (as"
+        f" many of {ADMIN_TIMINGS} as fit: the count in brackets). In both a probe sends"
+        f" health every {INTERVAL * 1000:g} ms on its own connection: its longest round trip"
+        f" (+ {INTERVAL * 1000:g} ms) bounds the event loop's longest stall from above, counting"
+        " the CPU others on the machine took from gogeta too; 'scraping': the same in the"
+        " second window, metrics rendered meanwhile; 'nginx probed': the longest round trip"
+        " of the same probe of the nginx backend in the first window, what the machine alone"
+        " does. The goals are set for 100,000 domains."
+    )
+    return table("3. Scale (gogeta standalone, IoEtcd)", SCALE, p3.tiers, notes)
 
 
 def _connections(p4: ConnectionsResult) -> Table:
-    header = ["connections", "RSS idle MB", "RSS holding MB", "KB/conn", "open s"]
-    header += ["fresh request ms", "held reused"]
-    row = [
-        f"{p4.connections:,}",
-        fmt(p4.rss_idle_mb, ".0f"),
-        fmt(p4.rss_held_mb, ".0f"),
-        fmt(p4.kb_per_connection, ".1f"),
-        fmt(p4.open_s, ".1f"),
-        fmt(p4.fresh_request_ms, ".1f"),
-        p4.sample_reused_ok,
-    ]
     title = "4. Idle keep-alive connections (gogeta standalone)"
-    return (title, header, [row], [p4.note] if p4.note else [])
+    return table(title, CONNECTIONS_COLUMNS, [p4], [p4.note] if p4.note else [])
 
 
 def _tls(p5: TlsResult, opts: BenchOptions) -> Table:
-    header = ["load", "target", "req/s", "p99 ms", "errors", "CPU µs/req", "× nginx-tls"]
-    rows = [
-        [
-            r.load,
-            r.target,
-            fmt(r.rps, ".0f"),
-            fmt(r.p99_ms, ".2f"),
-            str(r.errors),
-            fmt(r.cpu_us_per_req, ".0f"),
-            fmt(r.x_nginx, ".3f"),
-        ]
-        for r in p5.summary
-    ]
     notes = [
         f"wrk -t1 -c{CONNECTIONS} https://…/small, {opts.seconds} s × {opts.rounds} round(s),"
         " alternating order; ratios to nginx-tls within a round, medians over rounds.",
@@ -201,11 +252,11 @@ def _tls(p5: TlsResult, opts: BenchOptions) -> Table:
         " keep-alive: one handshake per connection.",
         f"Same certificate ({p5.key_type}) for both; TLS 1.3 chosen by wrk; one process each.",
     ]
-    return ("5. TLS", header, rows, notes)
+    return table("5. TLS", TLS, p5.summary, notes)
 
 
 def _skipped(title: str, part: Skipped) -> Table:
-    return (title, ["skipped"], [[part.skipped]], [])
+    return table(title, SKIPPED, [part], [])
 
 
 def tables(results: BenchResults) -> list[Table]:
@@ -229,7 +280,7 @@ def tables(results: BenchResults) -> list[Table]:
     if results.tls:
         out.append(_tls(results.tls, results.options))
     for part_name, error in results.errors.items():
-        out.append((f"{part_name}: failed", ["error"], [[error]], []))
+        out.append(table(f"{part_name}: failed", FAILED, [error], []))
     return out
 
 

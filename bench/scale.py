@@ -1,22 +1,59 @@
 """Part 3, scale: gogeta with 1,000, 10,000 (and, opt-in, 100,000) domains in etcd.
 
 Rule: tiers grow one etcd (the domains of a tier are those of the one before and more),
-each tier measured by a fresh gogeta, started after every key is written.
+each tier measured by a fresh gogeta, started after every key is written. Under steady
+traffic (half the random mix's req/s), health and metrics are timed and the event loop's
+longest stall bounded by a probe of its own (`bench/loop_probe.py`), against the goals.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import random
+import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from bench.clients import Probe, WrkResult, run_wrk, served, wait_routed
-from bench.harness import BENCH, free_port, rss_mb, say
+from bench.harness import BENCH, PYTHON, free_port, rss_mb, say
 from bench.rig import Rig, Skipped, etcd_skip
 from bench.servers import OTHER_BODY, SMALL_BODY, Etcd, location, start_gogeta
-from bench.stats import median
+from bench.stats import Spread, median
 
 OPT_IN_NOTE = "100,000 domains is opt-in (BENCH_SCALE=100000): writing 300k keys takes minutes"
+# The architecture's goals at 100,000 domains, reported beside the figures.
+ADMIN_GOAL_MS = 5.0  # health and metrics answer within
+STALL_GOAL_MS = 10.0  # no event-loop stall longer, during steady traffic
+STEADY_CONNECTIONS = 16  # wrk's connections for the steady traffic, each paced
+ADMIN_TIMINGS = 50  # of health and of metrics each, spread over the steady traffic
+
+
+@dataclass(frozen=True)
+class Steady:
+    """Under steady traffic (wrk over every domain, each connection paced so that the total
+    is about half the random mix's req/s), two windows of `seconds`: in the first, health
+    is timed and the stall probe runs; in the second, metrics is timed and the probe runs
+    again, so that a scrape's effect on the loop is seen apart."""
+
+    seconds: int  # of each window's wrk; timings and probe run within, 1 s from each end
+    target_rps: float
+    rps: float  # what wrk achieved, first window
+    p99_ms: float
+    errors: int
+    health_ms: Spread
+    health_timed: int
+    metrics_ms: Spread
+    metrics_timed: int  # up to ADMIN_TIMINGS: as many as the window holds
+    admin_failures: int  # health or metrics answers other than 200
+    stall_ms: Spread  # the probe's round trips, first window: the max bounds the stall
+    probe_requests: int  # first window
+    probe_failures: int  # answers other than 200, both windows
+    stall_scraping_ms: Spread  # the same while metrics is scraped (second window)
+    rps_scraping: float
+    machine_ms: Spread  # the same probe of the nginx backend, first window: the machine's
+    machine_scraping_ms: Spread
 
 
 @dataclass(frozen=True)
@@ -40,6 +77,7 @@ class Tier:
     random_errors: int
     random_cpu_us_per_req: float
     random_x_single: float
+    steady: Steady
     rss_after_wrk_mb: float
 
 
@@ -121,6 +159,9 @@ def measure_tier(rig: Rig, etcd: Etcd, tier: int) -> Tier:
                 )
                 runs[kind].append(res)
         single, mixed = runs["single"], runs["random"]
+        random_rps = median(r.rps for r in mixed)
+        say(f"part 3: {tier} domains: steady traffic, health and metrics timed, stall probe")
+        steady = steady_traffic(rig, port, tier, random_rps)
         return Tier(
             domains=tier,
             routable_after_start_s=routable,
@@ -136,16 +177,135 @@ def measure_tier(rig: Rig, etcd: Etcd, tier: int) -> Tier:
             single_p99_ms=median(r.p99_ms for r in single),
             single_errors=sum(r.socket_errors + r.non_2xx for r in single),
             single_cpu_us_per_req=_cpu(single),
-            random_rps=median(r.rps for r in mixed),
+            random_rps=random_rps,
             random_p99_ms=median(r.p99_ms for r in mixed),
             random_errors=sum(r.socket_errors + r.non_2xx for r in mixed),
             random_cpu_us_per_req=_cpu(mixed),
             random_x_single=median(r.rps / s.rps for r, s in zip(mixed, single, strict=True)),
+            steady=steady,
             rss_after_wrk_mb=rss_mb(gogeta.pid),
         )
     finally:
         probe.close()
         procs.stop(gogeta)
+
+
+def steady_traffic(rig: Rig, port: int, tier: int, capacity_rps: float) -> Steady:
+    """The two windows of `Steady`, at half `capacity_rps`.
+
+    Half the capacity leaves the loop idle about half the time, so a request seldom waits
+    behind others: what delays it is its own cost or the loop not turning. (At full load
+    every request waits its turn among wrk's, which says nothing about a stall.)
+    """
+    seconds = max(rig.opts.seconds, 4)
+    target = capacity_rps / 2 if capacity_rps > 0 and not math.isnan(capacity_rps) else 500.0
+    delay_ms = max(1, round(STEADY_CONNECTIONS * 1000 / target))
+    quiet = _window(rig, port, tier, delay_ms, seconds, "/__gogeta/health", "quiet")
+    scraping = _window(rig, port, tier, delay_ms, seconds, "/__gogeta/metrics", "scraping")
+    return Steady(
+        seconds=seconds,
+        target_rps=STEADY_CONNECTIONS * 1000 / delay_ms,
+        rps=quiet.wrk.rps,
+        p99_ms=quiet.wrk.p99_ms,
+        errors=quiet.wrk.socket_errors + quiet.wrk.non_2xx,
+        health_ms=Spread.of_seconds(quiet.timed),
+        health_timed=len(quiet.timed),
+        metrics_ms=Spread.of_seconds(scraping.timed),
+        metrics_timed=len(scraping.timed),
+        admin_failures=quiet.failures + scraping.failures,
+        stall_ms=quiet.probe_ms,
+        probe_requests=quiet.probe_requests,
+        probe_failures=quiet.probe_failures + scraping.probe_failures,
+        stall_scraping_ms=scraping.probe_ms,
+        rps_scraping=scraping.wrk.rps,
+        machine_ms=quiet.machine_ms,
+        machine_scraping_ms=scraping.machine_ms,
+    )
+
+
+@dataclass(frozen=True)
+class _Window:
+    wrk: WrkResult
+    timed: list[float]  # seconds, one per request of the timed path
+    failures: int  # timed answers other than 200
+    probe_ms: Spread
+    probe_requests: int
+    probe_failures: int
+    machine_ms: Spread  # the nginx backend probed the same way at the same time
+
+
+def _window(
+    rig: Rig, port: int, tier: int, delay_ms: int, seconds: int, path: str, name: str
+) -> _Window:
+    """wrk (paced by `delay_ms`) for `seconds`; within it, from 1 s after its start to 1 s
+    before its end, the stall probe of gogeta and the same of the nginx backend (what the
+    machine alone does to a server whose loop never stalls that long; each its own
+    process), and `ADMIN_TIMINGS` requests for `path`, evenly spaced, one at a time over
+    one keep-alive connection (fewer if they take longer than the window)."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        started = time.time()
+        load = pool.submit(
+            run_wrk,
+            rig.tools.wrk,
+            f"http://127.0.0.1:{port}/",
+            STEADY_CONNECTIONS,
+            seconds,
+            script=BENCH / "hosts.lua",
+            env={"BENCH_HOSTS": str(tier), "BENCH_DELAY_MS": str(delay_ms)},
+        )
+        begin, end = started + 1, started + seconds - 1  # inside wrk's run
+        probed: list[tuple[str, subprocess.Popen[bytes]]] = []
+        try:
+            for what, target, target_path in (
+                ("gogeta", port, "/__gogeta/health"),
+                ("nginx", rig.port_a, "/"),
+            ):
+                log = f"loop-probe-{tier}-{name}-{what}"
+                argv = [PYTHON, "-m", "bench.loop_probe", str(target), target_path]
+                argv += [f"{begin:.3f}", f"{end:.3f}"]
+                probed.append((log, rig.procs.start(log, argv)))
+            timed, failures = _time_requests(port, path, begin, end)
+            for _, prober in probed:
+                prober.wait(timeout=max(0.0, end - time.time()) + 30)
+        finally:
+            for _, prober in probed:
+                rig.procs.stop(prober)
+        wrk = load.result()
+    (gogeta, requests, failed), (nginx, _, _) = (_probe_result(rig, *p) for p in probed)
+    return _Window(wrk, timed, failures, gogeta, requests, failed, nginx)
+
+
+def _probe_result(rig: Rig, log: str, prober: subprocess.Popen[bytes]) -> tuple[Spread, int, int]:
+    """(round trips, requests, failed) from a probe's JSON line."""
+    lines = rig.procs.log_path(log).read_text().splitlines()
+    if prober.returncode != 0 or not lines:
+        raise RuntimeError(f"a stall probe failed\n{rig.procs.log_tail(log)}")
+    found = json.loads(lines[-1])
+    spread = Spread(found["min"], found["median"], found["p99"], found["max"])
+    return spread, found["requests"], found["failed"]
+
+
+def _time_requests(port: int, path: str, begin: float, end: float) -> tuple[list[float], int]:
+    """(seconds of each request, answers other than 200) for up to `ADMIN_TIMINGS` GETs of
+    `path`, the i-th sent at `begin + i·step` (epoch seconds) or once the one before is
+    answered, none after `end`."""
+    client = Probe(port)
+    client.get("admin", path)  # connected (and the first answer made) before the timings
+    step = (end - begin) / ADMIN_TIMINGS
+    timed: list[float] = []
+    failures = 0
+    try:
+        for i in range(ADMIN_TIMINGS):
+            time.sleep(max(0.0, begin + i * step - time.time()))
+            if time.time() >= end:
+                break
+            sent = time.perf_counter()
+            status, _ = client.get("admin", path)
+            timed.append(time.perf_counter() - sent)
+            failures += status != 200
+    finally:
+        client.close()
+    return timed, failures
 
 
 def _cpu(results: list[WrkResult]) -> float:

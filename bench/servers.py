@@ -246,10 +246,13 @@ def start_gogeta(
     preexec_fn: Callable[[], None] | None = None,
     wait: bool = True,
     access_log: str = "off",
+    checkout: Path = ROOT,
 ) -> subprocess.Popen[bytes]:
     """`gogeta.py` standalone at WARNING, with `flags` after the common ones. No access log
-    unless asked (part 1 measures the default, `combined`, beside `off`)."""
-    argv = [PYTHON, str(ROOT / "gogeta.py"), "-listenAddress", "127.0.0.1", "-port", str(port)]
+    unless asked (part 1 measures the default, `combined`, beside `off`). `checkout`: the
+    gogeta to start, this one unless another is to be measured the same way."""
+    program = str(checkout / "gogeta.py")
+    argv = [PYTHON, program, "-listenAddress", "127.0.0.1", "-port", str(port)]
     quiet = ["-logLevel", "WARNING", "-accessLog", access_log]
     proc = procs.start(name, [*argv, *quiet, *flags], preexec_fn=preexec_fn)
     if wait:

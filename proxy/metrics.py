@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -49,6 +49,7 @@ FAILURE_KINDS = ("connect_refused", "connect_timeout", "timeout", "reset", "bad_
 # The `class` label by `status // 100`; index 0 for any code outside 100–599.
 CLASSES = ("other", "1xx", "2xx", "3xx", "4xx", "5xx")
 
+T = TypeVar("T")
 Stats = Callable[[], dict[str, Any]]
 # ((hostname, notAfter epoch seconds) soonest first, {state: certificates}) (transport.tls)
 CertificateFigures = Callable[[], tuple[Sequence[tuple[str, float]], Mapping[str, int]]]
@@ -120,15 +121,41 @@ class CertificateCollector(Collector):
         yield counts
 
 
+def _bounded(seen: set[T], label: T, limit: int, overflow: T) -> T:
+    """`label` while it is one of the first `limit` labels `seen` gets, else `overflow`."""
+    if label not in seen:
+        if len(seen) >= limit:
+            return overflow
+        seen.add(label)
+    return label
+
+
+class _ByClass:
+    """The children of one labelled family by status class, each looked up on first use
+    (`labels()` takes a lock and builds a key): `labels` then the class."""
+
+    __slots__ = ("children", "family", "labels")
+
+    def __init__(self, family: Counter, *labels: str) -> None:
+        self.family = family
+        self.labels = labels
+        self.children: list[Any] = [None] * len(CLASSES)
+
+    def inc(self, cls: int) -> None:
+        child = self.children[cls]
+        if child is None:
+            child = self.children[cls] = self.family.labels(*self.labels, CLASSES[cls])
+        child.inc()
+
+
 class _Upstream:
-    """One upstream's labelled children, looked up once (`labels()` takes a lock and
-    builds a key): requests by class, latency, failures by kind, retries."""
+    """One upstream's labelled children, looked up once: requests by class (per service
+    and per upstream), latency, failures by kind, retries."""
 
     __slots__ = (
         "failures",
         "retries",
         "service",
-        "service_label",
         "service_latency",
         "upstream",
         "upstream_labels",
@@ -136,10 +163,9 @@ class _Upstream:
     )
 
     def __init__(self, metrics: Metrics, service: str, upstream: tuple[str, str]) -> None:
-        self.service_label = service
         self.upstream_labels = upstream
-        self.service: list[Any] = [None] * len(CLASSES)  # requests by class, made on first use
-        self.upstream: list[Any] = [None] * len(CLASSES)
+        self.service = _ByClass(metrics.service_requests, service)
+        self.upstream = _ByClass(metrics.upstream_requests, *upstream)
         self.service_latency = metrics.service_latency.labels(service)
         self.upstream_latency = metrics.upstream_latency.labels(*upstream)
         self.failures: dict[str, Any] = {}  # by kind, made on first use
@@ -236,8 +262,8 @@ class Metrics:
 
         # The labelled children, looked up once per label value and bounded.
         self._by_code: dict[int, Any] = {}
-        self._by_domain: dict[str, list[Any]] = {}
-        self._domains = 0  # domains with their own label
+        self._by_domain: dict[str, _ByClass] = {}
+        self._domains: set[str] = set()  # domains with their own label
         self._by_upstream: dict[Upstream, _Upstream] = {}
         self._services: set[str] = set()  # services with their own label
         self._upstreams: set[tuple[str, str]] = set()
@@ -252,17 +278,11 @@ class Metrics:
         by_domain = self._by_domain.get(domain)
         if by_domain is None:
             if domain not in ("unknown", "other"):
-                if self._domains >= MAX_DOMAINS:
-                    domain = "other"
-                else:
-                    self._domains += 1
+                domain = _bounded(self._domains, domain, MAX_DOMAINS, "other")
             by_domain = self._by_domain.get(domain)
             if by_domain is None:
-                by_domain = self._by_domain[domain] = [None] * len(CLASSES)
-        child = by_domain[cls]
-        if child is None:
-            child = by_domain[cls] = self.domain_requests.labels(domain, CLASSES[cls])
-        child.inc()
+                by_domain = self._by_domain[domain] = _ByClass(self.domain_requests, domain)
+        by_domain.inc(cls)
         if received:
             self.received.inc(received)
         if sent:
@@ -273,16 +293,8 @@ class Metrics:
         if found is None:
             service = upstream.service or "-"  # a `uri` domain's URL has no service
             labels = (service, upstream.label)
-            if service not in self._services:
-                if len(self._services) < MAX_SERVICES:
-                    self._services.add(service)
-                else:
-                    service = "other"
-            if labels not in self._upstreams:
-                if len(self._upstreams) < MAX_UPSTREAMS:
-                    self._upstreams.add(labels)
-                else:
-                    labels = ("other", "other")
+            service = _bounded(self._services, service, MAX_SERVICES, "other")
+            labels = _bounded(self._upstreams, labels, MAX_UPSTREAMS, ("other", "other"))
             if len(self._by_upstream) >= 4096:  # upstreams come and go (moved instances)
                 self._by_upstream.clear()
             found = self._by_upstream[upstream] = _Upstream(self, service, labels)
@@ -292,18 +304,8 @@ class Metrics:
         """A request answered after being sent to `upstream` (the last one it was sent to)."""
         series = self._upstream(upstream)
         cls = class_index(status)
-        child = series.service[cls]
-        if child is None:
-            child = series.service[cls] = self.service_requests.labels(
-                series.service_label, CLASSES[cls]
-            )
-        child.inc()
-        child = series.upstream[cls]
-        if child is None:
-            child = series.upstream[cls] = self.upstream_requests.labels(
-                *series.upstream_labels, CLASSES[cls]
-            )
-        child.inc()
+        series.service.inc(cls)
+        series.upstream.inc(cls)
         if seconds is not None:
             series.service_latency.observe(seconds)
             series.upstream_latency.observe(seconds)
