@@ -1,0 +1,89 @@
+"""gogeta's writer of the Prometheus text format gives prometheus-client's bytes exactly."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Enum,
+    Gauge,
+    Histogram,
+    Info,
+    Summary,
+    disable_created_metrics,
+    enable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from proxy.exposition import exposition
+from proxy.metrics import MAX_UPSTREAMS, Metrics
+from resolvers.base import Upstream
+
+
+def ours(registry: CollectorRegistry) -> bytes:
+    return b"".join(exposition(registry.collect()))
+
+
+class Timestamped(Collector):
+    def collect(self) -> list[Metric]:
+        family = GaugeMetricFamily("stamped", "With\\a timestamp\nand two lines", labels=["k"])
+        family.add_metric(["v"], 1.5, timestamp=1700000000.25)
+        return [family]
+
+
+@pytest.mark.parametrize("created", [False, True])
+def test_every_kind_of_family_and_awkward_values(created: bool) -> None:
+    (enable_created_metrics if created else disable_created_metrics)()  # type: ignore[no-untyped-call]
+    try:
+        r = CollectorRegistry()
+        c = Counter("hits", "Hits, by path", ["path"], registry=r)
+        for path, n in (("/", 3), ('/q"uote', 1), ("/back\\slash", 2), ("/new\nline", 1)):
+            c.labels(path).inc(n)
+        c.labels("/é").inc(0.1)
+        g = Gauge("level", "A level", registry=r)
+        g.set(-12.5)
+        Gauge("big", "Large and odd numbers", ["n"], registry=r).labels("x").set(123456789.0)
+        for label, number in (
+            ("inf", float("inf")),
+            ("-inf", float("-inf")),
+            ("nan", float("nan")),
+        ):
+            Gauge(f"odd_{label.strip('-')}_{len(label)}", "odd", registry=r).set(number)
+        Gauge("tiny", "tiny", registry=r).set(1e-7)
+        Gauge("exact_million", "1e6", registry=r).set(1e6)
+        h = Histogram("wait_seconds", "Waits", ["service"], buckets=(0.001, 0.5, 2.5), registry=r)
+        for v in (0.0005, 0.2, 3.0, 10.0):
+            h.labels("a").observe(v)
+        Summary("sizes", "Sizes", registry=r).observe(512)
+        Info("build", "Build", registry=r).info({"version": "1.2", "commit": "abc"})
+        e = Enum("state", "State", states=["up", "down"], registry=r)
+        e.state("down")
+        r.register(Timestamped())
+        assert ours(r) == generate_latest(r)
+    finally:
+        disable_created_metrics()  # type: ignore[no-untyped-call]
+
+
+def test_gogetas_own_page_at_its_label_bounds() -> None:
+    metrics = Metrics()
+    for i in range(MAX_UPSTREAMS + 10):
+        upstream = Upstream("http", "127.0.0.1", 1000 + i, service=f"s{i // 2}", instance=str(i))
+        for code in (200, 404, 502):
+            metrics.count_upstream(upstream, code, 0.003 * (i % 7))
+        metrics.count_failure(upstream, "reset")
+    for i in range(300):
+        metrics.count_request(200 + i % 4 * 100, f"d{i}.example.com", 10, 20)
+    # process_* figures move between two readings: compare without them.
+    families = [f for f in metrics.families() if not f.name.startswith("process_")]
+    again = [f for f in metrics.families() if not f.name.startswith("process_")]
+
+    class Fixed(Collector):
+        def collect(self) -> list[Metric]:
+            return again
+
+    r = CollectorRegistry()
+    r.register(Fixed())
+    assert b"".join(exposition(families)) == generate_latest(r)
