@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import etcd
 
+from resolvers.endpoints import on_any_endpoint
 from resolvers.etcd2_client import ETCD_DOWN, ETCD_REFUSED, Endpoints
 from resolvers.etcd2_watcher import PROBE_TIMEOUT, WATCH_TIMEOUT, Watcher
 from resolvers.source import (
@@ -23,7 +24,6 @@ from resolvers.source import (
     SourceDown,
     WatchedSource,
     WriteRefused,
-    on_any_endpoint,
 )
 
 T = TypeVar("T")

@@ -22,7 +22,8 @@ from urllib.parse import urlsplit
 import etcd
 import urllib3
 
-from resolvers.source import EndpointRing, EtcdAccess
+from resolvers.endpoints import EndpointRing
+from resolvers.source import EtcdAccess
 from resolvers.tree import Node
 
 log = logging.getLogger(__name__)

@@ -25,8 +25,9 @@ from typing import Any
 
 import etcd
 
+from resolvers.endpoints import Backoff, Reachability
 from resolvers.etcd2_client import ETCD_DOWN, Endpoints, index_of_miss, nodes_of, problem_of
-from resolvers.source import Backoff, DirectoryWatcher, Mirror, OnChange, Reachability, uncollected
+from resolvers.source import DirectoryWatcher, Mirror, OnChange, uncollected
 from resolvers.tree import Node
 
 log = logging.getLogger(__name__)

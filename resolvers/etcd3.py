@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from resolvers.endpoints import on_any_endpoint
 from resolvers.etcd3_gateway import Compacted, EtcdDown, EtcdRefused, Gateway, b64, unb64
 from resolvers.etcd3_watcher import WATCH_TIMEOUT, Refusals, Watcher
 from resolvers.source import (
@@ -20,7 +21,6 @@ from resolvers.source import (
     SourceDown,
     WatchedSource,
     WriteRefused,
-    on_any_endpoint,
 )
 
 

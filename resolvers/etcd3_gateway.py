@@ -20,7 +20,8 @@ from typing import Any
 
 import urllib3
 
-from resolvers.source import EndpointRing, EtcdAccess
+from resolvers.endpoints import EndpointRing
+from resolvers.source import EtcdAccess
 
 REQUEST_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 5.0

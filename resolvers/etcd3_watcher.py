@@ -23,6 +23,7 @@ from typing import Any
 import gevent
 import urllib3
 
+from resolvers.endpoints import BACKOFF_CAP, Backoff, Reachability
 from resolvers.etcd3_gateway import (
     REQUEST_TIMEOUT,
     ClusterChanged,
@@ -37,15 +38,7 @@ from resolvers.etcd3_gateway import (
     range_end,
     unb64,
 )
-from resolvers.source import (
-    BACKOFF_CAP,
-    Backoff,
-    DirectoryWatcher,
-    Mirror,
-    OnChange,
-    Reachability,
-    uncollected,
-)
+from resolvers.source import DirectoryWatcher, Mirror, OnChange, uncollected
 from resolvers.tree import Node
 
 log = logging.getLogger(__name__)

@@ -15,8 +15,9 @@ import time
 import gevent
 import gevent.queue
 
+from resolvers.endpoints import Backoff
 from resolvers.model import Instance, Service
-from resolvers.source import Background, Backoff, Source, SourceDown, WriteRefused
+from resolvers.source import Background, Source, SourceDown, WriteRefused
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import logging
 
 import pytest
 
-from resolvers.source import Reachability
+from resolvers.endpoints import Reachability
 
 DOWN = ConnectionRefusedError("refused")
 E = "http://127.0.0.1:2379"
@@ -20,13 +20,13 @@ def warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [
         r.getMessage().split(" (")[0].split(" at ")[0]
         for r in caplog.records
-        if r.name == "resolvers.source" and r.levelno >= logging.WARNING
+        if r.name == "resolvers.endpoints" and r.levelno >= logging.WARNING
     ]
 
 
 @pytest.fixture
 def reach(caplog: pytest.LogCaptureFixture) -> Reachability:
-    caplog.set_level(logging.INFO, logger="resolvers.source")
+    caplog.set_level(logging.INFO, logger="resolvers.endpoints")
     return Reachability()
 
 
