@@ -26,7 +26,7 @@ from urllib3.exceptions import (
 from urllib3.util import SKIP_HEADER
 
 from framing.response import HOP_BY_HOP
-from proxy.connection import Pool
+from proxy.connection import Pool, Response
 from proxy.errors import BadGateway, BadRequest, GatewayTimeout, PayloadTooLarge
 from resolvers.base import Upstream
 
@@ -254,7 +254,7 @@ class Forwarder:
         upstream: Upstream,
         url_header: str = "",
         trusted: bool = False,
-    ) -> urllib3.BaseHTTPResponse:
+    ) -> Response:
         """Send the request upstream and return the response with its body unread.
 
         Raises BadGateway or GatewayTimeout; the caller must finish with `stream_body`.
@@ -279,6 +279,8 @@ class Forwarder:
         attempts = 2 if replayable else 1
         for attempt in range(1, attempts + 1):
             try:
+                if body is None and type(pool) is Pool:
+                    return pool.exchange(method, target, headers, self.timeout)
                 return pool.urlopen(
                     method,
                     target,
@@ -328,9 +330,7 @@ def _is_disconnect(exc: ProtocolError) -> bool:
     )
 
 
-def stream_body(
-    response: urllib3.BaseHTTPResponse, label: str, reuse: bool = True
-) -> Iterator[bytes]:
+def stream_body(response: Response, label: str, reuse: bool = True) -> Iterator[bytes]:
     """The backend's body as it comes, its first block already read.
 
     Reading the first block before the answer starts means a backend that fails before
@@ -348,7 +348,7 @@ def stream_body(
     return _relay(response, label, first, blocks, reuse)
 
 
-def _blocks(response: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
+def _blocks(response: Response) -> Iterator[bytes]:
     """Blocks of the body as soon as they arrive, never waiting to fill a whole BLOCK.
 
     `stream()` does for chunked bodies, but on a Content-Length or close-delimited one it
@@ -363,7 +363,7 @@ def _blocks(response: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
 
 
 def _relay(
-    response: urllib3.BaseHTTPResponse,
+    response: Response,
     label: str,
     first: bytes,
     blocks: Iterator[bytes],
