@@ -10,6 +10,7 @@ This module knows nothing about WSGI or routing: it is given a method, a target 
 from __future__ import annotations
 
 import errno
+import functools
 import http
 import http.client
 import re
@@ -42,6 +43,11 @@ from transport.sockets import sendall
 BLOCK = 64 * 1024  # bytes read at most at once from a body
 
 
+@functools.lru_cache(maxsize=16)
+def _head_timeout_message(deadline: float) -> str:
+    return f"answer head not received within {deadline:g} s"
+
+
 class AnswerHead(http.client.HTTPResponse):
     """http.client's response, reading the head as a proxy must.
 
@@ -57,16 +63,26 @@ class AnswerHead(http.client.HTTPResponse):
         super().__init__(sock, *args, **kwargs)
         timeout = sock.gettimeout() if hasattr(sock, "gettimeout") else None
         self._head_deadline: float | None = timeout
+        self._settimeout = getattr(sock, "settimeout", None)
 
     def begin(self) -> None:
         if self.headers is not None:
             return  # already read
-        if not self._head_deadline:
+        deadline = self._head_deadline
+        if not deadline:
             return self._read_head()
         # Raised inside the blocking read; urllib3 reports a TimeoutError as its read timeout.
-        error = TimeoutError(f"answer head not received within {self._head_deadline:g} s")
-        with gevent.Timeout(self._head_deadline, error):
-            self._read_head()
+        with gevent.Timeout(deadline, TimeoutError(_head_timeout_message(deadline))):
+            settimeout = self._settimeout
+            if settimeout is None:
+                return self._read_head()
+            # The deadline bounds every wait for the head: without the socket's own timeout
+            # (the same value) gevent sets no second timer each time a read waits.
+            settimeout(None)
+            try:
+                self._read_head()
+            finally:
+                settimeout(deadline)
 
     def _read_head(self) -> None:
         """http.client's `begin`, with this module's parser and strict lengths."""
