@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from framing.response import InvalidAnswer, relay_head
-from proxy.connection import Response
+from proxy.answer import Response
 from proxy.errors import BadGateway, BadRequest, GogetaError, PayloadTooLarge, UpstreamError
 from proxy.forward import Forwarder, stream_body
 from proxy.pages import FALLBACK_PAGE, Page, StatusPages, wants_json

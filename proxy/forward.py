@@ -26,7 +26,8 @@ from urllib3.exceptions import (
 from urllib3.util import SKIP_HEADER
 
 from framing.response import HOP_BY_HOP
-from proxy.connection import Pool, Response
+from proxy.answer import Response
+from proxy.connection import Pool
 from proxy.errors import BadGateway, BadRequest, GatewayTimeout, PayloadTooLarge
 from resolvers.base import Upstream
 
