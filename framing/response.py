@@ -6,7 +6,7 @@ ends, whatever the backend put after that point is read by the client as the ans
 its next request, which on a keep-alive connection may be for another tenant's domain.
 So the head is parsed strictly (`parse_headers`, not http.client's email parser), framing
 conflicts are settled the way RFC 9112 §6.3 says (`relay_head`), and an answer that cannot
-be framed safely is a 502 for that request only. Pure: no sockets (proxy.forward's
+be framed safely is a 502 for that request only. Pure: no sockets (proxy.connection's
 `AnswerHead` reads heads with these), no routing, no WSGI.
 """
 

@@ -14,9 +14,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-import urllib3
-
 from framing.response import InvalidAnswer, relay_head
+from proxy.answer import Response
 from proxy.errors import BadGateway, BadRequest, GogetaError, PayloadTooLarge, UpstreamError
 from proxy.forward import Forwarder, stream_body
 from proxy.pages import FALLBACK_PAGE, Page, StatusPages, wants_json
@@ -300,7 +299,7 @@ class Gogeta:
 
     def _send_upstream(
         self, environ: dict[str, Any], hostname: str, trusted: bool, wake: bool
-    ) -> tuple[Upstream, urllib3.BaseHTTPResponse]:
+    ) -> tuple[Upstream, Response]:
         """Send to an instance; when it fails in a way that is safe to replay, try the next.
 
         Each instance is tried at most once per request, so never more attempts than

@@ -20,8 +20,9 @@ from typing import Any
 import gevent
 
 from framing.response import relay_head
+from proxy.connection import AnswerHead
 from proxy.errors import BadGateway, GatewayTimeout
-from proxy.forward import AnswerHead, request_headers, target_of
+from proxy.forward import request_headers, target_of
 from resolvers.base import Upstream
 from transport.sockets import shutdown
 

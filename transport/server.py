@@ -87,7 +87,8 @@ class ProxyHandler(pywsgi.WSGIHandler):  # type: ignore[misc]  # gevent is untyp
         timeout = self.server.client_timeout
         if timeout:
             self.socket.settimeout(timeout)
-            self._head_deadline = gevent.Timeout.start_new(timeout, ClientTimeout())
+            # The class, not an instance: built only when the deadline passes (greenlet's throw).
+            self._head_deadline = gevent.Timeout.start_new(timeout, ClientTimeout)
         self.idle = True
         try:
             self._wait_readable()
