@@ -386,7 +386,7 @@ def test_a_bad_default_certificate_stops_gogeta_at_start(
 
 
 def test_under_gunicorn_every_worker_serves_tls_and_follows_etcd(certs: EtcdServer) -> None:
-    from tests.test_gunicorn import Gunicorn
+    from tests.gunicorn_process import Gunicorn
 
     store(certs, "a.example.com", A)
     tls_port = free_port()
