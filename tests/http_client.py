@@ -2,7 +2,8 @@
 
 `request` speaks HTTP/1.1 with `http.client` and gives back a `Response`; `exchange`
 sends bytes as they are and returns all that comes back, for the framing cases that
-`http.client` would refuse to send or would tidy up on receipt.
+`http.client` would refuse to send or would tidy up on receipt; `status_of` reads the
+status of such an answer.
 """
 
 from __future__ import annotations
@@ -76,3 +77,9 @@ def exchange(port: int, data: bytes) -> bytes:
         while chunk := sock.recv(65536):
             received += chunk
     return received
+
+
+def status_of(answer: bytes) -> int:
+    line = answer.split(b"\r\n", 1)[0]
+    assert line.startswith(b"HTTP/1.1 "), answer[:200]
+    return int(line.split()[1])

@@ -23,7 +23,7 @@ from tests.backends import (
     refused_port,
 )
 from tests.etcd_server import EtcdServer, StartEtcd
-from tests.http_client import Response, exchange, request
+from tests.http_client import Response, exchange, request, status_of
 from tests.processes import (
     LOG_DIR,
     ROOT,
@@ -56,6 +56,7 @@ __all__ = [
     "read_request_head",
     "refused_port",
     "request",
+    "status_of",
     "through",
     "wait_until",
 ]
