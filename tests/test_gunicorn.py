@@ -1,28 +1,18 @@
 """gogeta under gunicorn: `gunicorn -w 2 'gogeta:create_app()'`, set by GOGETA_*.
 
-Real gunicorn processes (with `gunicorn.conf.py` from the repository, as an operator
-runs it, so with its worker class `gunicorn_hooks.ProxyWorker`; `-k gevent` too where
-said): two workers serve, each with its own resolver started after the fork (also with
---preload), requests are checked as standalone, and SIGTERM to the arbiter lets a request
-in flight finish while idle keep-alive connections close at once.
+Real gunicorn processes (tests/gunicorn_process.py): two workers serve, each with its own
+resolver started after the fork (also with --preload), requests are checked as standalone,
+a setting or a worker class gogeta refuses stops gunicorn with one line, and route changes,
+metrics and the live view reach every worker. Stopping is tests/test_gunicorn_signals.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
-import os
 import re
 import resource
-import signal
 import socket
-import subprocess
-import sys
-import threading
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,95 +20,11 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import (
-    ROOT,
-    Backend,
-    EtcdServer,
-    HeldBackend,
-    LoggedProcess,
-    exchange,
-    free_port,
-    port_open,
-    request,
-    wait_until,
-)
+from tests.gunicorn_process import Gunicorn, StartGunicorn, dummy
 
-
-@dataclass
-class Gunicorn(LoggedProcess):
-    env: dict[str, str]
-    options: list[str] = field(default_factory=list)
-    worker_class: str = ""  # `-k`; empty: gunicorn.conf.py's
-    workers: int = 2
-    cwd: Path = ROOT  # where gunicorn starts, and looks for gunicorn.conf.py
-    port: int = 0
-    answered: set[int] = field(default_factory=set)  # worker pids that served a request
-    stop_timeout = 30.0
-
-    def launch(self) -> Gunicorn:
-        """Start gunicorn without waiting for it."""
-        self.port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GOGETA_")}
-        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        env.update(self.env, PYTHONUNBUFFERED="1")
-        argv = [sys.executable, "-m", "gunicorn", "--chdir", str(ROOT)]  # gogeta importable
-        if self.worker_class:
-            argv += ["-k", self.worker_class]
-        argv += ["-w", str(self.workers), "-b", f"127.0.0.1:{self.port}", "--no-control-socket"]
-        self.spawn([*argv, *self.options, "gogeta:create_app()"], env, "gunicorn-", self.cwd)
-        return self
-
-    def start(self) -> Gunicorn:
-        self.launch()
-        wait_until(self.ready, timeout=30, what="every gunicorn worker to answer")
-        return self
-
-    def ready(self) -> bool:
-        """Every worker has answered a request (a worker serves once its app is loaded)."""
-        self.check_running()
-        pids = self.worker_pids()
-        if len(pids) != self.workers:
-            return False
-        health = request(self.port, "/__gogeta/health", timeout=5)
-        self.answered.add(int(json.loads(health.body)["pid"]))
-        return pids <= self.answered
-
-    def check_running(self) -> None:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise AssertionError(f"gunicorn exited {self.proc.returncode}:\n{self.log()}")
-
-    def worker_pids(self) -> set[int]:
-        assert self.proc is not None
-        return {p.pid for p in psutil.Process(self.proc.pid).children()}
-
-
-StartGunicorn = Callable[..., Gunicorn]  # the `gunicorn` fixture
-
-
-@pytest.fixture
-def gunicorn() -> Iterator[StartGunicorn]:
-    started: list[Gunicorn] = []
-
-    def start(
-        env: dict[str, str],
-        *options: str,
-        worker_class: str = "",
-        workers: int = 2,
-        cwd: Path = ROOT,
-        wait: bool = True,
-    ) -> Gunicorn:
-        server = Gunicorn(env, list(options), worker_class, workers, cwd)
-        started.append(server)
-        return server.start() if wait else server.launch()
-
-    yield start
-    for server in started:
-        server.stop()
-
-
-def dummy(url: str) -> dict[str, str]:
-    return {"GOGETA_RESOLVER_TYPE": "Dummy", "GOGETA_DUMMY_TARGET": url + "/"}
+# The `gunicorn` fixture, imported under its own name so that pytest finds it here.
+from tests.gunicorn_process import gunicorn as gunicorn
+from tests.support import ROOT, Backend, EtcdServer, exchange, request, wait_until
 
 
 @pytest.mark.parametrize(
@@ -140,25 +46,6 @@ def test_two_workers_serve_configured_by_the_environment(
     assert "Traceback" not in server.log()
     # gogeta's access lines, one per request.
     assert server.log().count('"GET /w') == 10
-
-
-def test_sigterm_to_the_arbiter_finishes_the_request_in_flight(gunicorn: StartGunicorn) -> None:
-    with HeldBackend() as backend:
-        server = gunicorn(dummy(backend.server.url))
-        result: list[object] = []
-        thread = threading.Thread(
-            target=lambda: result.append(request(server.port, "/slow", timeout=30)), daemon=True
-        )
-        thread.start()
-        assert backend.received.wait(10)
-        assert server.proc is not None
-        server.proc.send_signal(signal.SIGTERM)
-        wait_until(lambda: not port_open(server.port), what="the listener to close")
-        backend.release.set()
-        thread.join(30)
-        assert server.proc.wait(timeout=30) == 0
-    resp = result[0]
-    assert (resp.status, resp.body) == (200, b"done")  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(
@@ -238,93 +125,6 @@ def test_gunicorn_stops_with_one_line_when_gogeta_cannot_start(
     # while it stops) is gunicorn's; nothing of gogeta's fails on the way out.
     errors = [line for line in log.splitlines() if re.match(r"\w+(Error|Exception): ", line)]
     assert errors == [], log
-
-
-def test_sigterm_closes_idle_keep_alive_connections_at_once(gunicorn: StartGunicorn) -> None:
-    """A stopping worker does not wait for idle clients until the graceful timeout."""
-    with Backend() as backend:
-        server = gunicorn({**dummy(backend.url), "GOGETA_DRAIN_TIMEOUT": "60"})
-        idle = socket.create_connection(("127.0.0.1", server.port), timeout=30)
-        with idle:
-            idle.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
-            answer = b""
-            while not answer.endswith(b"\r\n\r\nGET /"):  # the backend echoes "GET /"
-                chunk = idle.recv(65536)
-                assert chunk, answer
-                answer += chunk
-            assert answer.startswith(b"HTTP/1.1 200 ")
-            assert server.proc is not None
-            server.proc.send_signal(signal.SIGTERM)
-            assert idle.recv(65536) == b""  # closed by gogeta, not by the 60 s timeout
-            assert server.proc.wait(timeout=30) == 0
-
-
-GRACEFUL = 40  # seconds: gunicorn.conf.py's graceful_timeout, from GOGETA_DRAIN_TIMEOUT
-# A lost stop signal leaves its worker to be killed at the graceful timeout; a stop that is
-# only slow (a loaded machine: a few seconds) stays well under this.
-HUNG = GRACEFUL * 3 / 4
-
-
-def listening(server: Gunicorn) -> None:
-    """The arbiter has bound its port; its workers are about to be forked."""
-
-    def bound() -> bool:
-        server.check_running()
-        return port_open(server.port)
-
-    wait_until(bound, timeout=30)
-
-
-def forked(server: Gunicorn) -> None:
-    """Every worker process exists; none has necessarily set its own signal handlers."""
-    wait_until(lambda: len(server.worker_pids()) == server.workers, timeout=30)
-
-
-def serving(server: Gunicorn) -> None:
-    wait_until(server.ready, timeout=30, what="every worker to answer")
-
-
-def respawned(server: Gunicorn) -> None:
-    """One worker killed and its replacement just forked."""
-    serving(server)
-    dead = min(server.worker_pids())
-    os.kill(dead, signal.SIGKILL)
-    wait_until(
-        lambda: dead not in (pids := server.worker_pids()) and len(pids) == server.workers,
-        timeout=30,
-        what="the replacement worker",
-    )
-
-
-def test_sigterm_at_any_moment_of_a_start_stops_long_before_the_graceful_timeout(
-    gunicorn: StartGunicorn,
-) -> None:
-    """Until gunicorn's worker sets its own handlers (after gevent's patching), a worker
-    just forked has the arbiter's: a stop signal arriving then must still stop it, not
-    leave it to be killed at the graceful timeout. SIGTERM from the bind onwards, at
-    start and right after a worker is replaced."""
-    moments = [listening, forked, respawned] * 4 + [serving]
-    stops: list[tuple[str, float]] = []
-    with Backend() as backend:
-        env = {**dummy(backend.url), "GOGETA_DRAIN_TIMEOUT": str(GRACEFUL)}
-        for moment in moments:
-            server = gunicorn(env, wait=False)
-            moment(server)
-            assert server.proc is not None
-            workers = psutil.Process(server.proc.pid).children()
-            sent = time.monotonic()
-            server.proc.send_signal(signal.SIGTERM)
-            try:
-                code = server.proc.wait(timeout=HUNG)
-            except subprocess.TimeoutExpired:
-                code = None
-                for process in [*workers, psutil.Process(server.proc.pid)]:
-                    with contextlib.suppress(psutil.NoSuchProcess):
-                        process.kill()
-            stops.append((moment.__name__, round(time.monotonic() - sent, 2)))
-            assert code in (0, None), server.log()
-    slow = [(name, took) for name, took in stops if took >= HUNG]
-    assert not slow, f"stops that waited for the graceful timeout: {slow} (all: {stops})"
 
 
 def test_more_idle_clients_than_gunicorns_default_limit(gunicorn: StartGunicorn) -> None:
