@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import NamedTuple
 
-from resolvers.tree import DELETE_ACTIONS, Node
+from resolvers.tree import DELETE_ACTIONS, Node, Pause, no_pause
 
 FIELDS = ("cert", "key")
 
@@ -43,7 +43,7 @@ class CertTree:
             return None
         return key[len(self.prefix) + 1 :].rstrip("/").split("/")
 
-    def load(self, nodes: Iterable[Node]) -> None:
+    def load(self, nodes: Iterable[Node], pause: Pause = no_pause) -> None:
         pairs: dict[str, dict[str, str]] = {}
         for node in nodes:
             parts = self._parts(node.key)
@@ -116,7 +116,7 @@ class ChallengeTree:
         token = key[len(self.prefix) + 1 :] if key.startswith(self.prefix + "/") else ""
         return token if token and "/" not in token else None
 
-    def load(self, nodes: Iterable[Node]) -> None:
+    def load(self, nodes: Iterable[Node], pause: Pause = no_pause) -> None:
         answers = {}
         for node in nodes:
             token = self._token(node.key)

@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import etcd
+import gevent
 import urllib3
 
 from resolvers.endpoints import EndpointRing
@@ -63,6 +64,7 @@ class _RetriesAtDebug(logging.Filter):
 logging.getLogger("urllib3.connectionpool").addFilter(_RetriesAtDebug())
 
 REQUEST_TIMEOUT = 10.0
+DECODED_HERE = 1 << 20  # bytes: a larger answer to a load is decoded in another thread
 
 # etcd answered, and said no: a key in the way, a failed compare, missing permissions.
 # Not an outage (no backoff, no "unreachable"), whatever python-etcd's class tree says.
@@ -211,7 +213,11 @@ def nodes_of(body: bytes, witness: list[tuple[str, int, int]] | None = None) -> 
         return None  # in its parent's "nodes", in place of the dict
 
     try:
-        envelope = json.loads(body, object_hook=node_of)
+        if len(body) < DECODED_HERE:
+            envelope = json.loads(body, object_hook=node_of)
+        else:  # a second a 40 MB answer: the loop's thread runs between its GIL slices
+            threads = gevent.get_hub().threadpool
+            envelope = threads.apply(json.loads, (body,), {"object_hook": node_of})
     except ValueError as exc:
         raise etcd.EtcdException(f"etcd answered a read with invalid JSON: {exc}") from exc
     if not isinstance(envelope, dict) or "node" not in envelope:

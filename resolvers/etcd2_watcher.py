@@ -27,7 +27,7 @@ import etcd
 
 from resolvers.endpoints import Backoff, Reachability
 from resolvers.etcd2_client import ETCD_DOWN, Endpoints, index_of_miss, nodes_of, problem_of
-from resolvers.source import DirectoryWatcher, Mirror, OnChange, uncollected
+from resolvers.source import DirectoryWatcher, Mirror, OnChange, Turns, uncollected
 from resolvers.tree import Node
 
 log = logging.getLogger(__name__)
@@ -186,7 +186,7 @@ class Watcher(DirectoryWatcher[Endpoints]):
                 witness: list[tuple[str, int, int]] = []
                 nodes = nodes_of(body, witness)
                 del body  # the generator's reference is dropped once decoded
-                self.mirror.load(nodes)
+                self.mirror.load(nodes, Turns())
                 self.witness = witness[0][:2] if witness else None
         self.last_load = (time.time(), f"{self.prefix}: {self.load_reason}")
         self.load_seconds = time.monotonic() - started

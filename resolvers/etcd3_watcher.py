@@ -38,7 +38,7 @@ from resolvers.etcd3_gateway import (
     range_end,
     unb64,
 )
-from resolvers.source import DirectoryWatcher, Mirror, OnChange, uncollected
+from resolvers.source import DirectoryWatcher, Mirror, OnChange, Turns, uncollected
 from resolvers.tree import Node
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,8 @@ class Watcher(DirectoryWatcher[Gateway]):
         del answer
         with uncollected():
             self.mirror.load(
-                Node(unb64(kv["key"]), unb64(kv.get("value", "")), False) for kv in kvs
+                (Node(unb64(kv["key"]), unb64(kv.get("value", "")), False) for kv in kvs),
+                Turns(),
             )
             del kvs
         self.revision = revision + 1

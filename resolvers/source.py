@@ -24,7 +24,7 @@ import gevent
 
 from errors import SourceDown, WriteRefused
 from resolvers.endpoints import Backoff, EndpointRing, Reachability
-from resolvers.tree import Node
+from resolvers.tree import Node, Pause, no_pause
 
 __all__ = ["SourceDown", "WriteRefused"]  # raised by sources, caught by their users
 
@@ -50,7 +50,8 @@ class EtcdAccess:
 class Mirror(Protocol):
     prefix: str
 
-    def load(self, nodes: Iterable[Node]) -> None: ...
+    def load(self, nodes: Iterable[Node], pause: Pause = no_pause) -> None:
+        """Replace the mirror's content with `nodes`, calling `pause` now and then."""
 
     def apply(self, node: Node, action: str) -> bool: ...
 
@@ -133,6 +134,22 @@ class Background:
         if self._greenlet is not None:
             self._greenlet.kill(block=False)
             self._greenlet = None
+
+
+TURN_SECONDS = 0.002
+
+
+class Turns:
+    """A load's `pause`: once it has run `TURN_SECONDS` in a row, every other greenlet
+    ready to run (requests) gets its turn before it goes on (docs/behaviour.md §5.4)."""
+
+    def __init__(self) -> None:
+        self._since = time.perf_counter()
+
+    def __call__(self) -> None:
+        if time.perf_counter() - self._since >= TURN_SECONDS:
+            gevent.sleep(0)
+            self._since = time.perf_counter()
 
 
 @contextmanager

@@ -254,3 +254,31 @@ def test_without_directories_a_domain_goes_with_its_last_key() -> None:
     assert tree.domains == {}
     tree.apply(key("/domains/a.com/value"), "delete")
     assert tree._raw == {}  # nothing kept of it
+
+
+def test_a_load_pauses_all_along_and_readers_see_the_old_table_until_its_end() -> None:
+    """A reload at 100,000 domains is seconds of work: the watcher lets requests run at
+    each pause, and they must find the previous table whole, never a half-built one."""
+    services = ServiceTree("/services")
+    services.load([key("/services/old/1/location", LOC1)])
+    domains = DomainTree("/domains")
+    domains.load([key("/domains/old.test/type", "service"), key("/domains/old.test/value", "old")])
+    count = 3000
+    fields = (("type", "service"), ("value", "s1"))
+    seen_services: list[set[str]] = []
+    seen_domains: list[set[str]] = []
+
+    services.load(
+        [key(f"/services/s{i}/1/location", LOC1) for i in range(count)],
+        lambda: seen_services.append(set(services.services)),
+    )
+    domains.load(
+        [key(f"/domains/d{i}.test/{f}", v) for i in range(count) for f, v in fields],
+        lambda: seen_domains.append(set(domains.domains)),
+    )
+    # Both passes of each load (the keys, then what is built from them) pause.
+    assert len(seen_services) >= 2 * count // 256
+    assert len(seen_domains) >= 2 * count // 256
+    assert all(seen == {"old"} for seen in seen_services)
+    assert all(seen == {"old.test"} for seen in seen_domains)
+    assert len(services.services) == count and len(domains.domains) == count
