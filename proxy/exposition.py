@@ -19,7 +19,13 @@ from prometheus_client.openmetrics.exposition import escape_metric_name as _metr
 from prometheus_client.utils import floatToGoString
 
 # The type a family is shown as, when the Prometheus text format names it otherwise.
-_SHOWN_TYPE = {"info": "gauge", "stateset": "gauge", "gaugehistogram": "histogram"}
+_SHOWN_TYPE = {
+    "info": "gauge",
+    "stateset": "gauge",
+    "gaugehistogram": "histogram",
+    "unknown": "untyped",
+}
+_NAME_SUFFIX = {"counter": "_total", "info": "_info"}  # the family's name as shown
 _SUFFIXED = ("_created", "_gsum", "_gcount")  # OpenMetrics samples, shown as gauges after
 
 
@@ -63,10 +69,8 @@ def _help(name: str, documentation: str) -> str:
 
 def family_text(family: Metric, names: _Names) -> str:
     """One family: its HELP and TYPE lines and its samples."""
-    shown = names.metric(family.name + "_total" if family.type == "counter" else family.name)
-    if family.type == "info":
-        shown = names.metric(family.name + "_info")
-    kind = _SHOWN_TYPE.get(family.type, "untyped" if family.type == "unknown" else family.type)
+    shown = names.metric(family.name + _NAME_SUFFIX.get(family.type, ""))
+    kind = _SHOWN_TYPE.get(family.type, family.type)
     out = [_help(shown, family.documentation), f"# TYPE {shown} {kind}\n"]
     later: dict[str, list[str]] = {}
     suffixed = {family.name + suffix: suffix for suffix in _SUFFIXED}
