@@ -15,25 +15,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
 
 from devtools.machine import free_port
+from tests.http_client import HeaderList
 
 
 @dataclass
-class Seen:
+class Seen(HeaderList):
     """A request as a backend received it."""
 
     method: str
     path: str
     headers: list[tuple[str, str]]
     body: bytes
-
-    def header(self, name: str) -> str | None:
-        for k, v in self.headers:
-            if k.lower() == name.lower():
-                return v
-        return None
-
-    def header_all(self, name: str) -> list[str]:
-        return [v for k, v in self.headers if k.lower() == name.lower()]
 
 
 Reply = tuple[int, list[tuple[str, str]], bytes]

@@ -14,11 +14,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 
-@dataclass
-class Response:
-    status: int
+class HeaderList:
+    """Header lookups over a `headers` list of (name, value), names in any case."""
+
     headers: list[tuple[str, str]]
-    body: bytes
 
     def header(self, name: str) -> str | None:
         for k, v in self.headers:
@@ -28,6 +27,13 @@ class Response:
 
     def header_all(self, name: str) -> list[str]:
         return [v for k, v in self.headers if k.lower() == name.lower()]
+
+
+@dataclass
+class Response(HeaderList):
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
 
     @property
     def text(self) -> str:
