@@ -13,6 +13,7 @@ import json
 import re
 import resource
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -275,16 +276,22 @@ def test_the_live_view_shows_every_worker(gunicorn: StartGunicorn, etcd: EtcdSer
             body: dict[str, Any] = json.loads(request(server.port, "/__gogeta/live").body)
             return body
 
+        answered_at = time.time()
+
+        def fresh(b: dict[str, Any]) -> bool:
+            """Every worker listed, each with a heartbeat written after the requests above:
+            one written before them (at start, before the load) proves nothing."""
+            workers = {w["pid"]: w for w in b["workers"]}
+            return set(workers) == server.worker_pids() and all(
+                w["written"] >= answered_at for w in workers.values()
+            )
+
         # Each worker's heartbeat reaches the files within a second: whichever answers, the
         # process block lists both and the totals add both up.
         body = wait_until(
-            lambda: (
-                (b := live())["totals"]["requests"] >= len(pids)
-                and {w["pid"] for w in b["workers"]} == server.worker_pids()
-                and b
-            ),
-            timeout=5,
-            what="both workers' heartbeats",
+            lambda: (b := live())["totals"]["requests"] >= len(pids) and fresh(b) and b,
+            timeout=10,
+            what="both workers' heartbeats, written after their requests",
         )
         assert body["mode"] == "gunicorn" and body["scope"] == "answering worker"
         assert body["answered_by"] in server.worker_pids()
