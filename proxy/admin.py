@@ -30,6 +30,7 @@ from proxy.metrics import Metrics
 from proxy.pages import StatusPages
 from proxy.trust import Network, is_trusted
 from resolvers.base import Resolver
+from resolvers.source import TURN_SECONDS
 
 PREFIX = "/__gogeta/"
 TRUSTED_ONLY = frozenset({"routes", "metrics", "", "live"})
@@ -214,9 +215,19 @@ class Admin:
 
 
 def _with_turns(pieces: Iterable[bytes]) -> Iterator[bytes]:
+    """The pieces, joined into one write per `TURN_SECONDS` of making them, each write
+    followed by a turn for the other greenlets (docs/behaviour.md §2): a small page goes
+    out in one write and one turn, a large one never holds the loop much longer."""
+    held: list[bytes] = []
+    since = time.perf_counter()
     for piece in pieces:
-        yield piece
-        gevent.sleep(0)
+        held.append(piece)
+        if time.perf_counter() - since >= TURN_SECONDS:
+            yield b"".join(held)
+            held.clear()
+            gevent.sleep(0)
+            since = time.perf_counter()
+    yield b"".join(held)
 
 
 def _pieces(parts: Iterable[str], size: int = 64 * 1024) -> Iterator[bytes]:

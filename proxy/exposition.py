@@ -6,16 +6,26 @@ library escapes every name and value of every sample on every scrape. Here names
 escaped once per distinct name and a value only when it holds a character that needs it.
 The page is produced family by family, so that the server can give other connections
 their turn in between instead of stalling them for the whole page (docs/behaviour.md §2).
+
+gogeta's own labelled families skip the library's samples altogether (`Direct`): each
+child's line heads (name and labels, escaped) are made once, and a scrape only formats the
+numbers, read from the children prometheus-client keeps. That reads the library's child
+layout (`_metrics`, `_value`, `_count`, `_sum`, `_buckets`, `_upper_bounds`), which is why
+its version is pinned; the comparison with `generate_latest` is what guards an upgrade.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
+import prometheus_client.metrics
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Summary
 from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics.exposition import UNDERSCORES, escape_label_name
 from prometheus_client.openmetrics.exposition import escape_metric_name as _metric_name
+from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 # The type a family is shown as, when the Prometheus text format names it otherwise.
@@ -101,3 +111,147 @@ def exposition(families: Iterable[Metric]) -> Iterator[bytes]:
     names = _Names()
     for family in families:
         yield family_text(family, names).encode()
+
+
+# Lines in one piece of a directly written family (a piece is one turn of the loop at most).
+PIECE_LINES = 1000
+
+
+class Direct:
+    """A labelled Counter, Gauge, Summary or Histogram, written from its children's values.
+
+    The library's children are never removed here, and a scrape copies the dict of them
+    first (as prometheus-client itself does), so a label added meanwhile waits for the next.
+    """
+
+    def __init__(self, family: Counter | Gauge | Summary | Histogram, names: _Names) -> None:
+        self.family = family
+        kind: str = family._type
+        self.kind = kind
+        shown = names.metric(family._name + _NAME_SUFFIX.get(kind, ""))
+        self.top = _help(shown, family._documentation) + f"# TYPE {shown} {kind}\n"
+        self.names = names
+        self.suffixes: list[tuple[str, tuple[tuple[str, str], ...]]]
+        if kind == "counter":
+            self.suffixes = [("_total", ())]
+        elif kind == "gauge":
+            self.suffixes = [("", ())]
+        elif kind == "summary":
+            self.suffixes = [("_count", ()), ("_sum", ())]
+        else:
+            assert isinstance(family, Histogram)
+            bounds: list[float] = family._upper_bounds
+            self.suffixes = [("_bucket", (("le", _le(b)),)) for b in bounds]
+            self.suffixes.append(("_count", ()))
+            if bounds[0] >= 0:
+                self.suffixes.append(("_sum", ()))
+        self.read: Callable[[Any], Sequence[float]] = _READERS[kind]
+        self.heads: dict[tuple[str, ...], list[str]] = {}
+
+    def _heads(self, labelvalues: tuple[str, ...]) -> list[str]:
+        found = self.heads.get(labelvalues)
+        if found is None:
+            label = self.names.label
+            base = list(zip(self.family._labelnames, labelvalues, strict=True))
+            found = []
+            for suffix, extra in self.suffixes:
+                pairs = ",".join(
+                    f'{label(k)}="{_label_value(v)}"' for k, v in sorted([*base, *extra])
+                )
+                found.append(f"{self.names.metric(self.family._name + suffix)}{{{pairs}}} ")
+            self.heads[labelvalues] = found
+        return found
+
+    def pieces(self) -> Iterator[str]:
+        family = self.family
+        with family._lock:
+            children = list(family._metrics.items())
+        out = [self.top]
+        lines = 0
+        for labelvalues, child in children:
+            heads = self._heads(tuple(labelvalues))
+            # strict=False: a histogram whose first bound is negative has no `_sum` line.
+            for head, number in zip(heads, self.read(child), strict=False):
+                if -1e6 < number < 1e6:  # a float (the children's values are): repr is Go's
+                    out.append(f"{head}{number!r}\n")
+                else:
+                    out.append(f"{head}{_number(number)}\n")
+            lines += len(heads)
+            if lines >= PIECE_LINES:
+                yield "".join(out)
+                out.clear()
+                lines = 0
+        yield "".join(out)
+
+
+def _le(bound: float) -> str:
+    return str(floatToGoString(bound))  # type: ignore[no-untyped-call]
+
+
+def _histogram(child: Any) -> list[float]:
+    numbers = []
+    total = 0.0
+    for bucket in child._buckets:
+        total += bucket.get()
+        numbers.append(total)
+    numbers.append(total)  # _count
+    numbers.append(child._sum.get())  # left out by zip when there is no _sum line
+    return numbers
+
+
+_READERS: dict[str, Callable[[Any], Sequence[float]]] = {
+    "counter": lambda child: (child._value.get(),),
+    "gauge": lambda child: (child._value.get(),),
+    "summary": lambda child: (child._count.get(), child._sum.get()),
+    "histogram": _histogram,
+}
+
+
+class Registry(CollectorRegistry):
+    """A registry that also keeps what it holds in registration order, for `Page`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.order: list[Collector] = []
+
+    def register(self, collector: Collector) -> None:
+        super().register(collector)
+        self.order.append(collector)
+
+
+class Page:
+    """A registry's page from its collectors, in their order: gogeta's own labelled
+    families written directly, everything else (unlabelled ones, custom collectors) through
+    `family_text`."""
+
+    def __init__(self, collectors: Sequence[Collector]) -> None:
+        self.names = _Names()
+        self.parts = [self._part(c) for c in collectors]
+
+    def _part(self, collector: Collector) -> Collector | Direct:
+        # The library's own classes only: a subclass may make its samples otherwise.
+        if type(collector) in (Counter, Gauge, Summary, Histogram):
+            family: Counter | Gauge | Summary | Histogram = collector  # type: ignore[assignment]
+            if family._is_parent():  # type: ignore[no-untyped-call]
+                return Direct(family, self.names)
+        return collector
+
+    def pieces(self) -> Iterator[bytes]:
+        """The page, a family (or `PIECE_LINES` of one) at a time."""
+        if getattr(prometheus_client.metrics, "_use_created", True):
+            # `*_created` samples wanted: the library's own samples carry them.
+            for part in self.parts:
+                for family in _collect(part):
+                    yield family_text(family, self.names).encode()
+            return
+        for part in self.parts:
+            if isinstance(part, Direct):
+                for piece in part.pieces():
+                    yield piece.encode()
+            else:
+                for family in part.collect():
+                    yield family_text(family, self.names).encode()
+
+
+def _collect(part: Collector | Direct) -> Iterable[Metric]:
+    return part.family.collect() if isinstance(part, Direct) else part.collect()

@@ -1,4 +1,4 @@
-"""Prometheus metrics, rendered at /__gogeta/metrics by prometheus-client.
+"""Prometheus metrics, kept by prometheus-client, written out by proxy/exposition.py.
 
 Requests by status code, by domain, service and instance (with the status class), upstream
 latency, failures by kind, retries, bytes, open connections; the resolver's figures and
@@ -38,7 +38,7 @@ from prometheus_client import (
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from proxy.exposition import exposition
+from proxy.exposition import Page, Registry, exposition
 from resolvers.base import Upstream
 
 MAX_DOMAINS = 200
@@ -179,8 +179,7 @@ class Metrics:
     ) -> None:
         disable_created_metrics()  # type: ignore[no-untyped-call]  # `*_created`: noise
         self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
-        self.registry = CollectorRegistry()
-        r = self.registry
+        self.registry = r = Registry()
         self.requests = Counter(
             "gogeta_requests", "Requests answered, by status code", ["code"], registry=r
         )
@@ -259,6 +258,7 @@ class Metrics:
         self._alike = None if certificates is None else CertificateCollector(certificates)
         if self._alike is not None and not self.multiprocess:
             r.register(self._alike)
+        self._page: Page | None = None  # made at the first scrape, once all is registered
         self._published: dict[str, Any] = {}  # family name → Gauge or Counter
         self._counted: dict[str, float] = {}  # counter name → value already added
 
@@ -378,7 +378,11 @@ class Metrics:
 
     def pieces(self) -> tuple[str, Iterator[bytes]]:
         """Content type and body of the Prometheus text exposition, a family at a time."""
-        return CONTENT_TYPE_LATEST, exposition(self.families())
+        if self.multiprocess:
+            return CONTENT_TYPE_LATEST, exposition(self.families())
+        if self._page is None:
+            self._page = Page(self.registry.order)
+        return CONTENT_TYPE_LATEST, self._page.pieces()
 
     def render(self) -> tuple[str, bytes]:
         """Content type and body of the Prometheus text exposition, whole."""

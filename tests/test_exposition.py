@@ -18,13 +18,17 @@ from prometheus_client import (
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from proxy.exposition import exposition
+from proxy.exposition import Page, Registry, exposition
 from proxy.metrics import MAX_UPSTREAMS, Metrics
 from resolvers.base import Upstream
 
 
 def ours(registry: CollectorRegistry) -> bytes:
     return b"".join(exposition(registry.collect()))
+
+
+def direct(registry: Registry) -> bytes:
+    return b"".join(Page(registry.order).pieces())
 
 
 class Timestamped(Collector):
@@ -38,7 +42,7 @@ class Timestamped(Collector):
 def test_every_kind_of_family_and_awkward_values(created: bool) -> None:
     (enable_created_metrics if created else disable_created_metrics)()  # type: ignore[no-untyped-call]
     try:
-        r = CollectorRegistry()
+        r = Registry()
         c = Counter("hits", "Hits, by path", ["path"], registry=r)
         for path, n in (("/", 3), ('/q"uote', 1), ("/back\\slash", 2), ("/new\nline", 1)):
             c.labels(path).inc(n)
@@ -63,6 +67,7 @@ def test_every_kind_of_family_and_awkward_values(created: bool) -> None:
         e.state("down")
         r.register(Timestamped())
         assert ours(r) == generate_latest(r)
+        assert direct(r) == generate_latest(r)
     finally:
         disable_created_metrics()  # type: ignore[no-untyped-call]
 
@@ -87,3 +92,16 @@ def test_gogetas_own_page_at_its_label_bounds() -> None:
     r = CollectorRegistry()
     r.register(Fixed())
     assert b"".join(exposition(families)) == generate_latest(r)
+
+    # The page as scraped: the labelled families written from their children directly.
+    def steady(page: bytes) -> list[bytes]:
+        return [line for line in page.splitlines() if b"process_" not in line]
+
+    direct = steady(metrics.render()[1])
+    assert direct == steady(generate_latest(metrics.registry))
+    assert len(direct) > 5000  # the bounds filled: every labelled family has its children
+    metrics.count_request(404, "d1.example.com")  # a value moved, a child added
+    metrics.count_upstream(Upstream("http", "127.0.0.1", 1, service="s0", instance="0"), 200, 7)
+    again_direct = steady(metrics.render()[1])
+    assert again_direct != direct
+    assert again_direct == steady(generate_latest(metrics.registry))
