@@ -70,21 +70,62 @@ def quantile_ms(latency: Mapping[int, int], q: float) -> float | None:
     return None  # not reached: the last bucket holds the total
 
 
+class _Keyed:
+    """One second's tallies by key (domains, or upstreams), held only in dicts of numbers.
+
+    A second keeps up to `MAX_KEYS` of them and a minute sixty seconds: as objects (a
+    `Tally` each) they would be tens of thousands of long-lived ones, which the cyclic
+    collector walks at every full collection (a pause of 10–20 ms). A dict holding only
+    strings and numbers (or such dicts) is not tracked by it at all.
+    """
+
+    __slots__ = ("c4xx", "c5xx", "errors", "latency", "requests")
+
+    def __init__(self) -> None:
+        self.requests: dict[str, int] = {}
+        self.errors: dict[str, int] = {}
+        self.c4xx: dict[str, int] = {}
+        self.c5xx: dict[str, int] = {}
+        self.latency: dict[str, dict[int, int]] = {}
+
+    def count(self, key: str, status: int, seconds: float | None, error: bool) -> None:
+        requests = self.requests
+        if key not in requests:
+            if len(requests) >= MAX_KEYS:
+                return  # counted in the totals only
+            requests[key] = 0
+        requests[key] += 1
+        if status >= 500:
+            self.c5xx[key] = self.c5xx.get(key, 0) + 1
+        elif status >= 400:
+            self.c4xx[key] = self.c4xx.get(key, 0) + 1
+        if error:
+            self.errors[key] = self.errors.get(key, 0) + 1
+        if seconds is not None:
+            latency = self.latency.get(key)
+            if latency is None:
+                latency = self.latency[key] = {}
+            bucket = bisect.bisect_left(BOUNDS, seconds)
+            latency[bucket] = latency.get(bucket, 0) + 1
+
+    def add_to(self, tally: Tally, key: str) -> None:
+        tally.requests += self.requests[key]
+        tally.errors += self.errors.get(key, 0)
+        tally.c4xx += self.c4xx.get(key, 0)
+        tally.c5xx += self.c5xx.get(key, 0)
+        latency = tally.latency
+        for bucket, count in self.latency.get(key, {}).items():
+            latency[bucket] = latency.get(bucket, 0) + count
+
+
 class _Second:
     __slots__ = ("domains", "second", "total", "upstreams")
 
     def __init__(self, second: int) -> None:
         self.second = second
         self.total = Tally()
-        self.domains: dict[str, Tally] = {}
-        self.upstreams: dict[str, Tally] = {}
-
-
-def _tally(table: dict[str, Tally], key: str) -> Tally | None:
-    found = table.get(key)
-    if found is None and len(table) < MAX_KEYS:
-        found = table[key] = Tally()
-    return found
+        self.domains = _Keyed()
+        self.upstreams = _Keyed()
 
 
 class Traffic:
@@ -114,31 +155,23 @@ class Traffic:
         upstream it was last sent to and how long that took to answer, and the upstreams
         that failed it before (each counts a request and an error there)."""
         slot = self._now()
-        tallies: list[Tally | None] = [slot.total]
-        if domain is not None:
-            tallies.append(_tally(slot.domains, domain))
-        if upstream is not None:
-            tallies.append(_tally(slot.upstreams, upstream))
+        total = slot.total
         error = status >= 500
-        for tally in tallies:
-            if tally is None:
-                continue  # beyond MAX_KEYS this second
-            tally.requests += 1
-            if status >= 500:
-                tally.c5xx += 1
-            elif status >= 400:
-                tally.c4xx += 1
-            if error:
-                tally.errors += 1
-            if seconds is not None:
-                tally.observe(seconds)
+        total.requests += 1
+        if error:
+            total.c5xx += 1
+            total.errors += 1
+        elif status >= 400:
+            total.c4xx += 1
+        if seconds is not None:
+            total.observe(seconds)
+        if domain is not None:
+            slot.domains.count(domain, status, seconds, error)
+        if upstream is not None:
+            slot.upstreams.count(upstream, status, seconds, error)
         for label in failed:
-            if label == upstream:
-                continue  # already counted, as the answer's upstream
-            other = _tally(slot.upstreams, label)
-            if other is not None:
-                other.requests += 1
-                other.errors += 1
+            if label != upstream:  # else already counted, as the answer's upstream
+                slot.upstreams.count(label, 0, None, True)  # no answer: an error, no code
 
     def count_connection(self, delta: int) -> None:
         self.connections += delta
@@ -175,11 +208,11 @@ class Traffic:
             for key in keys:
                 tally = None
                 for slot in recent:
-                    part = getattr(slot, kind).get(key)
-                    if part is not None:
+                    part: _Keyed = getattr(slot, kind)
+                    if key in part.requests:
                         if tally is None:
                             tally = into[key] = Tally()
-                        tally.add(part)
+                        part.add_to(tally, key)
         return found
 
     def totals(self) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gc
 import random
 from dataclasses import dataclass
 
@@ -197,6 +198,29 @@ def test_traffic_keeps_a_bounded_number_of_keys_per_second() -> None:
     found = traffic.of([f"d{i}.test" for i in range(MAX_KEYS + 50)], [])
     assert len(found["domains"]) == MAX_KEYS
     assert traffic.totals()["requests"] == MAX_KEYS + 50
+
+
+def test_traffic_by_key_leaves_nothing_for_the_cyclic_collector() -> None:
+    """A minute of tallies by domain and upstream is long-lived: were each key an object
+    the collector tracks, every full collection would walk tens of thousands of them."""
+    clock = Clock()
+    traffic = Traffic(clock)
+    traffic.count(200, "warm.test", "warm/1", 0.001)  # the second's own objects made
+    gc.collect()
+    before = len(gc.get_objects())
+    for _ in range(3):
+        clock.now += 1
+        for i in range(MAX_KEYS):
+            status = (200, 404, 502)[i % 3]
+            traffic.count(status, f"d{i}.test", f"s/{i}", 0.001 * (i % 50), failed=[f"f/{i}"])
+    gc.collect()
+    grown = len(gc.get_objects()) - before
+    assert grown < 100, f"{grown} more objects tracked after {3 * MAX_KEYS * 3} tallies"
+    [tally] = traffic.of(["d7.test"], [])["domains"].values()
+    assert (tally.requests, tally.c4xx, tally.c5xx, tally.errors) == (3, 3, 0, 0)
+    failed = traffic.of([], ["f/8", "s/8"])["upstreams"]
+    assert (failed["f/8"].requests, failed["f/8"].errors, failed["f/8"].c5xx) == (3, 3, 0)
+    assert (failed["s/8"].c5xx, failed["s/8"].errors) == (3, 3)
 
 
 def test_connections_and_tunnels_are_counted_both_ways() -> None:
