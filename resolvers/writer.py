@@ -18,6 +18,7 @@ import gevent.queue
 from resolvers.endpoints import Backoff
 from resolvers.model import Instance, Service
 from resolvers.source import Background, Source, SourceDown, WriteRefused
+from resolvers.tree import Pause, no_pause
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +53,17 @@ class Writer(Background):
         self.last_access_writes = 0
         self.failing = False
 
-    def prune(self, services: dict[str, Service]) -> None:
-        """Forget instances that left the table, and lastAccess times already past due."""
+    def prune(self, services: dict[str, Service], pause: Pause = no_pause, every: int = 1) -> None:
+        """Forget instances that left the table, and lastAccess times already past due;
+        `pause` is called every `every` instances."""
         stale = time.monotonic() - self.interval
-        for key in [k for k, t in self.last_touch.items() if t < stale or not _listed(services, k)]:
-            del self.last_touch[key]
+        for n, (key, touched) in enumerate(list(self.last_touch.items())):
+            if n % every == 0:
+                pause()
+            if (touched < stale or not _listed(services, key)) and (
+                self.last_touch.get(key) == touched  # not touched again during a pause
+            ):
+                del self.last_touch[key]
         self.forget_wakes(services)
 
     def forget_wakes(self, services: dict[str, Service]) -> None:

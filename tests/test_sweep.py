@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import settings
 from resolvers import make_resolver
 from resolvers.table import TableResolver
@@ -38,3 +40,23 @@ def test_sweep_forgets_what_left_the_table() -> None:
     assert not resolver.ejections  # its deadline has passed: pruned
     # what is still in the table keeps routing
     assert resolver.resolve("b.test").service == "b"
+
+
+def test_a_sweep_gives_turns_and_keeps_what_was_touched_meanwhile() -> None:
+    names = [f"s{i}" for i in range(1000)]
+    resolver = resolver_with(*names)
+    for name in names:
+        resolver.resolve(f"{name}.test")
+    for key in resolver.writer.last_touch:
+        resolver.writer.last_touch[key] = 0.0  # every lastAccess time past due
+    pauses: list[int] = []
+
+    def pause() -> None:
+        if not pauses:  # a request during the first turn uses s999 again
+            resolver.writer.last_touch[("s999", "1")] = time.monotonic()
+        pauses.append(1)
+
+    resolver.sweep(pause)
+    assert len(pauses) >= 2 * (len(names) // 256)  # the positions, then the lastAccess times
+    assert set(resolver.writer.last_touch) == {("s999", "1")}
+    assert set(resolver._positions) == set(names)  # all still in the table
