@@ -266,7 +266,8 @@ class Metrics:
         self._by_code: dict[int, Any] = {}
         self._by_domain: dict[str, _ByClass] = {}
         self._domains: set[str] = set()  # domains with their own label
-        self._by_upstream: dict[Upstream, _Upstream] = {}
+        self._by_upstream: dict[Upstream, _Upstream] = {}  # a cache of `_series`
+        self._series: dict[tuple[str, tuple[str, str]], _Upstream] = {}  # bounded labels
         self._services: set[str] = set()  # services with their own label
         self._upstreams: set[tuple[str, str]] = set()
 
@@ -297,9 +298,15 @@ class Metrics:
             labels = (service, upstream.label)
             service = _bounded(self._services, service, MAX_SERVICES, "other")
             labels = _bounded(self._upstreams, labels, MAX_UPSTREAMS, ("other", "other"))
+            # One set of children per label pair, however many upstreams share it: made
+            # anew per upstream they would be thousands of long-lived objects at 100,000
+            # instances, for the cyclic collector to walk again and again.
+            found = self._series.get((service, labels))
+            if found is None:
+                found = self._series[service, labels] = _Upstream(self, service, labels)
             if len(self._by_upstream) >= 4096:  # upstreams come and go (moved instances)
                 self._by_upstream.clear()
-            found = self._by_upstream[upstream] = _Upstream(self, service, labels)
+            self._by_upstream[upstream] = found
         return found
 
     def count_upstream(self, upstream: Upstream, status: int, seconds: float | None = None) -> None:

@@ -227,3 +227,26 @@ def test_service_and_upstream_labels_are_bounded() -> None:
     assert len(upstreams) == MAX_UPSTREAMS + 1
     assert (("class", "2xx"), ("service", "other"), ("upstream", "other")) in upstreams
     assert (("class", "2xx"), ("service", "s0"), ("upstream", "s0/1")) in upstreams
+
+
+def test_upstreams_past_the_bounds_make_no_new_objects() -> None:
+    """Counting for ever more upstreams (instances moving, at 100,000 of them) adds nothing
+    long-lived once the labels are bounded: the cyclic collector would walk it all."""
+    import gc
+
+    from proxy.metrics import MAX_UPSTREAMS, Metrics
+    from resolvers.base import Upstream
+
+    metrics = Metrics()
+    many = [Upstream("http", "h", i, service=f"s{i}", instance="1") for i in range(10_000)]
+    for upstream in many[: MAX_UPSTREAMS + 1]:  # the bounds filled, "other" made
+        metrics.count_upstream(upstream, 200, 0.001)
+        metrics.count_failure(upstream, "reset")
+    gc.collect()
+    before = len(gc.get_objects())
+    for upstream in many[MAX_UPSTREAMS + 1 :]:
+        metrics.count_upstream(upstream, 200, 0.001)
+        metrics.count_failure(upstream, "reset")
+    gc.collect()
+    grown = len(gc.get_objects()) - before
+    assert grown < 50, f"{grown} more objects for {len(many) - MAX_UPSTREAMS - 1} upstreams"
