@@ -56,6 +56,9 @@ def test_every_kind_of_family_and_awkward_values(created: bool) -> None:
             ("nan", float("nan")),
         ):
             Gauge(f"odd_{label.strip('-')}_{len(label)}", "odd", registry=r).set(number)
+        odd = Gauge("odd_labelled", "Odd numbers, labelled", ["k"], registry=r)
+        for label, number in (("nan", float("nan")), ("inf", float("inf")), ("neg", -2e6)):
+            odd.labels(label).set(number)
         Gauge("tiny", "tiny", registry=r).set(1e-7)
         Gauge("exact_million", "1e6", registry=r).set(1e6)
         h = Histogram("wait_seconds", "Waits", ["service"], buckets=(0.001, 0.5, 2.5), registry=r)
