@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import ssl
+import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -65,6 +66,33 @@ logging.getLogger("urllib3.connectionpool").addFilter(_RetriesAtDebug())
 
 REQUEST_TIMEOUT = 10.0
 DECODED_HERE = 1 << 20  # bytes: a larger answer to a load is decoded in another thread
+# While it decodes, the interpreter hands the GIL over this often instead of every 5 ms:
+# each socket call of a request lets the decoder in, and waiting 5 ms to get it back made
+# a request ~10 ms long throughout a 100,000-domain reload.
+DECODE_SWITCH_SECONDS = 0.0005
+
+
+class _ShortGilTurns:
+    """The short switch interval, for as long as any decode runs in another thread."""
+
+    def __init__(self) -> None:
+        self.running = 0
+        self.before = 0.0
+
+    def __enter__(self) -> None:
+        if not self.running:
+            self.before = sys.getswitchinterval()
+            sys.setswitchinterval(DECODE_SWITCH_SECONDS)
+        self.running += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self.running -= 1
+        if not self.running:
+            sys.setswitchinterval(self.before)
+
+
+_short_gil_turns = _ShortGilTurns()
+
 
 # etcd answered, and said no: a key in the way, a failed compare, missing permissions.
 # Not an outage (no backoff, no "unreachable"), whatever python-etcd's class tree says.
@@ -217,7 +245,8 @@ def nodes_of(body: bytes, witness: list[tuple[str, int, int]] | None = None) -> 
             envelope = json.loads(body, object_hook=node_of)
         else:  # a second a 40 MB answer: the loop's thread runs between its GIL slices
             threads = gevent.get_hub().threadpool
-            envelope = threads.apply(json.loads, (body,), {"object_hook": node_of})
+            with _short_gil_turns:
+                envelope = threads.apply(json.loads, (body,), {"object_hook": node_of})
     except ValueError as exc:
         raise etcd.EtcdException(f"etcd answered a read with invalid JSON: {exc}") from exc
     if not isinstance(envelope, dict) or "node" not in envelope:

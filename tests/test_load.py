@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import gc
 import json
+import sys
+import threading
 from typing import Any
 
 import etcd
 import pytest
 from etcd import EtcdKeyNotFound
 
-from resolvers.etcd2_client import Endpoints, nodes_of
+from resolvers.etcd2_client import DECODE_SWITCH_SECONDS, DECODED_HERE, Endpoints, nodes_of
 from resolvers.etcd2_watcher import Watcher
 from resolvers.tree import DomainTree, Node, ServiceTree
 from tests.etcd_routes import write_domain, write_instance
@@ -92,6 +94,38 @@ def routes(etcd: EtcdServer) -> Any:
         write_instance(client, f"s{i}", "2", 9100 + i, status=("started", "started", "x"))
     write_domain(client, "u.test", "uri", "http://10.0.0.1:8080/base?x=1")
     return client
+
+
+def test_a_large_answer_is_decoded_with_short_gil_turns() -> None:
+    """Decoded in another thread, a large answer must hand the GIL back to the loop's
+    thread often (docs/behaviour.md §5.4): at the default 5 ms, every socket call of a
+    request waited up to that long for it."""
+    children = [
+        {"key": f"/domains/d{i}.test/type", "value": "service", "modifiedIndex": i}
+        for i in range(DECODED_HERE // 25)
+    ]
+    node = {"key": "/domains", "dir": True, "nodes": children}
+    body = json.dumps({"action": "get", "node": node}).encode()
+    assert len(body) > DECODED_HERE
+    before = sys.getswitchinterval()
+    seen: list[float] = []  # the interval, read by another thread during the decode
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            seen.append(sys.getswitchinterval())
+            done.wait(0.0002)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        nodes = list(nodes_of(body))
+    finally:
+        done.set()
+        watcher.join()
+    assert len(nodes) == len(children) + 1
+    assert DECODE_SWITCH_SECONDS in seen  # short while decoding
+    assert sys.getswitchinterval() == before  # and put back
 
 
 def test_a_load_equals_one_through_python_etcd(etcd: EtcdServer, routes: Any) -> None:
