@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import NamedTuple
 
-from resolvers.tree import DELETE_ACTIONS, Node, Pause, no_pause
+from resolvers.nodes import DELETE_ACTIONS, Node, Pause, no_pause
 
 FIELDS = ("cert", "key")
 

@@ -25,8 +25,8 @@ import gevent
 import urllib3
 
 from resolvers.endpoints import EndpointRing
+from resolvers.nodes import Node
 from resolvers.source import EtcdAccess
-from resolvers.tree import Node
 
 log = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ import etcd
 
 from resolvers.endpoints import Backoff, Reachability
 from resolvers.etcd2_client import ETCD_DOWN, Endpoints, index_of_miss, nodes_of, problem_of
+from resolvers.nodes import Node
 from resolvers.source import DirectoryWatcher, Mirror, OnChange, Turns, uncollected
-from resolvers.tree import Node
 
 log = logging.getLogger(__name__)
 

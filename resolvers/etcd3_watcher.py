@@ -38,8 +38,8 @@ from resolvers.etcd3_gateway import (
     range_end,
     unb64,
 )
+from resolvers.nodes import Node
 from resolvers.source import DirectoryWatcher, Mirror, OnChange, Turns, uncollected
-from resolvers.tree import Node
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ import gevent
 
 from errors import SourceDown, WriteRefused
 from resolvers.endpoints import Backoff, EndpointRing, Reachability
-from resolvers.tree import Node, Pause, no_pause
+from resolvers.nodes import Node, Pause, no_pause
 
 __all__ = ["SourceDown", "WriteRefused"]  # raised by sources, caught by their users
 

@@ -20,8 +20,9 @@ import gevent.event
 from resolvers.base import DEFAULT_ROBOTS, RoutingError, Status, Upstream
 from resolvers.listing import CHUNK, NameIndex, instance_view, page_of, without_credentials
 from resolvers.model import Service, next_instance
+from resolvers.nodes import Pause, no_pause
 from resolvers.source import Source, Turns
-from resolvers.tree import DomainTree, Pause, ServiceTree, no_pause
+from resolvers.tree import DomainTree, ServiceTree
 from resolvers.writer import Writer
 
 log = logging.getLogger(__name__)

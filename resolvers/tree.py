@@ -17,10 +17,8 @@ load is seconds of work): they go on reading the old table, swapped only at the 
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 from resolvers.model import (
     Domain,
@@ -33,46 +31,7 @@ from resolvers.model import (
     parse_location,
     parse_robots,
 )
-
-log = logging.getLogger(__name__)
-
-DELETE_ACTIONS = frozenset({"delete", "expire", "compareAndDelete"})
-PAUSE_EVERY = 256  # keys (or services) a load handles between two calls of its `pause`
-
-Pause = Callable[[], None]
-
-
-def no_pause() -> None:
-    """A load that never lets anything else run (tests, tools)."""
-
-
-class Node(NamedTuple):
-    """A node of an etcd answer or event, reduced to what the mirrors need.
-
-    A named tuple: a load makes one per etcd key (300,000 at 100,000 domains), and a tuple
-    is built several times faster than a frozen dataclass.
-    """
-
-    key: str
-    value: str | None = None
-    dir: bool = False
-
-
-class _Reporter:
-    """Logs an invalid value once per (key, value), not at every reload or request."""
-
-    def __init__(self) -> None:
-        self._seen: set[tuple[str, str | None]] = set()
-
-    def invalid(self, key: str, value: str | None, reason: str) -> None:
-        marker = (key, value)
-        if marker in self._seen:
-            return
-        if len(self._seen) > 10_000:
-            self._seen.clear()
-        self._seen.add(marker)
-        shown = value if value is None or len(value) <= 200 else value[:200] + "..."
-        log.warning("ignoring %s = %r: %s", key, shown, reason)
+from resolvers.nodes import DELETE_ACTIONS, PAUSE_EVERY, Node, Pause, Reporter, no_pause
 
 
 def _parts(prefix: str, key: str) -> list[str] | None:
@@ -99,7 +58,7 @@ class DomainTree:
         self.implicit_dirs = implicit_dirs
         self.domains: dict[str, Domain] = {}
         self._raw: dict[str, dict[str, str]] = {}
-        self._report = _Reporter()
+        self._report = Reporter()
 
     def load(self, nodes: Iterable[Node], pause: Pause = no_pause) -> None:
         raw: dict[str, dict[str, str]] = {}
@@ -207,7 +166,7 @@ class ServiceTree:
         self._raw: dict[str, _RawService] = {}
         # implicit_dirs: (service, index) → the instance's keys, relative ("status/current")
         self._keys: dict[tuple[str, str], set[str]] = {}
-        self._report = _Reporter()
+        self._report = Reporter()
 
     def load(self, nodes: Iterable[Node], pause: Pause = no_pause) -> None:
         raw: dict[str, _RawService] = {}

@@ -17,8 +17,8 @@ import gevent.queue
 
 from resolvers.endpoints import Backoff
 from resolvers.model import Instance, Service
+from resolvers.nodes import Pause, no_pause
 from resolvers.source import Background, Source, SourceDown, WriteRefused
-from resolvers.tree import Pause, no_pause
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import pytest
 from cryptography import x509
 
 from resolvers.certs import CertPair, CertTree
-from resolvers.tree import Node
+from resolvers.nodes import Node
 from tests.pki import issue
 from transport.tls import (
     CertificateProblem,

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from resolvers.base import Status
 from resolvers.model import make_domain, parse_location, parse_robots
-from resolvers.tree import DomainTree, Node, ServiceTree
+from resolvers.nodes import Node
+from resolvers.tree import DomainTree, ServiceTree
 
 ACTIONS = ["set", "create", "update", "compareAndSwap", "delete", "expire", "compareAndDelete"]
 NAMES = st.sampled_from(["a", "1", "2", "", "location", "status", "é", "x" * 300, "..", "%2F"])

@@ -11,7 +11,7 @@ import settings
 from issuance.backoff import after_failure
 from issuance.orders import renewal_due
 from resolvers.certs import ChallengeTree
-from resolvers.tree import Node
+from resolvers.nodes import Node
 from tests.pki import issue
 
 

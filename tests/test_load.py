@@ -18,7 +18,8 @@ from etcd import EtcdKeyNotFound
 
 from resolvers.etcd2_client import DECODE_SWITCH_SECONDS, DECODED_HERE, Endpoints, nodes_of
 from resolvers.etcd2_watcher import Watcher
-from resolvers.tree import DomainTree, Node, ServiceTree
+from resolvers.nodes import Node
+from resolvers.tree import DomainTree, ServiceTree
 from tests.etcd_routes import write_domain, write_instance
 from tests.support import EtcdServer
 

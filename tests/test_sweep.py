@@ -6,8 +6,8 @@ import time
 
 import settings
 from resolvers import make_resolver
+from resolvers.nodes import Node
 from resolvers.table import TableResolver
-from resolvers.tree import Node
 
 LOC = '{"host": "10.0.0.1", "port": 8001}'
 

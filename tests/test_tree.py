@@ -7,7 +7,8 @@ import logging
 import pytest
 
 from resolvers.base import Status
-from resolvers.tree import DomainTree, Node, ServiceTree
+from resolvers.nodes import Node
+from resolvers.tree import DomainTree, ServiceTree
 
 LOC1 = '{"host": "10.0.0.1", "port": 8001}'
 LOC2 = '{"host": "10.0.0.2", "port": 8002}'
