@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -66,10 +67,21 @@ class BenchOptions:
 
     @staticmethod
     def command_line() -> str:
-        """The command that reproduces this run, with its BENCH_* variables."""
+        """The command that reproduces this run, with its BENCH_* variables (paths shown
+        as `without_paths` shows them)."""
         keys = sorted(k for k in os.environ if k.startswith("BENCH_"))
         prefix = " ".join(f"{k}={os.environ[k]}" for k in keys)
-        return (prefix + " make bench").strip()
+        return without_paths((prefix + " make bench").strip())
+
+
+# An absolute path, alone or after `=`: up to the next space or quote.
+_ABSOLUTE = re.compile(r"(?<![\w.~:/-])/[^\s'\"]+")  # not a URL's path
+
+
+def without_paths(text: str) -> str:
+    """`text` with each absolute path shown as `<…/its last part>`: what a recorded run
+    writes into the tree must not hold this machine's folders (a reference binary's, say)."""
+    return _ABSOLUTE.sub(lambda m: f"<…/{m.group(0).rstrip('/').rsplit('/', 1)[-1]}>", text)
 
 
 @dataclass(frozen=True)

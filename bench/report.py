@@ -18,7 +18,7 @@ from typing import Any, Generic, TypeVar
 from bench.connections import ConnectionsResult
 from bench.harness import ROOT, say
 from bench.loop_probe import INTERVAL
-from bench.options import BenchOptions
+from bench.options import BenchOptions, without_paths
 from bench.propagation import ChangeTimes, PropagationResult
 from bench.rig import Skipped
 from bench.scale import (
@@ -74,8 +74,11 @@ class BenchResults:
     tls: TlsResult | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """Every field; a part that did not run is left out rather than null."""
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        """Every field; a part that did not run is left out rather than null. The reference
+        command's paths are shown as `without_paths` shows them."""
+        found = {k: v for k, v in asdict(self).items() if v is not None}
+        found["options"]["reference"] = without_paths(self.options.reference)
+        return found
 
 
 Table = tuple[str, list[str], list[list[str]], list[str]]  # title, header, rows, notes
@@ -205,7 +208,7 @@ def _throughput(p1: ThroughputResult, opts: BenchOptions) -> Table:
         " the live view's counting); gogeta-nolog: -accessLog off; nginx: access_log off.",
     ]
     if opts.reference:
-        notes.append(f"reference (BENCH_REFERENCE): {opts.reference}")
+        notes.append(f"reference (BENCH_REFERENCE): {without_paths(opts.reference)}")
     return table("1. Throughput and latency", THROUGHPUT, p1.summary, notes)
 
 

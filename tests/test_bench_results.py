@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.options import recording
+from bench.options import recording, without_paths
 from bench.report import result_stems
 from tests.support import ROOT
 
@@ -49,3 +49,15 @@ def test_a_recorded_run_writes_the_tracked_results(name: str) -> None:
 def test_recording_is_asked_for_by_a_variable(value: str | None, expected: bool) -> None:
     environ = {} if value is None else {"BENCH_RECORD": value}
     assert recording("BENCH_RECORD", environ) is expected
+
+
+def test_a_recorded_command_holds_no_path_of_this_machine() -> None:
+    reference = "/srv/ref/bin/gogeta -port {port} -templateDir=/srv/ref/templates/ -v"
+    shown = without_paths(f"BENCH_REFERENCE={reference} BENCH_SCALE=100000 make bench")
+    assert shown == (
+        "BENCH_REFERENCE=<…/gogeta> -port {port} -templateDir=<…/templates> -v"
+        " BENCH_SCALE=100000 make bench"
+    )
+    assert without_paths("wrk -t1 http://127.0.0.1:80/small a/b") == (
+        "wrk -t1 http://127.0.0.1:80/small a/b"  # a URL's path and a relative one stay
+    )
