@@ -26,7 +26,14 @@ from typing import Any
 import etcd
 
 from resolvers.endpoints import Backoff, Reachability
-from resolvers.etcd2_client import ETCD_DOWN, Endpoints, index_of_miss, nodes_of, problem_of
+from resolvers.etcd2_client import (
+    ETCD_DOWN,
+    Endpoints,
+    index_of_miss,
+    nodes_of,
+    problem_of,
+    read_tree,
+)
 from resolvers.nodes import Node
 from resolvers.source import DirectoryWatcher, Mirror, OnChange, Turns, uncollected
 
@@ -176,7 +183,7 @@ class Watcher(DirectoryWatcher[Endpoints]):
         started = time.monotonic()
         client = self.endpoints.client()
         try:
-            index, body = self._read_tree(client)
+            index, body = read_tree(client, self.prefix, Turns())
         except etcd.EtcdKeyNotFound as exc:
             index = index_of_miss(exc)
             self.mirror.load([])
@@ -193,25 +200,6 @@ class Watcher(DirectoryWatcher[Endpoints]):
         self._gap, self.lag = 1.0, 0
         self._loaded(index)
         return index + 1
-
-    def _read_tree(self, client: Any) -> tuple[int, bytes]:
-        """(etcd index, JSON answer) of a recursive GET of the prefix.
-
-        One request through python-etcd's `api_execute` (its connection pool, its error
-        handling: `EtcdKeyNotFound` when the prefix does not exist).
-        """
-        response = client.api_execute(
-            client.key_endpoint + self.prefix, client._MGET, params={"recursive": "true"}
-        )
-        try:
-            header = response.headers.get("X-Etcd-Index")
-            body: bytes = response.data
-        finally:
-            response.release_conn()
-        try:
-            return int(header), body
-        except (ValueError, TypeError) as exc:
-            raise etcd.EtcdException(f"etcd answered without a valid index: {exc}") from exc
 
     def _check_index(self, timeout: float) -> None:
         """A cheap read: raises when etcd does not answer; reloads if its index went back.

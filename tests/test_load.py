@@ -16,7 +16,13 @@ import etcd
 import pytest
 from etcd import EtcdKeyNotFound
 
-from resolvers.etcd2_client import DECODE_SWITCH_SECONDS, DECODED_HERE, Endpoints, nodes_of
+from resolvers.etcd2_client import (
+    DECODE_SWITCH_SECONDS,
+    DECODED_HERE,
+    Endpoints,
+    nodes_of,
+    read_tree,
+)
 from resolvers.etcd2_watcher import Watcher
 from resolvers.nodes import Node
 from resolvers.tree import DomainTree, ServiceTree
@@ -153,3 +159,33 @@ def test_a_missing_directory_loads_empty(etcd: EtcdServer) -> None:
     with pytest.raises(EtcdKeyNotFound) as exc:
         etcd.client().read("/domains")
     assert index == int(exc.value.payload["index"]) + 1
+
+
+def test_a_large_answer_is_read_with_turns_and_a_cut_one_never_reused(etcd: EtcdServer) -> None:
+    writer = etcd.client()
+    for i in range(24):  # ~2.4 MB: the answer comes in many parts
+        writer.write(f"/bulk/k{i}", "x" * 100_000)
+    client = Endpoints([etcd.url]).client()
+    turns: list[int] = []
+    index, body = read_tree(client, "/bulk", lambda: turns.append(1))
+    assert len(turns) >= 10  # a turn between parts, not one read of the whole
+    reference = client.api_execute(client.key_endpoint + "/bulk", "GET", {"recursive": "true"})
+    assert index == int(reference.headers["X-Etcd-Index"])
+
+    def nodes(answer: bytes) -> list[Node]:  # etcd lists a directory in no set order
+        return sorted(nodes_of(answer))
+
+    assert nodes(body) == nodes(reference.data) and len(nodes(body)) == 25
+
+    def cut() -> None:  # the load stopped halfway (its greenlet killed, say)
+        if len(turns) > 13:
+            raise RuntimeError("stopped")
+        turns.append(1)
+
+    with pytest.raises(RuntimeError):
+        read_tree(client, "/bulk", cut)
+    # The connection with the rest of that answer in it is not read from again.
+    again, answer = read_tree(client, "/bulk")
+    assert again == index and nodes(answer) == nodes(body)
+    with pytest.raises(EtcdKeyNotFound):
+        read_tree(client, "/missing")
