@@ -17,7 +17,7 @@ from typing import Any
 from framing.response import InvalidAnswer, relay_head
 from proxy.answer import Response
 from proxy.errors import BadGateway, BadRequest, GogetaError, PayloadTooLarge, UpstreamError
-from proxy.forward import Forwarder, stream_body
+from proxy.forward import Forwarder, is_replayable, stream_body
 from proxy.pages import FALLBACK_PAGE, Page, StatusPages, wants_json
 from proxy.static import PREFIX as STATIC_PREFIX
 from proxy.static import StaticFiles
@@ -240,9 +240,16 @@ class Gogeta:
             environ["gogeta.upstream"] = upstream
             return self.tunnels.open(environ, start_response, upstream, trusted)
 
-        sent = time.perf_counter()
-        upstream, response = self._send_upstream(environ, hostname, trusted, wake)
-        environ["gogeta.upstream_seconds"] = time.perf_counter() - sent
+        return self._send_upstream(environ, start_response, hostname, trusted, wake)
+
+    @staticmethod
+    def _begin(
+        environ: dict[str, Any],
+        start_response: StartResponse,
+        upstream: Upstream,
+        response: Response,
+    ) -> Iterable[bytes]:
+        """Check the answer's head, read its first body block, then start the answer."""
         try:
             try:
                 head = relay_head(
@@ -255,7 +262,9 @@ class Gogeta:
                 )
             except InvalidAnswer as exc:
                 raise BadGateway(f"invalid answer: {exc}", upstream.label) from exc
-            body = stream_body(response, upstream.label, reuse=not head.close)
+            body = stream_body(
+                response, upstream.label, reuse=not head.close, replayable=is_replayable(environ)
+            )
             start_response(head.status, head.headers)
         except BaseException:
             response.close()
@@ -298,14 +307,21 @@ class Gogeta:
         raise first  # still not up: the wait page, which reloads itself
 
     def _send_upstream(
-        self, environ: dict[str, Any], hostname: str, trusted: bool, wake: bool
-    ) -> tuple[Upstream, Response]:
-        """Send to an instance; when it fails in a way that is safe to replay, try the next.
+        self,
+        environ: dict[str, Any],
+        start_response: StartResponse,
+        hostname: str,
+        trusted: bool,
+        wake: bool,
+    ) -> Iterable[bytes]:
+        """Send to an instance; when it fails in a way that is safe to replay (up to its
+        first body block, before anything reaches the client), try the next.
 
         Each instance is tried at most once per request, so never more attempts than
         instances. A refused or broken connection also makes the resolver prefer the others
         for a while (passive ejection).
         """
+        sent = time.perf_counter()
         tried: list[Upstream] = []
         failure: UpstreamError | None = None
         while True:
@@ -325,7 +341,9 @@ class Gogeta:
             # For the access log and the metrics (proxy.front): where it went.
             environ["gogeta.upstream"] = upstream
             try:
-                return upstream, self.forwarder.send(environ, upstream, self.url_header, trusted)
+                response = self.forwarder.send(environ, upstream, self.url_header, trusted)
+                environ["gogeta.upstream_seconds"] = time.perf_counter() - sent
+                return self._begin(environ, start_response, upstream, response)
             except UpstreamError as exc:
                 _note_failure(environ, upstream, exc)
                 if exc.connect_failed or isinstance(exc, BadGateway):

@@ -276,7 +276,7 @@ class Forwarder:
         # Without a body and with an idempotent method, sending twice is harmless: a pooled
         # keep-alive connection the backend closed while idle is retried once on a fresh
         # one (instead of a 502), and a failure may be replayed on another instance.
-        replayable = body is None and method in IDEMPOTENT
+        replayable = is_replayable(environ)
         attempts = 2 if replayable else 1
         for attempt in range(1, attempts + 1):
             try:
@@ -323,6 +323,12 @@ class Forwarder:
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
 
+def is_replayable(environ: dict[str, Any]) -> bool:
+    """Whether sending the request twice is harmless: an idempotent method and no body
+    (docs/behaviour.md §4.3)."""
+    return environ["REQUEST_METHOD"] in IDEMPOTENT and request_body(environ) is None
+
+
 def _is_disconnect(exc: ProtocolError) -> bool:
     """The peer closed or reset the connection before answering (a stale keep-alive)."""
     return any(
@@ -331,13 +337,17 @@ def _is_disconnect(exc: ProtocolError) -> bool:
     )
 
 
-def stream_body(response: Response, label: str, reuse: bool = True) -> Iterator[bytes]:
+def stream_body(
+    response: Response, label: str, reuse: bool = True, replayable: bool = False
+) -> Iterator[bytes]:
     """The backend's body as it comes, its first block already read.
 
     Reading the first block before the answer starts means a backend that fails before
-    sending any of its body still gets a 502 or 504 page: nothing was sent to the client yet.
-    On error here the caller must close and release the response. `reuse=False`: the
-    backend connection is closed after the body instead of going back to the pool.
+    sending any of its body still gets a 502 or 504 page: nothing was sent to the client yet,
+    so a `replayable` request (`is_replayable`) may still go to another instance, unless the
+    backend was only slow. On error here the caller must close and release the response.
+    `reuse=False`: the backend connection is closed after the body instead of going back
+    to the pool.
     """
     blocks = _blocks(response)
     try:
@@ -345,7 +355,7 @@ def stream_body(response: Response, label: str, reuse: bool = True) -> Iterator[
     except ReadTimeoutError as exc:
         raise GatewayTimeout(f"timed out before the body: {exc}", label) from exc
     except (HTTPError, OSError) as exc:
-        raise BadGateway(f"failed before the body: {exc}", label) from exc
+        raise BadGateway(f"failed before the body: {exc}", label, replayable=replayable) from exc
     return _relay(response, label, first, blocks, reuse)
 
 

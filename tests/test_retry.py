@@ -86,6 +86,32 @@ def test_reset_after_the_request_is_replayed_only_when_safe(
         assert 502 in posts and 200 in posts
 
 
+def test_an_instance_dying_after_its_head_is_replayed_only_when_safe(
+    etcd: EtcdServer, gogeta: Start
+) -> None:
+    """Killed between writing its head and its body: nothing has reached the client yet
+    (gogeta waits for the first body block), so a safe request still goes elsewhere."""
+
+    def dies_after_head(conn: socket.socket) -> None:
+        read_request_head(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        conn.close()  # RST, as the kernel does for a killed process
+
+    with RawServer(dies_after_head) as dying, Backend(named("alive")) as alive:
+        add_route(etcd, "dying.test", "dying", [dying.port, alive.port])
+        proxy = gogeta("-etcdAddress", etcd.url, "-ejectSeconds", "0")
+        wait_until(lambda: proxy.get("/", host="dying.test").status == 200, what="route")
+        before = len(dying.connections)
+        answers = [proxy.get(f"/{i}", host="dying.test") for i in range(6)]
+        assert [(a.status, a.body) for a in answers] == [(200, b"alive")] * 6
+        assert len(dying.connections) > before  # the dying instance had its turns
+        posts = [
+            proxy.get("/p", host="dying.test", method="POST", body=b"x").status for _ in range(4)
+        ]
+        assert 502 in posts and 200 in posts  # a POST with a body is never sent twice
+
+
 def test_stale_keep_alive_connection_is_not_a_502(gogeta: Start) -> None:
     """A backend that drops a kept-alive connection instead of answering its next request."""
 
