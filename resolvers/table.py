@@ -20,7 +20,7 @@ import gevent.event
 from resolvers.base import DEFAULT_ROBOTS, RoutingError, Status, Upstream
 from resolvers.listing import CHUNK, NameIndex, instance_view, page_of, without_credentials
 from resolvers.model import Service, next_instance
-from resolvers.nodes import Pause, no_pause
+from resolvers.nodes import PAUSE_EVERY, Pause, no_pause
 from resolvers.source import Source, Turns
 from resolvers.tree import DomainTree, ServiceTree
 from resolvers.writer import Writer
@@ -28,7 +28,6 @@ from resolvers.writer import Writer
 log = logging.getLogger(__name__)
 
 SWEEP_SECONDS = 60.0
-SWEEP_CHUNK = 256  # lookups between two calls of a sweep's pause (a turn once 2 ms have run)
 
 
 class Ejections:
@@ -135,17 +134,17 @@ class TableResolver:
         Round-robin positions, lastAccess times, wake-up marks and ejections are keyed by
         service or instance; without this they would grow with every service a long-running
         process has ever seen. At 100,000 services that is as many lookups: `pause` is
-        called every `SWEEP_CHUNK` of them (the running process gives requests their turns). A
+        called every `PAUSE_EVERY` of them (the running process gives requests their turns). A
         table swapped in meanwhile leaves at worst a stale entry to the next sweep, or
         drops a fresh one (a round robin restarting, a lastAccess written again early).
         """
         services = self.services.services
         for n, name in enumerate(list(self._positions)):
-            if n % SWEEP_CHUNK == 0:
+            if n % PAUSE_EVERY == 0:
                 pause()
             if name not in services:
                 self._positions.pop(name, None)
-        self.writer.prune(services, pause, SWEEP_CHUNK)
+        self.writer.prune(services, pause)
         self.ejections.prune()
 
     def ready(self) -> bool:

@@ -17,7 +17,7 @@ import gevent.queue
 
 from resolvers.endpoints import Backoff
 from resolvers.model import Instance, Service
-from resolvers.nodes import Pause, no_pause
+from resolvers.nodes import PAUSE_EVERY, Pause, no_pause
 from resolvers.source import Background, Source, SourceDown, WriteRefused
 
 log = logging.getLogger(__name__)
@@ -53,12 +53,12 @@ class Writer(Background):
         self.last_access_writes = 0
         self.failing = False
 
-    def prune(self, services: dict[str, Service], pause: Pause = no_pause, every: int = 1) -> None:
+    def prune(self, services: dict[str, Service], pause: Pause = no_pause) -> None:
         """Forget instances that left the table, and lastAccess times already past due;
-        `pause` is called every `every` instances."""
+        `pause` is called every `PAUSE_EVERY` instances."""
         stale = time.monotonic() - self.interval
         for n, (key, touched) in enumerate(list(self.last_touch.items())):
-            if n % every == 0:
+            if n % PAUSE_EVERY == 0:
                 pause()
             if (touched < stale or not _listed(services, key)) and (
                 self.last_touch.get(key) == touched  # not touched again during a pause
