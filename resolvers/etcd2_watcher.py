@@ -4,10 +4,11 @@ Rules:
 - load recursively (resolvers/etcd2_client.py walks the answer), then watch from the
   answer's `X-Etcd-Index` + 1 and after each event from its `modifiedIndex` + 1, so nothing
   written between or during the two is lost;
-- a watch that times out keeps its index; etcd's 401 "event index cleared" reloads;
-- a watch silent for a while is probed with a cheap read and a short timeout: a frozen etcd
-  holds long polls open forever, and only a question it does not answer tells it from an
-  idle one;
+- a silent watch stays open, however long (etcd keeps only 1,000 events: asked again at
+  its index, it could find them gone); etcd's 401 "event index cleared" reloads;
+- meanwhile, a watch silent for a while is probed on another connection with a cheap read
+  and a short timeout: a frozen etcd holds long polls open forever, and only a question it
+  does not answer tells it from an idle one;
 - after an outage, resume only where etcd still holds the history we followed: its index
   not lower, its cluster id the same, and a key we saw still created at the same index (an
   etcd restarted empty with the same flags has the same cluster id); otherwise reload. So
@@ -24,6 +25,7 @@ import time
 from typing import Any
 
 import etcd
+import gevent
 
 from resolvers.endpoints import Backoff, Reachability
 from resolvers.etcd2_client import (
@@ -39,7 +41,7 @@ from resolvers.source import DirectoryWatcher, Mirror, OnChange, Turns, uncollec
 
 log = logging.getLogger(__name__)
 
-WATCH_TIMEOUT = 55.0  # seconds a long poll may stay silent before we probe and re-open it
+WATCH_TIMEOUT = 55.0  # seconds of a silent long poll after which etcd is probed (again)
 PROBE_TIMEOUT = 5.0  # at most: a probe etcd does not answer in this long counts as an outage
 # Never written: reading it (under the prefix, which a restricted user may read) answers
 # etcd's current index.
@@ -121,19 +123,10 @@ class Watcher(DirectoryWatcher[Endpoints]):
         while True:
             assert self.index is not None
             asked = time.monotonic()
-            try:
-                result = client.read(
-                    self.prefix,
-                    recursive=True,
-                    wait=True,
-                    waitIndex=self.index,
-                    timeout=self.watch_timeout,
-                )
-            except etcd.EtcdWatchTimedOut:
-                # Idle, or frozen with our poll open: only a question etcd does not answer
-                # tells (a failed probe raises, and counts as an outage).
-                self._check_index(self.probe_timeout)
-                continue  # the same index: a timeout must not advance it
+            result = self._next_event(client)
+            if result is None:  # etcd's index went back: its data was lost
+                self.index = self._load()
+                continue
             modified = int(result.modifiedIndex)
             gap = modified - self.index + 1
             self.index = modified + 1
@@ -201,20 +194,54 @@ class Watcher(DirectoryWatcher[Endpoints]):
         self._loaded(index)
         return index + 1
 
-    def _check_index(self, timeout: float) -> None:
-        """A cheap read: raises when etcd does not answer; reloads if its index went back.
+    def _next_event(self, client: Any) -> Any:
+        """The next event from `self.index`, or None when etcd's index went back.
+
+        The long poll stays open however long it is silent: asked again at the same index
+        after more than 1,000 writes elsewhere (other keys, gogeta's own `lastAccess`), it
+        would find that history gone and reload the whole directory. Meanwhile, after each
+        `watch_timeout` of silence, etcd is probed on another connection: a frozen etcd holds
+        a poll open forever, and only a question it does not answer tells it from an idle
+        one (the probe then raises, an outage).
+        """
+        poll = gevent.spawn(self._poll, client, self.index)
+        try:
+            while True:
+                poll.join(self.watch_timeout)
+                if poll.ready():
+                    result, error = poll.value
+                    if error is not None:
+                        raise error
+                    return result
+                if self._index_went_back():
+                    return None
+        finally:
+            poll.kill()  # a poll still open: its connection is closed, never reused
+
+    def _poll(self, client: Any, index: int) -> tuple[Any, Exception | None]:
+        """One long poll; what it raised is handed back, raised again by the watcher."""
+        try:
+            found = client.read(self.prefix, recursive=True, wait=True, waitIndex=index, timeout=0)
+        except Exception as exc:
+            return None, exc
+        return found, None
+
+    def _index_went_back(self) -> bool:
+        """A cheap read: raises when etcd does not answer in `probe_timeout`; True (and the
+        reason noted for the reload) if its index went back.
 
         Also where another etcd at the address shows first (its cluster id).
         """
         try:
-            self.endpoints.client().read(self.probe_key, timeout=timeout)
-            return  # someone wrote the probe key: cannot tell, keep watching
+            self.endpoints.client().read(self.probe_key, timeout=self.probe_timeout)
+            return False  # someone wrote the probe key: cannot tell, keep watching
         except etcd.EtcdKeyNotFound as exc:
             current = index_of_miss(exc)
         if self.index is not None and current + 1 < self.index:
             log.warning("%s: etcd index went back to %s: reloading", self.prefix, current)
             self.load_reason = f"etcd's index went back to {current} (its data was lost)"
-            self.index = self._load()
+            return True
+        return False
 
     def _holds_our_history(self) -> bool:
         """After an outage: whether etcd still holds what we followed, so we may resume."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import signal
 import threading
+import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -213,6 +214,40 @@ def test_1000_back_to_back_writes_are_all_served(
     assert after["reloads"] - before["reloads"] <= 1000 / 4, (before, after)
     write_domain(client, "later.rush.test", "service", "rush")
     routed(proxy, "later.rush.test")
+
+
+def store_stats(etcd: EtcdServer) -> dict[str, Any]:
+    with urllib.request.urlopen(f"{etcd.url}/v2/stats/store", timeout=5) as resp:
+        return dict(json.loads(resp.read()))
+
+
+def test_a_silent_watch_outlives_1000_writes_elsewhere(
+    gogeta: Start, own_etcd: EtcdServer, app: Backend
+) -> None:
+    """v2 keeps the last 1,000 events: a silent watch re-asked at its old index after more
+    writes elsewhere (other keys, or gogeta's own lastAccess) would find them gone and
+    reload the whole table. The poll stays open while etcd is probed."""
+    client = own_etcd.client()
+    write_instance(client, "calm", "1", app.port)
+    write_domain(client, "first.calm.test", "service", "calm")
+    # -healthGraceSeconds 2: a silent watch is probed after 1 s
+    proxy = gogeta("-etcdAddress", own_etcd.url, "-healthGraceSeconds", "2")
+    routed(proxy, "first.calm.test")
+    before = routes(proxy)["counters"]
+    write_many(own_etcd.client, [(f"/elsewhere/k{i}", "x") for i in range(1100)])
+    # Each probe reads a key that does not exist: wait for both watchers to be probed twice
+    # after the writes (a watch re-asked after its first probe is then asked again).
+    misses = store_stats(own_etcd)["getsFail"]
+    wait_until(
+        lambda: store_stats(own_etcd)["getsFail"] >= misses + 4,
+        timeout=30,
+        what="the silent watches to be probed",
+    )
+    write_domain(client, "later.calm.test", "service", "calm")
+    routed(proxy, "later.calm.test")
+    after = routes(proxy)["counters"]
+    assert after["reloads"] == before["reloads"], (before, after)
+    assert log_count(proxy, "no longer has events") == 0, proxy.log()
 
 
 # --------------------------------------------------------------------------- no v2 API
