@@ -9,7 +9,8 @@ their turn in between instead of stalling them for the whole page (docs/behaviou
 
 gogeta's own labelled families skip the library's samples altogether (`Direct`): each
 child's line heads (name and labels, escaped) are made once, and a scrape only formats the
-numbers, read from the children prometheus-client keeps. That reads the library's child
+numbers, read from the children prometheus-client keeps, of the children whose numbers
+moved since the scrape before (the others' lines are kept from then). That reads the library's child
 layout (`_metrics`, `_value`, `_count`, `_sum`, `_buckets`, `_upper_bounds`, and a
 MutexValue's float), which is why its version is pinned; the comparison with
 `generate_latest` is what guards an upgrade.
@@ -151,6 +152,13 @@ class Direct:
         self.read: Callable[[Any], list[float]] = _READERS[kind]
         # Per child: its lines with `%r` where the numbers go, and how many numbers.
         self.templates: dict[tuple[str, ...], tuple[str, int]] = {}
+        # Per child: the numbers it had at the last scrape, its lines then and how many.
+        # Between two scrapes most children do not move (a few hundred requests against
+        # thousands of lines): their lines are not formatted again. Not for gauges: -0.0
+        # equals 0.0 and is written otherwise (counts and sums, made by adding to 0.0,
+        # never become -0.0).
+        self.last: dict[tuple[str, ...], tuple[list[float], str, int]] | None
+        self.last = None if kind == "gauge" else {}
 
     def _heads(self, labelvalues: tuple[str, ...]) -> list[str]:
         label = self.names.label
@@ -169,27 +177,39 @@ class Direct:
             found = self.templates[labelvalues] = (text, len(heads))
         return found
 
+    def _lines(self, labelvalues: tuple[str, ...], numbers: list[float]) -> tuple[str, int]:
+        """A child's lines with `numbers`, and how many lines."""
+        template, count = self._template(labelvalues)
+        # [:count]: a histogram whose first bound is negative has no `_sum` line.
+        numbers = numbers[:count]
+        # Floats in (-1e6, 1e6), not NaN (a sum with one is NaN): their repr is Go's.
+        if count == 1:
+            usual = -1e6 < numbers[0] < 1e6
+        else:
+            total = sum(numbers)
+            usual = -1e6 < min(numbers) and max(numbers) < 1e6 and total == total
+        if usual:
+            return template % tuple(numbers), count
+        heads = self._heads(labelvalues)
+        return "".join(f"{h}{_number(n)}\n" for h, n in zip(heads, numbers, strict=True)), count
+
     def pieces(self) -> Iterator[str]:
         family = self.family
         with family._lock:
             children = cast(list[tuple[tuple[str, ...], Any]], list(family._metrics.items()))
         out = [self.top]
         lines = 0
+        last = self.last
         for labelvalues, child in children:  # labelvalues: a tuple (the dict's key)
-            template, count = self._template(labelvalues)
-            # [:count]: a histogram whose first bound is negative has no `_sum` line.
-            numbers = self.read(child)[:count]
-            # Floats in (-1e6, 1e6), not NaN (a sum with one is NaN): their repr is Go's.
-            if count == 1:
-                usual = -1e6 < numbers[0] < 1e6
+            numbers = self.read(child)
+            before = last.get(labelvalues) if last is not None else None
+            if before is not None and before[0] == numbers:  # NaN never equals: formatted
+                _, text, count = before
             else:
-                total = sum(numbers)
-                usual = -1e6 < min(numbers) and max(numbers) < 1e6 and total == total
-            if usual:
-                out.append(template % tuple(numbers))
-            else:
-                heads = self._heads(labelvalues)
-                out += [f"{h}{_number(n)}\n" for h, n in zip(heads, numbers, strict=True)]
+                text, count = self._lines(labelvalues, numbers)
+                if last is not None:
+                    last[labelvalues] = (numbers, text, count)
+            out.append(text)
             lines += count
             if lines >= PIECE_LINES:
                 yield "".join(out)

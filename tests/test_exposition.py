@@ -108,3 +108,36 @@ def test_gogetas_own_page_at_its_label_bounds() -> None:
     again_direct = steady(metrics.render()[1])
     assert again_direct != direct
     assert again_direct == steady(generate_latest(metrics.registry))
+
+
+def test_a_page_scraped_again_shows_what_moved_and_only_that() -> None:
+    """One `Page` scraped again and again (as gogeta's is): a child whose numbers did not
+    move keeps its lines from the scrape before, every other one is written anew."""
+    r = Registry()
+    c = Counter("hits", "Hits", ["path"], registry=r)
+    g = Gauge("level", "Level", ["k"], registry=r)
+    h = Histogram("wait_seconds", "Waits", ["service"], buckets=(0.001, 0.5), registry=r)
+    s = Summary("sizes", "Sizes", ["kind"], registry=r)
+    for i in range(5):
+        c.labels(f"/{i}").inc(i)
+        h.labels(f"s{i}").observe(0.1 * i)
+        s.labels(f"k{i}").observe(i)
+    g.labels("zero").set(0.0)
+    g.labels("nan").set(float("nan"))
+    page = Page(r.order)
+    first = b"".join(page.pieces())
+    assert first == generate_latest(r)
+    assert b"".join(page.pieces()) == first  # nothing moved
+    c.labels("/1").inc()
+    c.labels("/2").inc(0)  # no move
+    c.labels("/new").inc(2)  # a child added
+    h.labels("s3").observe(0.0001)  # the count and a bucket move
+    s.labels("k4").observe(0)  # only the count moves
+    g.labels("zero").set(-0.0)  # equal to 0.0, and written otherwise
+    g.labels("nan").set(float("nan"))
+    second = b"".join(page.pieces())
+    assert second == generate_latest(r)
+    assert b'level{k="zero"} -0.0' in second
+    moved = set(second.splitlines()) - set(first.splitlines())
+    # /1, /new; s3: its three buckets, count and sum; k4: its count; zero
+    assert len(moved) == 9, sorted(moved)
