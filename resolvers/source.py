@@ -152,22 +152,31 @@ class Turns:
             self._since = time.perf_counter()
 
 
+_loads = 0  # (re)loads in progress
+_collecting = True  # whether the cyclic collector was on when the first of them began
+
+
 @contextmanager
 def uncollected() -> Iterator[None]:
     """A (re)load of a directory without the cyclic collector, the table frozen after it.
 
-    Decoding and building the table make a million objects at 100,000 domains, without
-    blocking (no other greenlet runs meanwhile): the cyclic collector, which would walk
-    everything alive again and again, waits until the end. The table has no reference
+    Decoding and building the table make a million objects at 100,000 domains: the cyclic
+    collector, which would walk everything alive again and again, waits until the end of
+    the last load in progress. The table has no reference
     cycles (reference counting frees the old one), so it is then frozen out of the
     collector's sight: a full collection under traffic no longer walks it.
     """
-    collecting = gc.isenabled()
-    gc.disable()
+    global _loads, _collecting
+    if _loads == 0:
+        _collecting = gc.isenabled()
+        gc.disable()
+    _loads += 1
     try:
         yield
     finally:
-        if collecting:
+        _loads -= 1
+        # Directories load at once, each in its greenlet: the collector waits for the last.
+        if _loads == 0 and _collecting:
             gc.enable()
     gc.freeze()
 

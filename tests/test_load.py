@@ -25,6 +25,7 @@ from resolvers.etcd2_client import (
 )
 from resolvers.etcd2_watcher import Watcher
 from resolvers.nodes import Node
+from resolvers.source import uncollected
 from resolvers.tree import DomainTree, ServiceTree
 from tests.etcd_routes import write_domain, write_instance
 from tests.support import EtcdServer
@@ -189,3 +190,23 @@ def test_a_large_answer_is_read_with_turns_and_a_cut_one_never_reused(etcd: Etcd
     assert again == index and nodes(answer) == nodes(body)
     with pytest.raises(EtcdKeyNotFound):
         read_tree(client, "/missing")
+
+
+def test_the_collector_waits_for_every_load_in_progress() -> None:
+    """The two directories load at once (a greenlet each): the first to finish must not turn
+    the cyclic collector on under the other, which would then walk its growing table again
+    and again (full collections of 30 to 115 ms at 100,000 domains)."""
+    assert gc.isenabled()
+    first, second = uncollected(), uncollected()
+    try:
+        first.__enter__()
+        second.__enter__()
+        first.__exit__(None, None, None)
+        assert not gc.isenabled()
+    finally:
+        second.__exit__(None, None, None)
+        gc.enable()  # whatever happened above, the next test has its collector
+    assert gc.isenabled()
+    with uncollected():
+        assert not gc.isenabled()
+    assert gc.isenabled()
