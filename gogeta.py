@@ -81,6 +81,7 @@ class Process:
         from proxy.forward import Forwarder
         from proxy.front import Front
         from proxy.live import LiveView
+        from proxy.loop_lag import LoopLag
         from proxy.metrics import Metrics
         from proxy.pages import StatusPages, TemplateError
         from proxy.static import StaticFiles
@@ -101,6 +102,7 @@ class Process:
         self.metrics = metrics = Metrics(
             resolver.stats, certificates.figures if certificates else None
         )
+        self.loop_lag = LoopLag(metrics.registry)
         self.forwarder = forwarder = Forwarder(
             config.connectTimeout, config.readTimeout, max_body=config.maxBodySize
         )
@@ -171,6 +173,7 @@ class Process:
         )
         self._started = False
         self._publisher: Any = None
+        self._lag: Any = None
 
     @staticmethod
     def _certificates(
@@ -237,6 +240,7 @@ class Process:
             import gevent
 
             self._started = True
+            self._lag = gevent.spawn(self.loop_lag.run)
             self.resolver.start()
             if self.orders is not None:
                 self.orders.start()
@@ -249,6 +253,8 @@ class Process:
         return self
 
     def stop(self) -> None:
+        if self._lag is not None:
+            self._lag.kill()
         if self._publisher is not None:
             self._publisher.kill()
         if self.orders is not None:

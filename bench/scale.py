@@ -30,6 +30,51 @@ STEADY_CONNECTIONS = 16  # wrk's connections for the steady traffic, each paced
 ADMIN_TIMINGS = 50  # of health and of metrics each, spread over the steady traffic
 
 
+LAG_FAMILY = "gogeta_event_loop_lag_seconds"  # gogeta's own measure of its loop's stalls
+
+
+@dataclass(frozen=True)
+class LoopLag:
+    """gogeta's `gogeta_event_loop_lag_seconds` over a window (two scrapes' difference):
+    its wake-ups (one due every 20 ms), how many came later than `STALL_GOAL_MS`, and the
+    bucket bound the latest stays under (None: over the last bound)."""
+
+    wakeups: int
+    over_goal: int
+    under_ms: float | None
+
+    @classmethod
+    def between(cls, before: dict[str, float], after: dict[str, float]) -> LoopLag:
+        grown = {le: after.get(le, 0.0) - before.get(le, 0.0) for le in after}
+        wakeups = grown.get("+Inf", 0.0)
+        goal = grown.get(f"{STALL_GOAL_MS / 1000:g}")
+        if goal is None:
+            raise RuntimeError(f"{LAG_FAMILY} has no bucket at {STALL_GOAL_MS:g} ms")
+        bounds = sorted((float(le), n) for le, n in grown.items() if le != "+Inf")
+        under = next((b * 1000 for b, n in bounds if n == wakeups), None)
+        return cls(int(wakeups), int(wakeups - goal), under)
+
+
+def lag_buckets(port: int) -> dict[str, float]:
+    """The cumulative buckets of gogeta's loop lag, by `le`, from one scrape."""
+    client = Probe(port)
+    try:
+        status, body = client.get("admin", "/__gogeta/metrics")
+    finally:
+        client.close()
+    if status != 200:
+        raise RuntimeError(f"/__gogeta/metrics answered {status}")
+    head = f'{LAG_FAMILY}_bucket{{le="'.encode()
+    found = {}
+    for line in body.splitlines():
+        if line.startswith(head):
+            le, _, number = line[len(head) :].partition(b'"} ')
+            found[le.decode()] = float(number)
+    if not found:
+        raise RuntimeError(f"no {LAG_FAMILY} in gogeta's metrics")
+    return found
+
+
 @dataclass(frozen=True)
 class Steady:
     """Under steady traffic (wrk over every domain, each connection paced so that the total
@@ -54,6 +99,8 @@ class Steady:
     rps_scraping: float
     machine_ms: Spread  # the same probe of the nginx backend, first window: the machine's
     machine_scraping_ms: Spread
+    loop_lag: LoopLag  # gogeta's own measure, first window
+    loop_lag_scraping: LoopLag
 
 
 @dataclass(frozen=True)
@@ -220,6 +267,8 @@ def steady_traffic(rig: Rig, port: int, tier: int, capacity_rps: float) -> Stead
         rps_scraping=scraping.wrk.rps,
         machine_ms=quiet.machine_ms,
         machine_scraping_ms=scraping.machine_ms,
+        loop_lag=quiet.loop_lag,
+        loop_lag_scraping=scraping.loop_lag,
     )
 
 
@@ -232,6 +281,7 @@ class _Window:
     probe_requests: int
     probe_failures: int
     machine_ms: Spread  # the nginx backend probed the same way at the same time
+    loop_lag: LoopLag  # from just before the timings and probes to just after them
 
 
 def _window(
@@ -255,6 +305,8 @@ def _window(
         )
         begin, end = started + 1, started + seconds - 1  # inside wrk's run
         probed: list[tuple[str, subprocess.Popen[bytes]]] = []
+        time.sleep(max(0.0, begin - 0.3 - time.time()))
+        lag_before = lag_buckets(port)
         try:
             for what, target, target_path in (
                 ("gogeta", port, "/__gogeta/health"),
@@ -267,12 +319,13 @@ def _window(
             timed, failures = _time_requests(port, path, begin, end)
             for _, prober in probed:
                 prober.wait(timeout=max(0.0, end - time.time()) + 30)
+            lag = LoopLag.between(lag_before, lag_buckets(port))
         finally:
             for _, prober in probed:
                 rig.procs.stop(prober)
         wrk = load.result()
     (gogeta, requests, failed), (nginx, _, _) = (_probe_result(rig, *p) for p in probed)
-    return _Window(wrk, timed, failures, gogeta, requests, failed, nginx)
+    return _Window(wrk, timed, failures, gogeta, requests, failed, nginx, lag)
 
 
 def _probe_result(rig: Rig, log: str, prober: subprocess.Popen[bytes]) -> tuple[Spread, int, int]:

@@ -8,7 +8,9 @@ are counted by kind. The text is parsed with prometheus-client's parser, as Prom
 from __future__ import annotations
 
 import json
+import signal
 import socket
+import time
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -202,6 +204,31 @@ def test_retries_ejections_bytes_and_process(gogeta: Start, etcd: EtcdServer) ->
     assert types["process_cpu_seconds"] == "counter"
     assert value(after, "process_resident_memory_bytes") > 0
     assert value(after, "process_open_fds") > 0
+
+
+def test_a_process_kept_from_running_shows_in_the_event_loop_lag(gogeta: Start) -> None:
+    """A wake-up due every 20 ms: a process stopped for 0.3 s (its loop not turning, as
+    under a long collection or with no CPU) wakes up that late, and says so."""
+    with Backend() as backend:
+        proxy = through(gogeta, backend.url + "/")
+        lag = "gogeta_event_loop_lag_seconds"
+
+        def late(found: Found) -> float:  # wake-ups over 0.1 s late
+            return value(found, f"{lag}_count") - value(found, f"{lag}_bucket", le="0.1")
+
+        first, types = scrape(proxy)
+        assert types[lag] == "histogram"
+        wait_until(lambda: value(scrape(proxy)[0], f"{lag}_count") > value(first, f"{lag}_count"),
+                   what="the loop's wake-ups counted")  # fmt: skip
+        before = late(scrape(proxy)[0])
+        assert proxy.proc is not None
+        proxy.proc.send_signal(signal.SIGSTOP)
+        try:
+            time.sleep(0.3)  # the stall itself: the process is kept from running this long
+        finally:
+            proxy.proc.send_signal(signal.SIGCONT)
+        wait_until(lambda: late(scrape(proxy)[0]) >= before + 1, what="a late wake-up counted")
+        assert proxy.get("/").status == 200
 
 
 def test_service_and_upstream_labels_are_bounded() -> None:
