@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, cast
 
@@ -149,7 +150,8 @@ class Direct:
             self.suffixes.append(("_count", ()))
             if bounds[0] >= 0:
                 self.suffixes.append(("_sum", ()))
-        self.read: Callable[[Any], list[float]] = _READERS[kind]
+        # A child's state (what it holds, compared with the last scrape's) and its numbers.
+        self.state, self.numbers = _READERS[kind]
         # Per child: its lines with `%r` where the numbers go, and how many numbers.
         self.templates: dict[tuple[str, ...], tuple[str, int]] = {}
         # Per child: the numbers it had at the last scrape, its lines then and how many.
@@ -157,7 +159,7 @@ class Direct:
         # thousands of lines): their lines are not formatted again. Not for gauges: -0.0
         # equals 0.0 and is written otherwise (counts and sums, made by adding to 0.0,
         # never become -0.0).
-        self.last: dict[tuple[str, ...], tuple[list[float], str, int]] | None
+        self.last: dict[tuple[str, ...], tuple[Any, str, int]] | None
         self.last = None if kind == "gauge" else {}
 
     def _heads(self, labelvalues: tuple[str, ...]) -> list[str]:
@@ -200,15 +202,16 @@ class Direct:
         out = [self.top]
         lines = 0
         last = self.last
+        state_of = self.state
         for labelvalues, child in children:  # labelvalues: a tuple (the dict's key)
-            numbers = self.read(child)
+            state = state_of(child)
             before = last.get(labelvalues) if last is not None else None
-            if before is not None and before[0] == numbers:  # NaN never equals: formatted
+            if before is not None and before[0] == state:  # NaN never equals: formatted
                 _, text, count = before
             else:
-                text, count = self._lines(labelvalues, numbers)
+                text, count = self._lines(labelvalues, self.numbers(state))
                 if last is not None:
-                    last[labelvalues] = (numbers, text, count)
+                    last[labelvalues] = (state, text, count)
             out.append(text)
             lines += count
             if lines >= PIECE_LINES:
@@ -225,20 +228,29 @@ def _le(bound: float) -> str:
 # The children's values are MutexValues (`Page` checks): their float read as it stands,
 # without the lock `get()` takes (3,400 of them, a third of the page's time otherwise). A
 # greenlet is not interrupted while it reads, and a thread reads a whole float anyway.
+# A state is read by `operator.attrgetter` (in C: most children have not moved, and this is
+# all a scrape does with them): a float, or a tuple of them.
+
+_value = operator.attrgetter("_value")
 
 
-def _histogram(child: Any) -> list[float]:
-    numbers = list(itertools.accumulate([bucket._value for bucket in child._buckets]))
+def _bucket_state(child: Any) -> tuple[float, ...]:
+    # Each bucket's own count (cumulated in `_histogram`), and the sum.
+    return (*map(_value, child._buckets), child._sum._value)
+
+
+def _histogram(state: tuple[float, ...]) -> list[float]:
+    numbers = list(itertools.accumulate(state[:-1]))
     numbers.append(numbers[-1])  # _count
-    numbers.append(child._sum._value)  # cut off where there is no _sum line
+    numbers.append(state[-1])  # _sum, cut off where there is no _sum line
     return numbers
 
 
-_READERS: dict[str, Callable[[Any], list[float]]] = {
-    "counter": lambda child: [child._value._value],
-    "gauge": lambda child: [child._value._value],
-    "summary": lambda child: [child._count._value, child._sum._value],
-    "histogram": _histogram,
+_READERS: dict[str, tuple[Callable[[Any], Any], Callable[[Any], list[float]]]] = {
+    "counter": (operator.attrgetter("_value._value"), lambda state: [state]),
+    "gauge": (operator.attrgetter("_value._value"), lambda state: [state]),
+    "summary": (operator.attrgetter("_count._value", "_sum._value"), list),
+    "histogram": (_bucket_state, _histogram),
 }
 
 
