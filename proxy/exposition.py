@@ -119,7 +119,7 @@ def exposition(families: Iterable[Metric]) -> Iterator[bytes]:
 
 
 # Lines in one piece of a directly written family (a piece is one turn of the loop at most).
-PIECE_LINES = 1000
+PIECE_LINES = 200
 
 
 class Direct:

@@ -18,8 +18,8 @@ from prometheus_client import (
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from proxy.exposition import Page, Registry, exposition
-from proxy.metrics import MAX_UPSTREAMS, Metrics
+from proxy.exposition import PIECE_LINES, Page, Registry, exposition
+from proxy.metrics import LATENCY_BUCKETS, MAX_UPSTREAMS, Metrics
 from resolvers.base import Upstream
 
 
@@ -103,6 +103,11 @@ def test_gogetas_own_page_at_its_label_bounds() -> None:
     direct = steady(metrics.render()[1])
     assert direct == steady(generate_latest(metrics.registry))
     assert len(direct) > 5000  # the bounds filled: every labelled family has its children
+    # In pieces of about `PIECE_LINES` (a child's lines are never split), each a turn at most:
+    # formatted all anew, 1,000 lines are ~10 ms of a loaded machine.
+    sizes = [piece.count(b"\n") for piece in metrics.pieces()[1]]
+    assert max(sizes) <= PIECE_LINES + len(LATENCY_BUCKETS) + 3, sizes
+    assert len(sizes) > len(direct) / (PIECE_LINES + 20)
     metrics.count_request(404, "d1.example.com")  # a value moved, a child added
     metrics.count_upstream(Upstream("http", "127.0.0.1", 1, service="s0", instance="0"), 200, 7)
     again_direct = steady(metrics.render()[1])
