@@ -10,10 +10,10 @@ their turn in between instead of stalling them for the whole page (docs/behaviou
 gogeta's own labelled families skip the library's samples altogether (`Direct`): each
 child's line heads (name and labels, escaped) are made once, and a scrape only formats the
 numbers, read from the children prometheus-client keeps, of the children whose numbers
-moved since the scrape before (the others' lines are kept from then). That reads the library's child
-layout (`_metrics`, `_value`, `_count`, `_sum`, `_buckets`, `_upper_bounds`, and a
-MutexValue's float), which is why its version is pinned; the comparison with
-`generate_latest` is what guards an upgrade.
+moved since the scrape before (the others' lines are kept from then). That reads the
+library's child layout (`_metrics`, `_value`, `_count`, `_sum`, `_buckets`,
+`_upper_bounds`, and a value's float), which is why its version is pinned; the comparison
+with `generate_latest` is what guards an upgrade.
 """
 
 from __future__ import annotations
@@ -25,13 +25,14 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, cast
 
 import prometheus_client.metrics
-import prometheus_client.values
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Summary
 from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics.exposition import UNDERSCORES, escape_label_name
 from prometheus_client.openmetrics.exposition import escape_metric_name as _metric_name
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
+
+from proxy import values
 
 # The type a family is shown as, when the Prometheus text format names it otherwise.
 _SHOWN_TYPE = {
@@ -225,9 +226,10 @@ def _le(bound: float) -> str:
     return str(floatToGoString(bound))  # type: ignore[no-untyped-call]
 
 
-# The children's values are MutexValues (`Page` checks): their float read as it stands,
-# without the lock `get()` takes (3,400 of them, a third of the page's time otherwise). A
-# greenlet is not interrupted while it reads, and a thread reads a whole float anyway.
+# The children's values are in memory (`Page` checks), LoopValues (proxy/values.py) or
+# the library's MutexValues: their float read as it stands, without the lock a MutexValue's
+# `get()` takes. A greenlet is not interrupted while it reads, and a thread reads a whole
+# float anyway.
 # A state is read by `operator.attrgetter` (in C: most children have not moved, and this is
 # all a scrape does with them): a float, or a tuple of them.
 
@@ -278,10 +280,7 @@ class Page:
     def _part(self, collector: Collector) -> Collector | Direct:
         # The library's own classes only (a subclass may make its samples otherwise), with
         # values in this process's memory (not prometheus-client's multiprocess files).
-        if (
-            type(collector) in (Counter, Gauge, Summary, Histogram)
-            and prometheus_client.values.ValueClass is prometheus_client.values.MutexValue
-        ):
+        if type(collector) in (Counter, Gauge, Summary, Histogram) and not values.in_files():
             family: Counter | Gauge | Summary | Histogram = collector  # type: ignore[assignment]
             if family._is_parent():  # type: ignore[no-untyped-call]
                 return Direct(family, self.names)

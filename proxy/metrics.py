@@ -38,6 +38,7 @@ from prometheus_client import (
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from proxy import values
 from proxy.exposition import Page, Registry, exposition
 from resolvers.base import Upstream
 
@@ -178,6 +179,7 @@ class Metrics:
         self, stats: Stats | None = None, certificates: CertificateFigures | None = None
     ) -> None:
         disable_created_metrics()  # type: ignore[no-untyped-call]  # `*_created`: noise
+        values.install()  # standalone: a float per value, no lock (proxy/values.py)
         self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         self.registry = r = Registry()
         self.requests = Counter(
