@@ -44,7 +44,9 @@ class Writer(Background):
         self.source = source
         self.service_dir = service_dir
         self.interval = interval
-        self.queue: gevent.queue.Queue[tuple[str, Instance, float]] = gevent.queue.Queue(QUEUE_SIZE)
+        # (kind, service, index, epoch seconds): names and a number only, which the cyclic
+        # collector stops tracking (thousands wait under traffic over every domain).
+        self.queue: gevent.queue.Queue[tuple[str, str, str, float]] = gevent.queue.Queue(QUEUE_SIZE)
         self.last_touch: dict[tuple[str, str], float] = {}
         self.pending: set[tuple[str, str, str]] = set()
         # instance key → (the instance we asked to start, when we asked, monotonic)
@@ -95,7 +97,7 @@ class Writer(Background):
         if marker in self.pending:
             return
         try:
-            self.queue.put_nowait((kind, instance, time.time()))
+            self.queue.put_nowait((kind, instance.service, instance.index, time.time()))
         except gevent.queue.Full:
             return  # etcd is far behind: dropping a lastAccess beats blocking a request
         self.pending.add(marker)
@@ -103,19 +105,17 @@ class Writer(Background):
     def run(self) -> None:
         backoff = Backoff()
         while True:
-            kind, instance, when = self.queue.get()
-            self.pending.discard((kind, instance.service, instance.index))
+            kind, service, index, when = self.queue.get()
+            self.pending.discard((kind, service, index))
             try:
-                self._write(kind, instance, when)
+                self._write(kind, service, index, when)
             except WriteRefused as exc:
                 # etcd answered: this one write is dropped, the others go on at once.
-                log.warning(
-                    "etcd refused the %s of %s/%s: %s", kind, instance.service, instance.index, exc
-                )
+                log.warning("etcd refused the %s of %s/%s: %s", kind, service, index, exc)
                 continue
             except SourceDown as exc:
                 # No endpoint answered: forget it was asked, so that a later request asks again.
-                key = (instance.service, instance.index)
+                key = (service, index)
                 if kind == "wake":
                     self.woken.pop(key, None)
                 else:
@@ -131,8 +131,7 @@ class Writer(Background):
                 self.failing = False
             backoff.reset()
 
-    def _write(self, kind: str, instance: Instance, when: float) -> None:
-        service, index = instance.service, instance.index
+    def _write(self, kind: str, service: str, index: str, when: float) -> None:
         if kind != "wake":
             stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when))
             self.source.touch(self.service_dir, service, index, stamp)

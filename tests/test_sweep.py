@@ -60,3 +60,21 @@ def test_a_sweep_gives_turns_and_keeps_what_was_touched_meanwhile() -> None:
     assert len(pauses) >= 2 * (len(names) // 256)  # the positions, then the lastAccess times
     assert set(resolver.writer.last_touch) == {("s999", "1")}
     assert set(resolver._positions) == set(names)  # all still in the table
+
+
+def test_writes_waiting_for_etcd_are_not_for_the_collector_to_walk() -> None:
+    """Traffic over every domain queues thousands of lastAccess writes (one at a time goes
+    to etcd): each waiting write is names and a time, which the cyclic collector stops
+    tracking, not a reference to the instance it walks at every full collection."""
+    import gc
+
+    names = [f"s{i}" for i in range(2000)]
+    resolver = resolver_with(*names)
+    gc.collect()
+    before = len(gc.get_objects())
+    for name in names:
+        resolver.resolve(f"{name}.test")  # never started: every write waits in the queue
+    assert resolver.writer.queue.qsize() == len(names)
+    gc.collect()
+    grown = len(gc.get_objects()) - before
+    assert grown < len(names) / 4, f"{grown} objects for {len(names)} queued writes"
