@@ -39,6 +39,19 @@ def routed(proxy: GogetaProcess, host: str, timeout: float = 15) -> None:
     )
 
 
+def serving(
+    gogeta: Start, etcd: EtcdServer, app: Backend, service: str, host: str, *flags: str
+) -> tuple[Any, GogetaProcess]:
+    """(etcd client, gogeta) once gogeta, started on `etcd` with `flags`, routes `host` to
+    `app` (instance 1 of `service`)."""
+    client = etcd.client()
+    write_instance(client, service, "1", app.port)
+    write_domain(client, host, "service", service)
+    proxy = gogeta("-etcdAddress", etcd.url, *flags)
+    routed(proxy, host)
+    return client, proxy
+
+
 def health(proxy: GogetaProcess) -> tuple[int, dict[str, Any]]:
     resp = proxy.get("/__gogeta/health")
     return resp.status, json.loads(resp.body)
@@ -124,11 +137,9 @@ def test_new_etcd_at_a_higher_index_is_reloaded_not_resumed(
 def test_frozen_etcd_is_noticed_and_nothing_is_lost(
     gogeta: Start, own_etcd: EtcdServer, app: Backend
 ) -> None:
-    client = own_etcd.client()
-    write_instance(client, "ice", "1", app.port)
-    write_domain(client, "before.ice.test", "service", "ice")
-    proxy = gogeta("-etcdAddress", own_etcd.url, "-healthGraceSeconds", "2")
-    routed(proxy, "before.ice.test")
+    client, proxy = serving(
+        gogeta, own_etcd, app, "ice", "before.ice.test", "-healthGraceSeconds", "2"
+    )
     assert health(proxy)[0] == 200
     own_etcd.freeze()
     thawed = False
@@ -169,11 +180,9 @@ def burst(hosts: list[str], service: str) -> list[tuple[str, str]]:
 def test_burst_while_the_watch_is_behind_is_one_reload(
     gogeta: Start, own_etcd: EtcdServer, app: Backend
 ) -> None:
-    client = own_etcd.client()
-    write_instance(client, "burst", "1", app.port)
-    write_domain(client, "first.burst.test", "service", "burst")
-    proxy = gogeta("-etcdAddress", own_etcd.url, "-lastAccessInterval", "3600")
-    routed(proxy, "first.burst.test")
+    client, proxy = serving(
+        gogeta, own_etcd, app, "burst", "first.burst.test", "-lastAccessInterval", "3600"
+    )
     before = routes(proxy)["counters"]
     assert proxy.proc is not None
     hosts = [f"d{i}.burst.test" for i in range(500)]
@@ -227,12 +236,10 @@ def test_a_silent_watch_outlives_1000_writes_elsewhere(
     """v2 keeps the last 1,000 events: a silent watch re-asked at its old index after more
     writes elsewhere (other keys, or gogeta's own lastAccess) would find them gone and
     reload the whole table. The poll stays open while etcd is probed."""
-    client = own_etcd.client()
-    write_instance(client, "calm", "1", app.port)
-    write_domain(client, "first.calm.test", "service", "calm")
     # -healthGraceSeconds 2: a silent watch is probed after 1 s
-    proxy = gogeta("-etcdAddress", own_etcd.url, "-healthGraceSeconds", "2")
-    routed(proxy, "first.calm.test")
+    client, proxy = serving(
+        gogeta, own_etcd, app, "calm", "first.calm.test", "-healthGraceSeconds", "2"
+    )
     before = routes(proxy)["counters"]
     write_many(own_etcd.client, [(f"/elsewhere/k{i}", "x") for i in range(1100)])
     # Each probe reads a key that does not exist: wait for both watchers to be probed twice
