@@ -219,7 +219,7 @@ PAGE_TURN_SECONDS = 0.005  # a large page of ours runs this long at most between
 def _with_turns(pieces: Iterable[bytes]) -> Iterator[bytes]:
     """The pieces, joined into one write per `PAGE_TURN_SECONDS` of making them, each write
     followed by a turn for the other greenlets (docs/behaviour.md §2): the metrics page at
-    its bounds (~4 ms of CPU) goes out in one or two writes, without waiting for other
+    its bounds (a few ms of CPU) goes out in one or two writes, without waiting for other
     requests' turns at every family, and never holds the loop much longer."""
     held: list[bytes] = []
     since = time.perf_counter()

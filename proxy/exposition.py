@@ -155,7 +155,7 @@ class Direct:
         self.state, self.numbers = _READERS[kind]
         # Per child: its lines with `%r` where the numbers go, and how many numbers.
         self.templates: dict[tuple[str, ...], tuple[str, int]] = {}
-        # Per child: the numbers it had at the last scrape, its lines then and how many.
+        # Per child: its state at the last scrape, its lines then and how many.
         # Between two scrapes most children do not move (a few hundred requests against
         # thousands of lines): their lines are not formatted again. Not for gauges: -0.0
         # equals 0.0 and is written otherwise (counts and sums, made by adding to 0.0,

@@ -162,9 +162,9 @@ def uncollected() -> Iterator[None]:
 
     Decoding and building the table make a million objects at 100,000 domains: the cyclic
     collector, which would walk everything alive again and again, waits until the end of
-    the last load in progress. The table has no reference
-    cycles (reference counting frees the old one), so it is then frozen out of the
-    collector's sight: a full collection under traffic no longer walks it.
+    the last load in progress. The table has no reference cycles (reference counting frees
+    the old one), so it is then frozen out of the collector's sight: a full collection
+    under traffic no longer walks it.
     """
     global _loads, _collecting
     if _loads == 0:
