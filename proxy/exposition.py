@@ -9,18 +9,18 @@ their turn in between instead of stalling them for the whole page (docs/behaviou
 
 gogeta's own labelled families skip the library's samples altogether (`Direct`): each
 child's line heads (name and labels, escaped) are made once, and a scrape only formats the
-numbers, read from the children prometheus-client keeps, of the children whose numbers
-moved since the scrape before (the others' lines are kept from then). That reads the
-library's child layout (`_metrics`, `_value`, `_count`, `_sum`, `_buckets`,
-`_upper_bounds`, and a value's float), which is why its version is pinned; the comparison
-with `generate_latest` is what guards an upgrade.
+numbers, read from the children prometheus-client keeps, of the children whose values
+said they moved since the scrape before (proxy/values.py; the others' lines are kept from
+then). That reads the library's child layout (`_metrics`, `_value`, `_count`, `_sum`,
+`_buckets`, `_upper_bounds`, and a value's float), which is why its version is pinned; the
+comparison with `generate_latest` is what guards an upgrade.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-import operator
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, cast
 
@@ -119,24 +119,39 @@ def exposition(families: Iterable[Metric]) -> Iterator[bytes]:
         yield family_text(family, names).encode()
 
 
-# Lines in one piece of a directly written family (a piece is one turn of the loop at most).
+# Lines formatted between two pieces of a directly written family (a piece is one turn of
+# the loop at most): a first scrape formats every child, a later one those that moved.
 PIECE_LINES = 200
 
 
 class Direct:
     """A labelled Counter, Gauge, Summary or Histogram, written from its children's values.
 
-    The library's children are never removed here, and a scrape copies the dict of them
-    first (as prometheus-client itself does), so a label added meanwhile waits for the next.
+    Each child has a slot holding its lines as last written. A child whose values are
+    `LoopValue`s (proxy/values.py) is written again only after one of them moved: reading
+    them arms them with this family's `moved` list, which the next change of each joins.
+    Any other child (the library's `MutexValue`s) is written at every scrape. One `Direct`
+    per family (`of`), however many pages show it: a value tells one list.
+
+    The library's children are never removed here; a scrape takes the ones added since the
+    last under the family's lock (as prometheus-client copies its dict of them), so a label
+    added meanwhile waits for the next.
     """
 
-    def __init__(self, family: Counter | Gauge | Summary | Histogram, names: _Names) -> None:
+    @classmethod
+    def of(cls, family: Counter | Gauge | Summary | Histogram) -> Direct:
+        found = _DIRECT.get(family)
+        if found is None:
+            found = _DIRECT[family] = cls(family)
+        return found
+
+    def __init__(self, family: Counter | Gauge | Summary | Histogram) -> None:
         self.family = family
+        self.names = _Names()
         kind: str = family._type
         self.kind = kind
-        shown = names.metric(family._name + _NAME_SUFFIX.get(kind, ""))
+        shown = self.names.metric(family._name + _NAME_SUFFIX.get(kind, ""))
         self.top = _help(shown, family._documentation) + f"# TYPE {shown} {kind}\n"
-        self.names = names
         self.suffixes: list[tuple[str, tuple[tuple[str, str], ...]]]
         if kind == "counter":
             self.suffixes = [("_total", ())]
@@ -151,17 +166,16 @@ class Direct:
             self.suffixes.append(("_count", ()))
             if bounds[0] >= 0:
                 self.suffixes.append(("_sum", ()))
-        # A child's state (what it holds, compared with the last scrape's) and its numbers.
-        self.state, self.numbers = _READERS[kind]
-        # Per child: its lines with `%r` where the numbers go, and how many numbers.
-        self.templates: dict[tuple[str, ...], tuple[str, int]] = {}
-        # Per child: its state at the last scrape, its lines then and how many.
-        # Between two scrapes most children do not move (a few hundred requests against
-        # thousands of lines): their lines are not formatted again. Not for gauges: -0.0
-        # equals 0.0 and is written otherwise (counts and sums, made by adding to 0.0,
-        # never become -0.0).
-        self.last: dict[tuple[str, ...], tuple[Any, str, int]] | None
-        self.last = None if kind == "gauge" else {}
+        self.values_of, self.numbers = _READERS[kind]
+        # Per slot, in the order of the library's children: the child, its label values,
+        # its lines with `%r` where the numbers go and how many, its lines as last written.
+        self.children: list[Any] = []
+        self.labelvalues: list[tuple[str, ...]] = []
+        self.templates: list[tuple[str, int]] = []
+        self.texts: list[str] = []
+        self.moved: list[values.LoopValue] = []  # the values changed since they were read
+        self.slot_of: dict[values.LoopValue, int] = {}
+        self.unarmed: list[int] = []  # the slots whose values cannot tell: every scrape
 
     def _heads(self, labelvalues: tuple[str, ...]) -> list[str]:
         label = self.names.label
@@ -172,19 +186,30 @@ class Direct:
             heads.append(f"{self.names.metric(self.family._name + suffix)}{{{pairs}}} ")
         return heads
 
-    def _template(self, labelvalues: tuple[str, ...]) -> tuple[str, int]:
-        found = self.templates.get(labelvalues)
-        if found is None:
-            heads = self._heads(labelvalues)
-            text = "".join(head.replace("%", "%%") + "%r\n" for head in heads)
-            found = self.templates[labelvalues] = (text, len(heads))
-        return found
+    def _add(self, labelvalues: tuple[str, ...], child: Any) -> int:
+        slot = len(self.children)
+        heads = self._heads(labelvalues)
+        self.children.append(child)
+        self.labelvalues.append(labelvalues)
+        self.templates.append(("".join(h.replace("%", "%%") + "%r\n" for h in heads), len(heads)))
+        self.texts.append("")
+        held = self.values_of(child)
+        if all(type(v) is values.LoopValue for v in held):
+            for value in held:
+                self.slot_of[value] = slot
+        else:
+            self.unarmed.append(slot)
+        return slot
 
-    def _lines(self, labelvalues: tuple[str, ...], numbers: list[float]) -> tuple[str, int]:
-        """A child's lines with `numbers`, and how many lines."""
-        template, count = self._template(labelvalues)
+    def _write(self, slot: int) -> int:
+        """Writes the slot's lines from its child's values as they are now; how many lines."""
+        held = self.values_of(self.children[slot])
+        for value in held:
+            if type(value) is values.LoopValue:
+                value._sink = self.moved  # before the read: a change from now on is told
+        template, count = self.templates[slot]
         # [:count]: a histogram whose first bound is negative has no `_sum` line.
-        numbers = numbers[:count]
+        numbers = self.numbers([value._value for value in held])[:count]
         # Floats in (-1e6, 1e6), not NaN (a sum with one is NaN): their repr is Go's.
         if count == 1:
             usual = -1e6 < numbers[0] < 1e6
@@ -192,67 +217,71 @@ class Direct:
             total = sum(numbers)
             usual = -1e6 < min(numbers) and max(numbers) < 1e6 and total == total
         if usual:
-            return template % tuple(numbers), count
-        heads = self._heads(labelvalues)
-        return "".join(f"{h}{_number(n)}\n" for h, n in zip(heads, numbers, strict=True)), count
+            self.texts[slot] = template % tuple(numbers)
+        else:
+            heads = self._heads(self.labelvalues[slot])
+            self.texts[slot] = "".join(
+                f"{h}{_number(n)}\n" for h, n in zip(heads, numbers, strict=True)
+            )
+        return count
 
     def pieces(self) -> Iterator[str]:
         family = self.family
         with family._lock:
-            children = cast(list[tuple[tuple[str, ...], Any]], list(family._metrics.items()))
-        out = [self.top]
+            known = len(self.children)
+            # Keyed by a tuple of the label values (the library types it as a Sequence).
+            added = cast(
+                list[tuple[tuple[str, ...], Any]],
+                list(itertools.islice(family._metrics.items(), known, None)),
+            )
+        due = {self.slot_of[value] for value in self.moved}
+        self.moved.clear()
+        due.update(self.unarmed)
+        due.update(self._add(labelvalues, child) for labelvalues, child in added)
+        texts = self.texts
+        head = self.top
+        done = 0  # the slots before this one are in a piece already
         lines = 0
-        last = self.last
-        state_of = self.state
-        for labelvalues, child in children:  # labelvalues: a tuple (the dict's key)
-            state = state_of(child)
-            before = last.get(labelvalues) if last is not None else None
-            if before is not None and before[0] == state:  # NaN never equals: formatted
-                _, text, count = before
-            else:
-                text, count = self._lines(labelvalues, self.numbers(state))
-                if last is not None:
-                    last[labelvalues] = (state, text, count)
-            out.append(text)
-            lines += count
+        for slot in sorted(due):
+            lines += self._write(slot)
             if lines >= PIECE_LINES:
-                yield "".join(out)
-                out.clear()
+                yield head + "".join(texts[done : slot + 1])
+                head = ""
+                done = slot + 1
                 lines = 0
-        yield "".join(out)
+        yield head + "".join(texts[done:])
+
+
+_DIRECT: weakref.WeakKeyDictionary[Any, Direct] = weakref.WeakKeyDictionary()
 
 
 def _le(bound: float) -> str:
     return str(floatToGoString(bound))  # type: ignore[no-untyped-call]
 
 
-# The children's values are in memory (`Page` checks), LoopValues (proxy/values.py) or
-# the library's MutexValues: their float read as it stands, without the lock a MutexValue's
-# `get()` takes. A greenlet is not interrupted while it reads, and a thread reads a whole
-# float anyway.
-# A state is read by `operator.attrgetter` (in C: most children have not moved, and this is
-# all a scrape does with them): a float, or a tuple of them.
-
-_value = operator.attrgetter("_value")
+# A child's values: LoopValues (proxy/values.py), in memory anyway (`Page` checks), or the
+# library's MutexValues, their float read as it stands, without the lock a MutexValue's
+# `get()` takes (a greenlet is not interrupted while it reads, a thread reads a whole float).
+# Then its numbers, from the floats of those values.
 
 
-def _bucket_state(child: Any) -> tuple[float, ...]:
-    # Each bucket's own count (cumulated in `_histogram`), and the sum.
-    return (*map(_value, child._buckets), child._sum._value)
-
-
-def _histogram(state: tuple[float, ...]) -> list[float]:
-    numbers = list(itertools.accumulate(state[:-1]))
+def _histogram(floats: list[float]) -> list[float]:
+    # Each bucket's own count, cumulated, then the count and the sum.
+    numbers = list(itertools.accumulate(floats[:-1]))
     numbers.append(numbers[-1])  # _count
-    numbers.append(state[-1])  # _sum, cut off where there is no _sum line
+    numbers.append(floats[-1])  # _sum, cut off where there is no _sum line
     return numbers
 
 
-_READERS: dict[str, tuple[Callable[[Any], Any], Callable[[Any], list[float]]]] = {
-    "counter": (operator.attrgetter("_value._value"), lambda state: [state]),
-    "gauge": (operator.attrgetter("_value._value"), lambda state: [state]),
-    "summary": (operator.attrgetter("_count._value", "_sum._value"), list),
-    "histogram": (_bucket_state, _histogram),
+def _same(floats: list[float]) -> list[float]:
+    return floats
+
+
+_READERS: dict[str, tuple[Callable[[Any], list[Any]], Callable[[list[float]], list[float]]]] = {
+    "counter": (lambda child: [child._value], _same),
+    "gauge": (lambda child: [child._value], _same),
+    "summary": (lambda child: [child._count, child._sum], _same),
+    "histogram": (lambda child: [*child._buckets, child._sum], _histogram),
 }
 
 
@@ -283,7 +312,7 @@ class Page:
         if type(collector) in (Counter, Gauge, Summary, Histogram) and not values.in_files():
             family: Counter | Gauge | Summary | Histogram = collector  # type: ignore[assignment]
             if family._is_parent():  # type: ignore[no-untyped-call]
-                return Direct(family, self.names)
+                return Direct.of(family)
         return collector
 
     def pieces(self) -> Iterator[bytes]:

@@ -7,6 +7,10 @@ the lock and its list of waiters are two more objects per value for the cyclic c
 to walk at each full collection (10,000 of them at the label bounds), and a lock taken at
 each `inc`. `install` makes them `LoopValue`s instead, before any child exists; under
 gunicorn the library's multiprocess values (shared files) are left as they are.
+
+A `LoopValue` also tells the metrics page when it moves: once armed with a list (its
+`_sink`, by proxy/exposition.py), its next change appends it there and disarms it, so a
+scrape formats again only the children whose values moved since the one before.
 """
 
 from __future__ import annotations
@@ -19,18 +23,28 @@ import prometheus_client.values
 class LoopValue:
     """`MutexValue`'s interface and float (`_value`, which proxy/exposition.py reads)."""
 
-    __slots__ = ("_exemplar", "_value")
+    __slots__ = ("_exemplar", "_sink", "_value")
     _multiprocess = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._value = 0.0
         self._exemplar: Any = None
+        # Where the next change is told (then None until the page reads the value again).
+        self._sink: list[LoopValue] | None = None
 
     def inc(self, amount: float) -> None:
         self._value += amount
+        sink = self._sink
+        if sink is not None:
+            self._sink = None
+            sink.append(self)
 
     def set(self, value: float, timestamp: float | None = None) -> None:
         self._value = value
+        sink = self._sink
+        if sink is not None:
+            self._sink = None
+            sink.append(self)
 
     def set_exemplar(self, exemplar: Any) -> None:
         self._exemplar = exemplar

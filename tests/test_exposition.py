@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import prometheus_client.values
 import pytest
 from prometheus_client import (
     CollectorRegistry,
@@ -17,9 +20,11 @@ from prometheus_client import (
 )
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.values import MutexValue
 
 from proxy.exposition import PIECE_LINES, Page, Registry, exposition
 from proxy.metrics import LATENCY_BUCKETS, MAX_UPSTREAMS, Metrics
+from proxy.values import LoopValue
 from resolvers.base import Upstream
 
 
@@ -100,14 +105,16 @@ def test_gogetas_own_page_at_its_label_bounds() -> None:
     def steady(page: bytes) -> list[bytes]:
         return [line for line in page.splitlines() if b"process_" not in line]
 
-    direct = steady(metrics.render()[1])
+    first = list(metrics.pieces()[1])  # the first scrape: every child formatted anew
+    direct = steady(b"".join(first))
     assert direct == steady(generate_latest(metrics.registry))
     assert len(direct) > 5000  # the bounds filled: every labelled family has its children
     # In pieces of about `PIECE_LINES` (a child's lines are never split), each a turn at most:
     # formatted all anew, 1,000 lines are ~10 ms of a loaded machine.
-    sizes = [piece.count(b"\n") for piece in metrics.pieces()[1]]
+    sizes = [piece.count(b"\n") for piece in first]
     assert max(sizes) <= PIECE_LINES + len(LATENCY_BUCKETS) + 3, sizes
     assert len(sizes) > len(direct) / (PIECE_LINES + 20)
+    assert steady(metrics.render()[1]) == direct  # nothing moved
     metrics.count_request(404, "d1.example.com")  # a value moved, a child added
     metrics.count_upstream(Upstream("http", "127.0.0.1", 1, service="s0", instance="0"), 200, 7)
     again_direct = steady(metrics.render()[1])
@@ -115,7 +122,28 @@ def test_gogetas_own_page_at_its_label_bounds() -> None:
     assert again_direct == steady(generate_latest(metrics.registry))
 
 
-def test_a_page_scraped_again_shows_what_moved_and_only_that() -> None:
+@pytest.fixture(params=[MutexValue, LoopValue])
+def value_class(request: pytest.FixtureRequest) -> Iterator[type]:
+    """Children made with the library's values or with gogeta's (which tell when they move)."""
+    before = prometheus_client.values.ValueClass
+    prometheus_client.values.ValueClass = request.param
+    try:
+        yield request.param
+    finally:
+        prometheus_client.values.ValueClass = before
+
+
+@pytest.fixture
+def loop_values() -> Iterator[None]:
+    before = prometheus_client.values.ValueClass
+    prometheus_client.values.ValueClass = LoopValue
+    try:
+        yield
+    finally:
+        prometheus_client.values.ValueClass = before
+
+
+def test_a_page_scraped_again_shows_what_moved_and_only_that(value_class: type) -> None:
     """One `Page` scraped again and again (as gogeta's is): a child whose numbers did not
     move keeps its lines from the scrape before, every other one is written anew."""
     r = Registry()
@@ -123,6 +151,7 @@ def test_a_page_scraped_again_shows_what_moved_and_only_that() -> None:
     g = Gauge("level", "Level", ["k"], registry=r)
     h = Histogram("wait_seconds", "Waits", ["service"], buckets=(0.001, 0.5), registry=r)
     s = Summary("sizes", "Sizes", ["kind"], registry=r)
+    assert type(c.labels("/0")._value) is value_class
     for i in range(5):
         c.labels(f"/{i}").inc(i)
         h.labels(f"s{i}").observe(0.1 * i)
@@ -146,3 +175,46 @@ def test_a_page_scraped_again_shows_what_moved_and_only_that() -> None:
     moved = set(second.splitlines()) - set(first.splitlines())
     # /1, /new; s3: its three buckets, count and sum; k4: its count; zero
     assert len(moved) == 9, sorted(moved)
+    # Scrape after scrape, every move shows: those of children written at the last scrape
+    # and of the others alike.
+    for n in range(3):
+        c.labels("/1").inc()
+        c.labels(f"/{n + 2}").inc()
+        h.labels("s0").observe(0.7)
+        h.labels(f"s{n + 1}").observe(0.0001)
+        s.labels("k4").observe(1)
+        g.labels("zero").set(n)
+        assert b"".join(page.pieces()) == generate_latest(r)
+
+
+@pytest.mark.usefixtures("loop_values")
+def test_a_move_while_the_page_is_written_shows_at_the_next_scrape() -> None:
+    r = Registry()
+    c = Counter("hits", "Hits", ["path"], registry=r)
+    paths = [f"/{i}" for i in range(3 * PIECE_LINES)]
+    for path in paths:
+        c.labels(path).inc()
+    page = Page(r.order)
+    assert b"".join(page.pieces()) == generate_latest(r)
+    for path in paths:
+        c.labels(path).inc()
+    pieces = page.pieces()
+    next(pieces)  # the first piece written, then other greenlets' turn:
+    c.labels(paths[0]).inc()  # written already
+    c.labels(paths[-1]).inc()  # not yet
+    c.labels("/added").inc()
+    b"".join(pieces)
+    assert b"".join(page.pieces()) == generate_latest(r)
+
+
+@pytest.mark.usefixtures("loop_values")
+def test_two_pages_of_one_registry_both_follow_it() -> None:
+    r = Registry()
+    h = Histogram("wait_seconds", "Waits", ["service"], buckets=(0.001, 0.5), registry=r)
+    h.labels("a").observe(0.1)
+    one, two = Page(r.order), Page(r.order)
+    for n in range(3):
+        assert b"".join(one.pieces()) == generate_latest(r)
+        assert b"".join(two.pieces()) == generate_latest(r)
+        h.labels("a").observe(n)
+        h.labels(f"b{n}").observe(n)
