@@ -28,6 +28,7 @@ ADMIN_GOAL_MS = 5.0  # health and metrics answer within
 STALL_GOAL_MS = 10.0  # no event-loop stall longer, during steady traffic
 STEADY_CONNECTIONS = 16  # wrk's connections for the steady traffic, each paced
 ADMIN_TIMINGS = 50  # of health and of metrics each, spread over the steady traffic
+PROBE_STARTUP = 1.5  # seconds the stall probes have to start before the steady traffic does
 
 
 LAG_FAMILY = "gogeta_event_loop_lag_seconds"  # gogeta's own measure of its loop's stalls
@@ -247,6 +248,9 @@ def steady_traffic(rig: Rig, port: int, tier: int, capacity_rps: float) -> Stead
     seconds = max(rig.opts.seconds, 4)
     target = capacity_rps / 2 if capacity_rps > 0 and not math.isnan(capacity_rps) else 500.0
     delay_ms = max(1, round(STEADY_CONNECTIONS * 1000 / target))
+    # gogeta's first scrape writes every child of the page, later ones only those that
+    # moved: in steady service it is long past, so here it comes before the windows.
+    lag_buckets(port)
     quiet = _window(rig, port, tier, delay_ms, seconds, "/__gogeta/health", "quiet")
     scraping = _window(rig, port, tier, delay_ms, seconds, "/__gogeta/metrics", "scraping")
     return Steady(
@@ -291,39 +295,44 @@ def _window(
     before its end, the stall probe of gogeta and the same of the nginx backend (what the
     machine alone does to a server whose loop never stalls that long; each its own
     process), and `ADMIN_TIMINGS` requests for `path`, evenly spaced, one at a time over
-    one keep-alive connection (fewer if they take longer than the window)."""
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        started = time.time()
-        load = pool.submit(
-            run_wrk,
-            rig.tools.wrk,
-            f"http://127.0.0.1:{port}/",
-            STEADY_CONNECTIONS,
-            seconds,
-            script=BENCH / "hosts.lua",
-            env={"BENCH_HOSTS": str(tier), "BENCH_DELAY_MS": str(delay_ms)},
-        )
-        begin, end = started + 1, started + seconds - 1  # inside wrk's run
-        probed: list[tuple[str, subprocess.Popen[bytes]]] = []
-        time.sleep(max(0.0, begin - 0.3 - time.time()))
-        lag_before = lag_buckets(port)
-        try:
-            for what, target, target_path in (
-                ("gogeta", port, "/__gogeta/health"),
-                ("nginx", rig.port_a, "/"),
-            ):
-                log = f"loop-probe-{tier}-{name}-{what}"
-                argv = [PYTHON, "-m", "bench.loop_probe", str(target), target_path]
-                argv += [f"{begin:.3f}", f"{end:.3f}"]
-                probed.append((log, rig.procs.start(log, argv)))
+    one keep-alive connection (fewer if they take longer than the window).
+
+    The probes are started `PROBE_STARTUP` seconds before wrk: a Python process starting
+    takes a CPU for a while, which gogeta would otherwise lose inside the window."""
+    probes_started = time.time()
+    begin = probes_started + PROBE_STARTUP + 1  # 1 s into wrk's run
+    end = begin + seconds - 2  # 1 s before its end
+    probed: list[tuple[str, subprocess.Popen[bytes]]] = []
+    try:
+        for what, target, target_path in (
+            ("gogeta", port, "/__gogeta/health"),
+            ("nginx", rig.port_a, "/"),
+        ):
+            log = f"loop-probe-{tier}-{name}-{what}"
+            argv = [PYTHON, "-m", "bench.loop_probe", str(target), target_path]
+            argv += [f"{begin:.3f}", f"{end:.3f}"]
+            probed.append((log, rig.procs.start(log, argv)))
+        time.sleep(max(0.0, probes_started + PROBE_STARTUP - time.time()))
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            load = pool.submit(
+                run_wrk,
+                rig.tools.wrk,
+                f"http://127.0.0.1:{port}/",
+                STEADY_CONNECTIONS,
+                seconds,
+                script=BENCH / "hosts.lua",
+                env={"BENCH_HOSTS": str(tier), "BENCH_DELAY_MS": str(delay_ms)},
+            )
+            time.sleep(max(0.0, begin - 0.3 - time.time()))
+            lag_before = lag_buckets(port)
             timed, failures = _time_requests(port, path, begin, end)
             for _, prober in probed:
                 prober.wait(timeout=max(0.0, end - time.time()) + 30)
             lag = LoopLag.between(lag_before, lag_buckets(port))
-        finally:
-            for _, prober in probed:
-                rig.procs.stop(prober)
-        wrk = load.result()
+            wrk = load.result()
+    finally:
+        for _, prober in probed:
+            rig.procs.stop(prober)
     (gogeta, requests, failed), (nginx, _, _) = (_probe_result(rig, *p) for p in probed)
     return _Window(wrk, timed, failures, gogeta, requests, failed, nginx, lag)
 
