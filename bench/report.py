@@ -243,7 +243,7 @@ def _scale(p3: ScaleResult) -> Table:
         " second window, metrics rendered meanwhile; 'nginx probed': the longest round trip"
         " of the same probe of the nginx backend in the first window, what the machine alone"
         " does. 'loop lag': gogeta's own gogeta_event_loop_lag_seconds over each window, a"
-        " wake-up due every 20 ms: how many of them came later than the goal (of how many),"
+        " wake-up due every 5 ms: how many of them came later than the goal (of how many),"
         " and the bucket bound the latest stayed under; the CPU others took from gogeta"
         " counts here too. The goals are set for 100,000 domains."
     )

@@ -37,7 +37,7 @@ LAG_FAMILY = "gogeta_event_loop_lag_seconds"  # gogeta's own measure of its loop
 @dataclass(frozen=True)
 class LoopLag:
     """gogeta's `gogeta_event_loop_lag_seconds` over a window (two scrapes' difference):
-    its wake-ups (one due every 20 ms), how many came later than `STALL_GOAL_MS`, and the
+    its wake-ups (one due every 5 ms), how many came later than `STALL_GOAL_MS`, and the
     bucket bound the latest stays under (None: over the last bound)."""
 
     wakeups: int

@@ -207,7 +207,7 @@ def test_retries_ejections_bytes_and_process(gogeta: Start, etcd: EtcdServer) ->
 
 
 def test_a_process_kept_from_running_shows_in_the_event_loop_lag(gogeta: Start) -> None:
-    """A wake-up due every 20 ms: a process stopped for 0.3 s (its loop not turning, as
+    """A wake-up due every 5 ms: a process stopped for 0.3 s (its loop not turning, as
     under a long collection or with no CPU) wakes up that late, and says so."""
     with Backend() as backend:
         proxy = through(gogeta, backend.url + "/")
