@@ -237,12 +237,14 @@ class Direct:
         due = {self.slot_of[value] for value in self.moved}
         self.moved.clear()
         due.update(self.unarmed)
-        due.update(self._add(labelvalues, child) for labelvalues, child in added)
         texts = self.texts
         head = self.top
         done = 0  # the slots before this one are in a piece already
         lines = 0
-        for slot in sorted(due):
+        # The children added since come last, each given its slot when reached: making
+        # their lines' heads costs as much as writing them, and counts towards the piece.
+        added_slots = (self._add(labelvalues, child) for labelvalues, child in added)
+        for slot in itertools.chain(sorted(due), added_slots):
             lines += self._write(slot)
             if lines >= PIECE_LINES:
                 yield head + "".join(texts[done : slot + 1])
