@@ -13,7 +13,7 @@ from typing import NamedTuple
 log = logging.getLogger("resolvers.tree")  # the mirrors' lines, as they always read
 
 DELETE_ACTIONS = frozenset({"delete", "expire", "compareAndDelete"})
-PAUSE_EVERY = 256  # keys, services or entries a load or a sweep handles between two pauses
+PAUSE_EVERY = 32  # keys, services or entries a load or a sweep handles between two pauses
 
 Pause = Callable[[], None]
 
