@@ -317,6 +317,10 @@ class Page:
                 return Direct.of(family)
         return collector
 
+    def children(self) -> int:
+        """How many children of the directly written families the page has shown."""
+        return sum(len(part.children) for part in self.parts if isinstance(part, Direct))
+
     def pieces(self) -> Iterator[bytes]:
         """The page, a family (or `PIECE_LINES` of one) at a time."""
         if getattr(prometheus_client.metrics, "_use_created", True):

@@ -307,3 +307,34 @@ def test_a_value_is_one_object_for_the_collector() -> None:
     # Each child with its labels and bookkeeping (_ByClass, _Upstream...): 4 objects at most
     # (3 measured); with a lock per value, as many objects again as values.
     assert grown < values + 4 * children, (grown, values, children)
+
+
+def test_a_scrape_that_shows_new_children_puts_them_out_of_the_collectors_walk() -> None:
+    """Standalone, the labelled families' children live as long as the process (bounded,
+    never removed): once a scrape has shown them, full collections no longer walk them
+    (they are frozen, as the routing table is after a load), and a scrape that shows none
+    new freezes nothing."""
+    import gc
+
+    from proxy.metrics import MAX_UPSTREAMS, Metrics
+    from resolvers.base import Upstream
+
+    metrics = Metrics()
+    metrics.render()
+    try:
+        for i in range(MAX_UPSTREAMS):
+            upstream = Upstream("http", "h", i, service=f"s{i}", instance="1")
+            metrics.count_upstream(upstream, 200, 0.001)
+        children: list[Any] = list(metrics.upstream_requests._metrics.values())
+        values = [child._value for child in children]
+        walked = {id(o) for o in gc.get_objects()}
+        assert all(id(v) in walked for v in values)
+        metrics.render()
+        walked = {id(o) for o in gc.get_objects()}
+        assert not any(id(v) in walked for v in values)
+        frozen = gc.get_freeze_count()
+        metrics.count_upstream(Upstream("http", "h", 0, service="s0", instance="1"), 200, 0.1)
+        metrics.render()  # numbers moved, no child added
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
