@@ -76,7 +76,9 @@ class _Keyed:
     A second keeps up to `MAX_KEYS` of them and a minute sixty seconds: as objects (a
     `Tally` each) they would be tens of thousands of long-lived ones, which the cyclic
     collector walks at every full collection (a pause of 10–20 ms). A dict holding only
-    strings and numbers (or such dicts) is not tracked by it at all.
+    strings and numbers is not tracked by it at all; one holding dicts is, and each full
+    collection visits all its entries: so the latency is by bucket, then by key (a few
+    dozen buckets a second, not a thousand keys).
     """
 
     __slots__ = ("c4xx", "c5xx", "errors", "latency", "requests")
@@ -86,7 +88,7 @@ class _Keyed:
         self.errors: dict[str, int] = {}
         self.c4xx: dict[str, int] = {}
         self.c5xx: dict[str, int] = {}
-        self.latency: dict[str, dict[int, int]] = {}
+        self.latency: dict[int, dict[str, int]] = {}  # bucket → key → count
 
     def count(self, key: str, status: int, seconds: float | None, error: bool) -> None:
         requests = self.requests
@@ -102,11 +104,11 @@ class _Keyed:
         if error:
             self.errors[key] = self.errors.get(key, 0) + 1
         if seconds is not None:
-            latency = self.latency.get(key)
-            if latency is None:
-                latency = self.latency[key] = {}
             bucket = bisect.bisect_left(BOUNDS, seconds)
-            latency[bucket] = latency.get(bucket, 0) + 1
+            counts = self.latency.get(bucket)
+            if counts is None:
+                counts = self.latency[bucket] = {}
+            counts[key] = counts.get(key, 0) + 1
 
     def add_to(self, tally: Tally, key: str) -> None:
         tally.requests += self.requests[key]
@@ -114,8 +116,10 @@ class _Keyed:
         tally.c4xx += self.c4xx.get(key, 0)
         tally.c5xx += self.c5xx.get(key, 0)
         latency = tally.latency
-        for bucket, count in self.latency.get(key, {}).items():
-            latency[bucket] = latency.get(bucket, 0) + count
+        for bucket, counts in self.latency.items():
+            count = counts.get(key)
+            if count is not None:
+                latency[bucket] = latency.get(bucket, 0) + count
 
 
 class _Second:

@@ -208,6 +208,7 @@ def test_traffic_by_key_leaves_nothing_for_the_cyclic_collector() -> None:
     traffic.count(200, "warm.test", "warm/1", 0.001)  # the second's own objects made
     gc.collect()
     before = len(gc.get_objects())
+    held_before = _held_by_tracked_dicts()
     for _ in range(3):
         clock.now += 1
         for i in range(MAX_KEYS):
@@ -216,6 +217,9 @@ def test_traffic_by_key_leaves_nothing_for_the_cyclic_collector() -> None:
     gc.collect()
     grown = len(gc.get_objects()) - before
     assert grown < 100, f"{grown} more objects tracked after {3 * MAX_KEYS * 3} tallies"
+    # Nor held by a tracked dict: every full collection visits each of its entries.
+    held = _held_by_tracked_dicts() - held_before
+    assert held < 1000, f"{held} more entries in tracked dicts after {3 * MAX_KEYS} keys"
     [tally] = traffic.of(["d7.test"], [])["domains"].values()
     assert (tally.requests, tally.c4xx, tally.c5xx, tally.errors) == (3, 3, 0, 0)
     failed = traffic.of([], ["f/8", "s/8"])["upstreams"]
@@ -244,3 +248,7 @@ def test_connections_and_tunnels_are_counted_both_ways() -> None:
 )
 def test_an_endpoint_is_shown_without_credentials(url: str | None, shown: str | None) -> None:
     assert without_credentials(url) == shown
+
+
+def _held_by_tracked_dicts() -> int:
+    return sum(len(o) for o in gc.get_objects() if type(o) is dict)
