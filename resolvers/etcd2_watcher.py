@@ -232,27 +232,29 @@ class Watcher(DirectoryWatcher[Endpoints]):
 
         Also where another etcd at the address shows first (its cluster id).
         """
+        current = self._went_back_to(self.endpoints.client())
+        if current is None:
+            return False
+        self.load_reason = f"etcd's index went back to {current} (its data was lost)"
+        return True
+
+    def _went_back_to(self, client: Any) -> int | None:
+        """etcd's index when it went back below ours (logged), else None: read from the probe
+        key's miss, in `probe_timeout` at most (someone wrote the key: cannot tell, None)."""
         try:
-            self.endpoints.client().read(self.probe_key, timeout=self.probe_timeout)
-            return False  # someone wrote the probe key: cannot tell, keep watching
+            client.read(self.probe_key, timeout=self.probe_timeout)
+            return None
         except etcd.EtcdKeyNotFound as exc:
             current = index_of_miss(exc)
         if self.index is not None and current + 1 < self.index:
             log.warning("%s: etcd index went back to %s: reloading", self.prefix, current)
-            self.load_reason = f"etcd's index went back to {current} (its data was lost)"
-            return True
-        return False
+            return current
+        return None
 
     def _holds_our_history(self) -> bool:
         """After an outage: whether etcd still holds what we followed, so we may resume."""
         client = self.endpoints.client()
-        try:
-            client.read(self.probe_key, timeout=self.probe_timeout)
-            current = None  # someone wrote the probe key: cannot tell from it
-        except etcd.EtcdKeyNotFound as exc:
-            current = index_of_miss(exc)
-        if current is not None and self.index is not None and current + 1 < self.index:
-            log.warning("%s: etcd index went back to %s: reloading", self.prefix, current)
+        if self._went_back_to(client) is not None:
             return False
         if self.witness is None:
             return True
