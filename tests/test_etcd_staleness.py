@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import signal
 import threading
-import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -226,8 +225,9 @@ def test_1000_back_to_back_writes_are_all_served(
 
 
 def store_stats(etcd: EtcdServer) -> dict[str, Any]:
-    with urllib.request.urlopen(f"{etcd.url}/v2/stats/store", timeout=5) as resp:
-        return dict(json.loads(resp.read()))
+    status, body = etcd.call("GET", "/v2/stats/store")
+    assert status == 200, body
+    return dict(body)
 
 
 def test_a_silent_watch_outlives_1000_writes_elsewhere(

@@ -133,16 +133,6 @@ def value_class(request: pytest.FixtureRequest) -> Iterator[type]:
         prometheus_client.values.ValueClass = before
 
 
-@pytest.fixture
-def loop_values() -> Iterator[None]:
-    before = prometheus_client.values.ValueClass
-    prometheus_client.values.ValueClass = LoopValue
-    try:
-        yield
-    finally:
-        prometheus_client.values.ValueClass = before
-
-
 def test_a_page_scraped_again_shows_what_moved_and_only_that(value_class: type) -> None:
     """One `Page` scraped again and again (as gogeta's is): a child whose numbers did not
     move keeps its lines from the scrape before, every other one is written anew."""
@@ -187,8 +177,8 @@ def test_a_page_scraped_again_shows_what_moved_and_only_that(value_class: type) 
         assert b"".join(page.pieces()) == generate_latest(r)
 
 
-@pytest.mark.usefixtures("loop_values")
-def test_a_move_while_the_page_is_written_shows_at_the_next_scrape() -> None:
+@pytest.mark.parametrize("value_class", [LoopValue], indirect=True)
+def test_a_move_while_the_page_is_written_shows_at_the_next_scrape(value_class: type) -> None:
     r = Registry()
     c = Counter("hits", "Hits", ["path"], registry=r)
     paths = [f"/{i}" for i in range(3 * PIECE_LINES)]
@@ -207,8 +197,8 @@ def test_a_move_while_the_page_is_written_shows_at_the_next_scrape() -> None:
     assert b"".join(page.pieces()) == generate_latest(r)
 
 
-@pytest.mark.usefixtures("loop_values")
-def test_two_pages_of_one_registry_both_follow_it() -> None:
+@pytest.mark.parametrize("value_class", [LoopValue], indirect=True)
+def test_two_pages_of_one_registry_both_follow_it(value_class: type) -> None:
     r = Registry()
     h = Histogram("wait_seconds", "Waits", ["service"], buckets=(0.001, 0.5), registry=r)
     h.labels("a").observe(0.1)
