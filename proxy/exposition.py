@@ -149,7 +149,6 @@ class Direct:
         self.family = family
         self.names = _Names()
         kind: str = family._type
-        self.kind = kind
         shown = self.names.metric(family._name + _NAME_SUFFIX.get(kind, ""))
         self.top = _help(shown, family._documentation) + f"# TYPE {shown} {kind}\n"
         self.suffixes: list[tuple[str, tuple[tuple[str, str], ...]]]
