@@ -248,9 +248,10 @@ class TableResolver:
                 "reloads": state.reloads,
                 "wakeups": self.writer.wakeups,
                 "last_access_writes": self.writer.last_access_writes,
+                "writes_dropped": self.writer.dropped,
                 "ejections": self.ejections.count,
             },
-            "gauges": {"watch_lag_events": state.lag},
+            "gauges": {"watch_lag_events": state.lag, "writes_waiting": len(self.writer.waiting)},
             "endpoint": without_credentials(state.endpoint),
             "last_reload": None
             if state.last_load is None

@@ -1,19 +1,22 @@
-"""gogeta's writes to etcd (docs/behaviour.md §2.7, §5.5), queued to one background greenlet.
+"""gogeta's writes to etcd (docs/behaviour.md §2.7, §5.5), waiting for one background greenlet.
 
 `lastAccess` (at most once per instance and interval) and `status/expected` to wake a
-passivated instance (once until its state changes, docs/behaviour.md §3.3), written in order
-through a `Source` (resolvers/source.py), best effort: a slow or dead etcd never slows a
-request, a full queue drops a write rather than block one. Knows no routing policy: the
-resolver (resolvers/table.py) says what to write.
+passivated instance (once until its state changes, docs/behaviour.md §3.3), written in the
+order first asked through a `Source` (resolvers/source.py), best effort: a slow or dead etcd
+never slows a request. One write waits per instance and kind, the latest use its time; when
+`capacity` wait, a new one is dropped and counted, and not taken as written: the next use
+of that instance asks again. Knows no routing policy: the resolver (resolvers/table.py) says
+what to write.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 
 import gevent
-import gevent.queue
+import gevent.event
 
 from resolvers.endpoints import Backoff
 from resolvers.model import Instance, Service
@@ -22,7 +25,7 @@ from resolvers.source import Background, Source, SourceDown, WriteRefused
 
 log = logging.getLogger(__name__)
 
-QUEUE_SIZE = 10_000
+CAPACITY = 10_000  # writes waiting at most (the instances used faster than etcd takes)
 WAKE_GRACE = 300.0  # seconds a woken instance keeps showing the wake-up page, not "error"
 
 
@@ -40,15 +43,18 @@ class Writer(Background):
         source: Source,
         service_dir: str,
         interval: float,
+        capacity: int = CAPACITY,
     ) -> None:
         self.source = source
         self.service_dir = service_dir
         self.interval = interval
-        # (kind, service, index, epoch seconds): names and a number only, which the cyclic
-        # collector stops tracking (thousands wait under traffic over every domain).
-        self.queue: gevent.queue.Queue[tuple[str, str, str, float]] = gevent.queue.Queue(QUEUE_SIZE)
+        self.capacity = capacity
+        # (kind, service, index) → epoch seconds of the latest use, oldest asked first: names
+        # and numbers only (thousands wait under traffic over every domain).
+        self.waiting: OrderedDict[tuple[str, str, str], float] = OrderedDict()
+        self._asked = gevent.event.Event()  # set while something waits
+        self.dropped = 0  # writes the full writer had no room for
         self.last_touch: dict[tuple[str, str], float] = {}
-        self.pending: set[tuple[str, str, str]] = set()
         # instance key → (the instance we asked to start, when we asked, monotonic)
         self.woken: dict[tuple[str, str], tuple[Instance, float]] = {}
         self.wakeups = 0
@@ -80,8 +86,8 @@ class Writer(Background):
         last = self.last_touch.get(key)
         if last is not None and now - last < self.interval:
             return
-        self.last_touch[key] = now
-        self._enqueue("lastAccess", instance)
+        if self._ask("lastAccess", instance):
+            self.last_touch[key] = now
 
     def wake(self, instance: Instance) -> None:
         """Ask for `instance` to start, once until its state changes (docs/behaviour.md §3.3)."""
@@ -89,24 +95,27 @@ class Writer(Background):
         asked = self.woken.get(key)
         if asked is not None and asked[0] is instance:
             return
-        self.woken[key] = (instance, time.monotonic())
-        self._enqueue("wake", instance)
+        if self._ask("wake", instance):
+            self.woken[key] = (instance, time.monotonic())
 
-    def _enqueue(self, kind: str, instance: Instance) -> None:
+    def _ask(self, kind: str, instance: Instance) -> bool:
+        """Whether a write of `kind` for `instance` now waits, at the time of this use."""
         marker = (kind, instance.service, instance.index)
-        if marker in self.pending:
-            return
-        try:
-            self.queue.put_nowait((kind, instance.service, instance.index, time.time()))
-        except gevent.queue.Full:
-            return  # etcd is far behind: dropping a lastAccess beats blocking a request
-        self.pending.add(marker)
+        if marker not in self.waiting and len(self.waiting) >= self.capacity:
+            self.dropped += 1  # etcd is far behind: dropping a write beats blocking a request
+            return False
+        self.waiting[marker] = time.time()  # a marker already waiting keeps its place
+        self._asked.set()
+        return True
 
     def run(self) -> None:
         backoff = Backoff()
         while True:
-            kind, service, index, when = self.queue.get()
-            self.pending.discard((kind, service, index))
+            if not self.waiting:
+                self._asked.clear()
+                self._asked.wait()
+                continue
+            (kind, service, index), when = self.waiting.popitem(last=False)
             try:
                 self._write(kind, service, index, when)
             except WriteRefused as exc:

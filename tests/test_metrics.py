@@ -74,13 +74,15 @@ def test_resolver_figures_are_counters_read_at_scrape_time(gogeta: Start, etcd: 
         proxy = gogeta("-etcdAddress", etcd.url, "-lastAccessInterval", "0")
         routed(proxy, "shop.example.com")
         before, types = scrape(proxy)
-        for name in ("reloads", "events_applied", "wakeups", "last_access_writes", "ejections"):
+        counters = ("reloads", "events_applied", "wakeups", "last_access_writes", "writes_dropped")
+        for name in (*counters, "ejections"):
             assert types.get(f"gogeta_resolver_{name}") == "counter", name
             assert (f"gogeta_resolver_{name}_total", ()) in before, name
             assert (f"gogeta_resolver_{name}", ()) not in before, name  # no gauge copy
         assert value(before, "gogeta_resolver_reloads_total") == 2  # /domains and /services
         assert types["gogeta_etcd_index"] == "gauge"
         assert types["gogeta_resolver_watch_lag_events"] == "gauge"
+        assert types["gogeta_resolver_writes_waiting"] == "gauge"
 
         # Changes reach the scrape without waiting for any refresh period.
         etcd.client().write("/services/shop/2/location", json.dumps({"port": 1}))

@@ -1,0 +1,102 @@
+"""The background writer's waiting writes (docs/behaviour.md §2.7, §5.5), in both etcd APIs.
+
+Under traffic over many instances, uses come faster than etcd takes writes, so writes wait.
+A use the full writer had no room for is not remembered as written: the next use of that
+instance asks again. A use of an instance whose write still waits is the time written.
+Both are counted for the metrics. Against the session's real etcd, in process: a writer
+that is not started yet stands for one that etcd keeps waiting.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import gevent
+import pytest
+
+from resolvers.base import Status
+from resolvers.model import Instance
+from resolvers.source import EtcdAccess, Source
+from resolvers.writer import Writer
+from tests.support import EtcdServer, wait_until
+
+SERVICES = "/writer-test"
+
+
+@pytest.fixture(scope="module", params=["v2", "v3"])
+def api(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def source(etcd_server: EtcdServer) -> Iterator[Source]:
+    etcd_server.wipe(SERVICES)
+    access = EtcdAccess((etcd_server.url,))
+    if etcd_server.api == "v3":
+        from resolvers.etcd3 import V3Source
+
+        yield V3Source(access)
+    else:
+        from resolvers.etcd2 import V2Source
+
+        yield V2Source(access)
+    etcd_server.wipe(SERVICES)
+
+
+def instance(source: Source, service: str) -> Instance:
+    """An instance that exists in etcd (a lastAccess never creates one)."""
+    source.put(f"{SERVICES}/{service}/1/location", '{"host": "127.0.0.1", "port": 1}')
+    return Instance(service, "1", Status.STARTED, None, None, None)
+
+
+def last_access(source: Source, service: str) -> str | None:
+    return source.get(f"{SERVICES}/{service}/1/lastAccess")
+
+
+def written(writer: Writer, source: Source, service: str) -> str:
+    """The lastAccess of `service`, once the writer has nothing left waiting."""
+
+    def done() -> str | None:
+        gevent.sleep(0.01)  # the writer's greenlet runs while this one waits
+        return last_access(source, service) if not writer.waiting else None
+
+    return wait_until(done, what=f"the lastAccess of {service}")
+
+
+def test_a_use_the_full_writer_drops_is_asked_again_by_the_next_use(source: Source) -> None:
+    first, second = instance(source, "first"), instance(source, "second")
+    writer = Writer(source, SERVICES, interval=3600, capacity=1)
+    writer.touch(first)
+    writer.touch(second)  # no room: dropped
+    assert (len(writer.waiting), writer.dropped) == (1, 1)
+    writer.start()
+    try:
+        written(writer, source, "first")
+        assert last_access(source, "second") is None
+        # Nothing of `second` was written: its next use is not held back by the interval.
+        writer.touch(second)
+        assert len(writer.waiting) == 1
+        written(writer, source, "second")
+    finally:
+        writer.stop()
+    assert writer.dropped == 1
+
+
+def test_a_use_while_its_write_waits_is_the_time_written(source: Source) -> None:
+    used = instance(source, "used")
+    writer = Writer(source, SERVICES, interval=0)
+    writer.touch(used)
+    first = time.time()
+    # lastAccess is written to the second: the next use comes in a later one.
+    wait_until(lambda: int(time.time()) > int(first), what="the next second")
+    before_again = time.time()
+    writer.touch(used)
+    assert len(writer.waiting) == 1  # one write, not two
+    writer.start()
+    try:
+        stamp = written(writer, source, "used")
+    finally:
+        writer.stop()
+    assert stamp >= time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(before_again))
+    assert writer.last_access_writes == 1
