@@ -31,33 +31,37 @@ ADMIN_TIMINGS = 50  # of health and of metrics each, spread over the steady traf
 PROBE_STARTUP = 1.5  # seconds the stall probes have to start before the steady traffic does
 
 
-LAG_FAMILY = "gogeta_event_loop_lag_seconds"  # gogeta's own measure of its loop's stalls
+LAG_FAMILY = "gogeta_event_loop_lag_seconds"  # gogeta's own: how late the loop turned
+RUN_FAMILY = "gogeta_event_loop_run_seconds"  # and its runs that held the loop by themselves
+Buckets = dict[str, dict[str, float]]  # family → le → cumulative count, of one scrape
 
 
 @dataclass(frozen=True)
-class LoopLag:
-    """gogeta's `gogeta_event_loop_lag_seconds` over a window (two scrapes' difference):
-    its wake-ups (one due every 5 ms), how many came later than `STALL_GOAL_MS`, and the
-    bucket bound the latest stays under (None: over the last bound)."""
+class OverGoal:
+    """One of gogeta's loop histograms over a window (two scrapes' difference): what it
+    observed (the lag: a wake-up due every 5 ms; the runs: each of 1 ms or more), how
+    many of those were over `STALL_GOAL_MS`, and the bucket bound the longest stays under
+    (None: over the last bound)."""
 
-    wakeups: int
+    observed: int
     over_goal: int
     under_ms: float | None
 
     @classmethod
-    def between(cls, before: dict[str, float], after: dict[str, float]) -> LoopLag:
-        grown = {le: after.get(le, 0.0) - before.get(le, 0.0) for le in after}
-        wakeups = grown.get("+Inf", 0.0)
+    def between(cls, family: str, before: Buckets, after: Buckets) -> OverGoal:
+        was, now = before.get(family, {}), after.get(family, {})
+        grown = {le: now[le] - was.get(le, 0.0) for le in now}
+        observed = grown.get("+Inf", 0.0)
         goal = grown.get(f"{STALL_GOAL_MS / 1000:g}")
         if goal is None:
-            raise RuntimeError(f"{LAG_FAMILY} has no bucket at {STALL_GOAL_MS:g} ms")
+            raise RuntimeError(f"{family} has no bucket at {STALL_GOAL_MS:g} ms")
         bounds = sorted((float(le), n) for le, n in grown.items() if le != "+Inf")
-        under = next((b * 1000 for b, n in bounds if n == wakeups), None)
-        return cls(int(wakeups), int(wakeups - goal), under)
+        under = next((b * 1000 for b, n in bounds if n == observed), None)
+        return cls(int(observed), int(observed - goal), under)
 
 
-def lag_buckets(port: int) -> dict[str, float]:
-    """The cumulative buckets of gogeta's loop lag, by `le`, from one scrape."""
+def loop_buckets(port: int) -> Buckets:
+    """The cumulative buckets of gogeta's loop lag and long runs, from one scrape."""
     client = Probe(port)
     try:
         status, body = client.get("admin", "/__gogeta/metrics")
@@ -65,14 +69,15 @@ def lag_buckets(port: int) -> dict[str, float]:
         client.close()
     if status != 200:
         raise RuntimeError(f"/__gogeta/metrics answered {status}")
-    head = f'{LAG_FAMILY}_bucket{{le="'.encode()
-    found = {}
-    for line in body.splitlines():
-        if line.startswith(head):
-            le, _, number = line[len(head) :].partition(b'"} ')
-            found[le.decode()] = float(number)
-    if not found:
-        raise RuntimeError(f"no {LAG_FAMILY} in gogeta's metrics")
+    found: Buckets = {}
+    for family in (LAG_FAMILY, RUN_FAMILY):
+        head = f'{family}_bucket{{le="'.encode()
+        for line in body.splitlines():
+            if line.startswith(head):
+                le, _, number = line[len(head) :].partition(b'"} ')
+                found.setdefault(family, {})[le.decode()] = float(number)
+        if family not in found:
+            raise RuntimeError(f"no {family} in gogeta's metrics")
     return found
 
 
@@ -100,8 +105,10 @@ class Steady:
     rps_scraping: float
     machine_ms: Spread  # the same probe of the nginx backend, first window: the machine's
     machine_scraping_ms: Spread
-    loop_lag: LoopLag  # gogeta's own measure, first window
-    loop_lag_scraping: LoopLag
+    loop_lag: OverGoal  # gogeta's own measures, first window
+    loop_lag_scraping: OverGoal
+    loop_runs: OverGoal
+    loop_runs_scraping: OverGoal
 
 
 @dataclass(frozen=True)
@@ -250,7 +257,7 @@ def steady_traffic(rig: Rig, port: int, tier: int, capacity_rps: float) -> Stead
     delay_ms = max(1, round(STEADY_CONNECTIONS * 1000 / target))
     # gogeta's first scrape writes every child of the page, later ones only those that
     # moved: in steady service it is long past, so here it comes before the windows.
-    lag_buckets(port)
+    loop_buckets(port)
     quiet = _window(rig, port, tier, delay_ms, seconds, "/__gogeta/health", "quiet")
     scraping = _window(rig, port, tier, delay_ms, seconds, "/__gogeta/metrics", "scraping")
     return Steady(
@@ -273,6 +280,8 @@ def steady_traffic(rig: Rig, port: int, tier: int, capacity_rps: float) -> Stead
         machine_scraping_ms=scraping.machine_ms,
         loop_lag=quiet.loop_lag,
         loop_lag_scraping=scraping.loop_lag,
+        loop_runs=quiet.loop_runs,
+        loop_runs_scraping=scraping.loop_runs,
     )
 
 
@@ -285,7 +294,8 @@ class _Window:
     probe_requests: int
     probe_failures: int
     machine_ms: Spread  # the nginx backend probed the same way at the same time
-    loop_lag: LoopLag  # from just before the timings and probes to just after them
+    loop_lag: OverGoal  # from just before the timings and probes to just after them
+    loop_runs: OverGoal
 
 
 def _window(
@@ -324,17 +334,19 @@ def _window(
                 env={"BENCH_HOSTS": str(tier), "BENCH_DELAY_MS": str(delay_ms)},
             )
             time.sleep(max(0.0, begin - 0.3 - time.time()))
-            lag_before = lag_buckets(port)
+            loop_before = loop_buckets(port)
             timed, failures = _time_requests(port, path, begin, end)
             for _, prober in probed:
                 prober.wait(timeout=max(0.0, end - time.time()) + 30)
-            lag = LoopLag.between(lag_before, lag_buckets(port))
+            loop_after = loop_buckets(port)
+            lag = OverGoal.between(LAG_FAMILY, loop_before, loop_after)
+            runs = OverGoal.between(RUN_FAMILY, loop_before, loop_after)
             wrk = load.result()
     finally:
         for _, prober in probed:
             rig.procs.stop(prober)
     (gogeta, requests, failed), (nginx, _, _) = (_probe_result(rig, *p) for p in probed)
-    return _Window(wrk, timed, failures, gogeta, requests, failed, nginx, lag)
+    return _Window(wrk, timed, failures, gogeta, requests, failed, nginx, lag, runs)
 
 
 def _probe_result(rig: Rig, log: str, prober: subprocess.Popen[bytes]) -> tuple[Spread, int, int]:

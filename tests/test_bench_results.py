@@ -13,7 +13,7 @@ import pytest
 
 from bench.options import recording, without_paths
 from bench.report import result_stems
-from bench.scale import LoopLag
+from bench.scale import LAG_FAMILY, OverGoal
 from tests.support import ROOT
 
 
@@ -66,11 +66,12 @@ def test_a_recorded_command_holds_no_path_of_this_machine() -> None:
 
 def test_the_loop_lag_of_a_window_is_two_scrapes_difference() -> None:
     bounds = ("0.005", "0.01", "0.025", "+Inf")
-    before = dict(zip(bounds, (90.0, 95.0, 99.0, 100.0), strict=True))
-    after = dict(zip(bounds, (180.0, 190.0, 197.0, 200.0), strict=True))
-    lag = LoopLag.between(before, after)
-    assert (lag.wakeups, lag.over_goal, lag.under_ms) == (100, 5, None)  # 2 over 25 ms
-    quiet = LoopLag.between(before, dict(zip(bounds, (140.0, 155.0, 159.0, 160.0), strict=True)))
-    assert (quiet.wakeups, quiet.over_goal, quiet.under_ms) == (60, 0, 10)
+    before = {LAG_FAMILY: dict(zip(bounds, (90.0, 95.0, 99.0, 100.0), strict=True))}
+    after = {LAG_FAMILY: dict(zip(bounds, (180.0, 190.0, 197.0, 200.0), strict=True))}
+    lag = OverGoal.between(LAG_FAMILY, before, after)
+    assert (lag.observed, lag.over_goal, lag.under_ms) == (100, 5, None)  # 2 over 25 ms
+    later = {LAG_FAMILY: dict(zip(bounds, (140.0, 155.0, 159.0, 160.0), strict=True))}
+    quiet = OverGoal.between(LAG_FAMILY, before, later)
+    assert (quiet.observed, quiet.over_goal, quiet.under_ms) == (60, 0, 10)
     with pytest.raises(RuntimeError, match="no bucket at 10 ms"):
-        LoopLag.between({}, {"0.05": 1.0, "+Inf": 1.0})
+        OverGoal.between(LAG_FAMILY, {}, {LAG_FAMILY: {"0.05": 1.0, "+Inf": 1.0}})

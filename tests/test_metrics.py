@@ -220,6 +220,7 @@ def test_a_process_kept_from_running_shows_in_the_event_loop_lag(gogeta: Start) 
 
         first, types = scrape(proxy)
         assert types[lag] == "histogram"
+        assert types["gogeta_event_loop_run_seconds"] == "histogram"
         wait_until(lambda: value(scrape(proxy)[0], f"{lag}_count") > value(first, f"{lag}_count"),
                    what="the loop's wake-ups counted")  # fmt: skip
         before = late(scrape(proxy)[0])
