@@ -2,9 +2,10 @@
 
 Under traffic over many instances, uses come faster than etcd takes writes, so writes wait.
 A use the full writer had no room for is not remembered as written: the next use of that
-instance asks again. A use of an instance whose write still waits is the time written.
-Both are counted for the metrics. Against the session's real etcd, in process: a writer
-that is not started yet stands for one that etcd keeps waiting.
+instance asks again, and so does the next request for a wake-up it had no room for. A use
+of an instance whose write still waits is the time written. The drops are counted for the
+metrics. Against the session's real etcd, in process: a writer that is not started yet
+stands for one that etcd keeps waiting.
 """
 
 from __future__ import annotations
@@ -100,3 +101,29 @@ def test_a_use_while_its_write_waits_is_the_time_written(source: Source) -> None
         writer.stop()
     assert stamp >= time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(before_again))
     assert writer.last_access_writes == 1
+
+
+def test_a_wake_up_the_full_writer_drops_is_asked_again_by_the_next_request(
+    source: Source,
+) -> None:
+    busy, sleeping = instance(source, "busy"), instance(source, "sleeping")
+    source.put(f"{SERVICES}/sleeping/1/status/expected", "passivated")
+    writer = Writer(source, SERVICES, interval=3600, capacity=1)
+    writer.touch(busy)
+    writer.wake(sleeping)  # no room: dropped, and not taken as asked
+    assert (len(writer.waiting), writer.dropped) == (1, 1)
+    assert not writer.recently_woken(sleeping)
+    writer.start()
+    try:
+        written(writer, source, "busy")
+        writer.wake(sleeping)
+        assert writer.recently_woken(sleeping)
+
+        def woken() -> bool:
+            gevent.sleep(0.01)
+            return source.get(f"{SERVICES}/sleeping/1/status/expected") == "started"
+
+        wait_until(woken, what="the wake-up written")
+    finally:
+        writer.stop()
+    assert writer.wakeups == 1
