@@ -20,7 +20,7 @@ import ssl
 import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import etcd
 import gevent
@@ -263,6 +263,35 @@ def read_tree(client: Any, prefix: str, pause: Pause = no_pause) -> tuple[int, b
         return int(header), body
     except (ValueError, TypeError) as exc:
         raise etcd.EtcdException(f"etcd answered without a valid index: {exc}") from exc
+
+
+def update(client: Any, key: str, value: str) -> None:
+    """Set an existing `key` to `value` (`prevExist=true`), as python-etcd's `write` asks it
+    (its headers, its pool's TLS and retries, its cluster-id check, its errors:
+    `EtcdKeyNotFound` when the key does not exist), on the endpoint's pool directly.
+
+    The write gogeta makes most (`lastAccess`, hundreds a second under traffic over many
+    instances): through python-etcd's pool manager it cost ~0.6 ms of CPU, ~0.36 ms so.
+    """
+    headers = client._get_headers()
+    headers["Content-Type"] = "application/x-www-form-urlencoded"
+    pool = client.http.connection_from_url(client._base_uri)
+    try:
+        response = pool.urlopen(
+            "PUT",
+            client.key_endpoint + key,
+            body=urlencode({"value": value, "prevExist": "true"}),
+            headers=headers,
+            timeout=client.read_timeout or None,
+            assert_same_host=False,
+        )
+    except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as exc:
+        # What python-etcd makes of them (with reconnection off, as our clients have it).
+        message = f"Connection to etcd failed due to {exc!r}"
+        raise etcd.EtcdConnectionFailed(message, cause=exc) from exc
+    client._check_cluster_id(response)
+    if response.status not in (200, 201):
+        client._handle_server_response(response)  # raises etcd's error
 
 
 def nodes_of(body: bytes, witness: list[tuple[str, int, int]] | None = None) -> Iterator[Node]:
