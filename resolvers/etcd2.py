@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import etcd
 
 from resolvers.endpoints import on_any_endpoint
-from resolvers.etcd2_client import ETCD_DOWN, ETCD_REFUSED, Endpoints, update
+from resolvers.etcd2_client import ETCD_DOWN, ETCD_REFUSED, Endpoints
 from resolvers.etcd2_watcher import PROBE_TIMEOUT, WATCH_TIMEOUT, Watcher
 from resolvers.source import (
     EtcdAccess,
@@ -126,7 +126,7 @@ class V2Source(WatchedSource[Watcher]):
     def _touch(client: Any, service_dir: str, base: str, stamp: str) -> None:
         key = f"{base}/lastAccess"
         try:
-            update(client, key, stamp)  # an update never creates directories
+            client.write(key, stamp, prevExist=True)  # an update never creates directories
             return
         except etcd.EtcdKeyNotFound:
             pass  # the instance's first lastAccess, or the instance was deleted

@@ -19,9 +19,8 @@ import logging
 import ssl
 import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlsplit
 
 import etcd
 import gevent
@@ -264,97 +263,6 @@ def read_tree(client: Any, prefix: str, pause: Pause = no_pause) -> tuple[int, b
         return int(header), body
     except (ValueError, TypeError) as exc:
         raise etcd.EtcdException(f"etcd answered without a valid index: {exc}") from exc
-
-
-def _asked(
-    client: Any, method: str, path: str, form: str | None, timeout: float | None
-) -> tuple[Any, bytes]:
-    """One request as python-etcd's `api_execute` makes it (its headers, its pool's TLS and
-    retries), on the endpoint's pool directly: the answer and its body, or etcd's error
-    raised.
-
-    As python-etcd does, the head is checked (the cluster id) before the body is read, and
-    the body is read outside urllib3's retries: a connection lost mid-answer is an error,
-    never the request sent again, maybe to another etcd come up at the same address.
-    """
-    headers = client._get_headers()
-    if form is not None:
-        headers["Content-Type"] = "application/x-www-form-urlencoded"
-    pool = client.http.connection_from_url(client._base_uri)
-    try:
-        response = pool.urlopen(
-            method,
-            path,
-            body=form,
-            headers=headers,
-            timeout=timeout,
-            assert_same_host=False,
-            preload_content=False,
-        )
-        try:
-            client._check_cluster_id(response)
-            body: bytes = response.data
-        finally:
-            response.release_conn()
-    except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as exc:
-        # What python-etcd makes of them (with reconnection off, as our clients have it).
-        message = f"Connection to etcd failed due to {exc!r}"
-        raise etcd.EtcdConnectionFailed(message, cause=exc) from exc
-    if response.status not in (200, 201):
-        client._handle_server_response(response)  # raises etcd's error
-    return response, body
-
-
-def update(client: Any, key: str, value: str) -> None:
-    """Set an existing `key` to `value` (`prevExist=true`), as python-etcd's `write` would
-    (`EtcdKeyNotFound` when the key does not exist).
-
-    The write gogeta makes most (`lastAccess`, hundreds a second under traffic over many
-    instances): through python-etcd's pool manager ~0.62 ms of CPU each, ~0.48 ms so.
-    """
-    form = urlencode({"value": value, "prevExist": "true"})
-    _asked(client, "PUT", client.key_endpoint + key, form, client.read_timeout or None)
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One change a watch answered: the node's fields gogeta reads, named as python-etcd's
-    `EtcdResult` names them, and etcd's index when it answered (`X-Etcd-Index`)."""
-
-    action: str
-    key: str
-    value: str | None
-    dir: bool
-    ttl: int | None
-    createdIndex: int  # noqa: N815 - etcd's and python-etcd's name
-    modifiedIndex: int  # noqa: N815
-    etcd_index: int
-
-
-def watch(client: Any, prefix: str, index: int) -> Event:
-    """The next change under `prefix` from `index` on: a long poll without a timeout, as
-    python-etcd's `read(..., wait=True)` would (`EtcdEventIndexCleared` when etcd no longer
-    has that index). Each event gogeta's own `lastAccess` writes come back as costs a poll:
-    through python-etcd ~0.42–0.55 ms of CPU, ~0.34–0.43 ms so.
-    """
-    path = f"{client.key_endpoint}{prefix}?wait=true&recursive=true&waitIndex={index}"
-    response, body = _asked(client, "GET", path, None, None)
-    try:
-        answer = json.loads(body)
-        node = answer["node"]
-        ttl = node.get("ttl")
-        return Event(
-            str(answer["action"]),
-            str(node["key"]),
-            None if node.get("value") is None else str(node["value"]),
-            bool(node.get("dir")),
-            None if ttl is None else int(ttl),
-            int(node.get("createdIndex", 0)),
-            int(node["modifiedIndex"]),
-            int(response.headers.get("X-Etcd-Index", 0)),
-        )
-    except (ValueError, TypeError, KeyError) as exc:
-        raise etcd.EtcdException(f"etcd answered a watch with an invalid event: {exc}") from exc
 
 
 def nodes_of(body: bytes, witness: list[tuple[str, int, int]] | None = None) -> Iterator[Node]:

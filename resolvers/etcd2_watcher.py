@@ -31,12 +31,10 @@ from resolvers.endpoints import Backoff, Reachability
 from resolvers.etcd2_client import (
     ETCD_DOWN,
     Endpoints,
-    Event,
     index_of_miss,
     nodes_of,
     problem_of,
     read_tree,
-    watch,
 )
 from resolvers.nodes import Node
 from resolvers.source import DirectoryWatcher, Mirror, OnChange, Turns, uncollected
@@ -129,14 +127,16 @@ class Watcher(DirectoryWatcher[Endpoints]):
             if result is None:  # etcd's index went back: its data was lost
                 self.index = self._load()
                 continue
-            modified = result.modifiedIndex
+            modified = int(result.modifiedIndex)
             gap = modified - self.index + 1
             self.index = modified + 1
             self.events_applied += 1
             answered_at_once = self.lag > 0  # etcd had this event already when asked
             # How far etcd was ahead of the event just received: events still to come.
-            self.lag = max(0, result.etcd_index - modified)
-            changed = self.mirror.apply(Node(result.key, result.value, result.dir), result.action)
+            self.lag = max(0, int(result.etcd_index or 0) - modified)
+            changed = self.mirror.apply(
+                Node(result.key, result.value, bool(result.dir)), result.action
+            )
             if changed:
                 self.on_change("event", result.key)
             self._follow_witness(result)
@@ -162,11 +162,11 @@ class Watcher(DirectoryWatcher[Endpoints]):
         following = self.lag / self._gap * self._poll_seconds
         return following > max(CATCH_UP_SECONDS, 2 * self.load_seconds)
 
-    def _follow_witness(self, result: Event) -> None:
+    def _follow_witness(self, result: Any) -> None:
         written = result.action in ("set", "create", "update", "compareAndSwap")
         if written and not result.dir and result.ttl is None:
             if self.witness is None or self.witness[0] == result.key:
-                self.witness = (result.key, result.createdIndex)  # `set` re-creates
+                self.witness = (result.key, int(result.createdIndex))  # `set` re-creates
         elif self.witness is not None and (
             self.witness[0] == result.key or self.witness[0].startswith(result.key + "/")
         ):
@@ -194,7 +194,7 @@ class Watcher(DirectoryWatcher[Endpoints]):
         self._loaded(index)
         return index + 1
 
-    def _next_event(self, client: Any) -> Event | None:
+    def _next_event(self, client: Any) -> Any:
         """The next event from `self.index`, or None when etcd's index went back.
 
         The long poll stays open however long it is silent: asked again at the same index
@@ -209,8 +209,7 @@ class Watcher(DirectoryWatcher[Endpoints]):
             while True:
                 poll.join(self.watch_timeout)
                 if poll.ready():
-                    answered: tuple[Event | None, Exception | None] = poll.value
-                    result, error = answered
+                    result, error = poll.value
                     if error is not None:
                         raise error
                     return result
@@ -219,10 +218,10 @@ class Watcher(DirectoryWatcher[Endpoints]):
         finally:
             poll.kill()  # a poll still open: its connection is closed, never reused
 
-    def _poll(self, client: Any, index: int) -> tuple[Event | None, Exception | None]:
+    def _poll(self, client: Any, index: int) -> tuple[Any, Exception | None]:
         """One long poll; what it raised is handed back, raised again by the watcher."""
         try:
-            found = watch(client, self.prefix, index)
+            found = client.read(self.prefix, recursive=True, wait=True, waitIndex=index, timeout=0)
         except Exception as exc:
             return None, exc
         return found, None
