@@ -1,12 +1,18 @@
 """gogeta's writes to etcd (docs/behaviour.md §2.7, §5.5), waiting for one background greenlet.
 
 `lastAccess` (at most once per instance and interval) and `status/expected` to wake a
-passivated instance (once until its state changes, docs/behaviour.md §3.3), written in the
-order first asked through a `Source` (resolvers/source.py), best effort: a slow or dead etcd
-never slows a request. One write waits per instance and kind, the latest use its time; when
-`capacity` wait, a new one is dropped and counted, and not taken as written: the next use
-of that instance asks again. Knows no routing policy: the resolver (resolvers/table.py) says
-what to write.
+passivated instance (once until its state changes, docs/behaviour.md §3.3), written through
+a `Source` (resolvers/source.py), best effort: a slow or dead etcd never slows a request.
+
+Rules:
+- one write waits per instance and kind, the latest use its time; when `capacity` wait, a
+  new one is dropped and counted, and not taken as written: the next use asks again;
+- wake-ups first, in the order asked, at once: someone waits for that application;
+- then `lastAccess`, in the order first asked, each once the loop has nothing else ready
+  (or after `idle_wait` seconds of never being so): bookkeeping never takes a turn from a
+  request, and under traffic over every instance a write and the watch event it comes back
+  as cost about what a request does.
+Knows no routing policy: the resolver (resolvers/table.py) says what to write.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
+from typing import Any
 
 import gevent
 import gevent.event
@@ -27,6 +34,9 @@ log = logging.getLogger(__name__)
 
 CAPACITY = 10_000  # writes waiting at most (the instances used faster than etcd takes)
 WAKE_GRACE = 300.0  # seconds a woken instance keeps showing the wake-up page, not "error"
+# Seconds a lastAccess write waits at most for an idle loop: when it never is, still ~10
+# writes a second.
+IDLE_WAIT = 0.1
 
 
 def _listed(services: dict[str, Service], key: tuple[str, str]) -> bool:
@@ -44,6 +54,7 @@ class Writer(Background):
         service_dir: str,
         interval: float,
         capacity: int = CAPACITY,
+        idle_wait: float = IDLE_WAIT,
     ) -> None:
         self.source = source
         self.service_dir = service_dir
@@ -52,6 +63,8 @@ class Writer(Background):
         # (kind, service, index) → epoch seconds of the latest use, oldest asked first: names
         # and numbers only (thousands wait under traffic over every domain).
         self.waiting: OrderedDict[tuple[str, str, str], float] = OrderedDict()
+        self._wakes: OrderedDict[tuple[str, str, str], None] = OrderedDict()  # of `waiting`
+        self.idle_wait = idle_wait
         self._asked = gevent.event.Event()  # set while something waits
         self.dropped = 0  # writes the full writer had no room for
         self.last_touch: dict[tuple[str, str], float] = {}
@@ -60,6 +73,7 @@ class Writer(Background):
         self.wakeups = 0
         self.last_access_writes = 0
         self.failing = False
+        self._idle: Any = None  # the loop's idle watcher, made in the writer's greenlet
 
     def prune(self, services: dict[str, Service], pause: Pause = no_pause) -> None:
         """Forget instances that left the table, and lastAccess times already past due;
@@ -105,8 +119,25 @@ class Writer(Background):
             self.dropped += 1  # etcd is far behind: dropping a write beats blocking a request
             return False
         self.waiting[marker] = time.time()  # a marker already waiting keeps its place
+        if kind == "wake":
+            self._wakes[marker] = None
         self._asked.set()
         return True
+
+    def _next(self) -> tuple[tuple[str, str, str], float]:
+        """The next write (a wake-up first) and the time of its latest use."""
+        if self._wakes:
+            marker = self._wakes.popitem(last=False)[0]
+            return marker, self.waiting.pop(marker)
+        return self.waiting.popitem(last=False)
+
+    def _until_idle(self) -> None:
+        """Return once the loop has nothing else ready to run, or after `idle_wait`."""
+        hub = gevent.get_hub()
+        if self._idle is None:
+            self._idle = hub.loop.idle()  # libev's: runs only when nothing else is pending
+        with gevent.Timeout(self.idle_wait, False):
+            hub.wait(self._idle)
 
     def run(self) -> None:
         backoff = Backoff()
@@ -115,7 +146,9 @@ class Writer(Background):
                 self._asked.clear()
                 self._asked.wait()
                 continue
-            (kind, service, index), when = self.waiting.popitem(last=False)
+            if not self._wakes:
+                self._until_idle()  # a wake-up asked meanwhile goes first
+            (kind, service, index), when = self._next()
             try:
                 self._write(kind, service, index, when)
             except WriteRefused as exc:

@@ -127,3 +127,60 @@ def test_a_wake_up_the_full_writer_drops_is_asked_again_by_the_next_request(
     finally:
         writer.stop()
     assert writer.wakeups == 1
+
+
+class Busy:
+    """A greenlet that keeps the loop from ever being idle (a callback always ready), as
+    requests that never stop coming do, until `stop`."""
+
+    def __init__(self) -> None:
+        self.running = True
+        self.greenlet = gevent.spawn(self._spin)
+
+    def _spin(self) -> None:
+        while self.running:
+            gevent.sleep(0)
+
+    def stop(self) -> None:
+        self.running = False
+        self.greenlet.join()
+
+
+def test_a_lastaccess_write_waits_until_the_loop_has_nothing_else_to_do(source: Source) -> None:
+    used = instance(source, "used")
+    writer = Writer(source, SERVICES, interval=3600, idle_wait=3600)
+    writer.touch(used)
+    busy = Busy()
+    writer.start()
+    try:
+        deadline = time.monotonic() + 2
+        while writer.last_access_writes == 0 and time.monotonic() < deadline:
+            gevent.sleep(0.01)
+        assert writer.last_access_writes == 0  # requests first
+        assert len(writer.waiting) == 1
+        busy.stop()
+        written(writer, source, "used")
+    finally:
+        busy.stop()
+        writer.stop()
+
+
+def test_a_wake_up_goes_before_waiting_lastaccess_writes_and_does_not_wait_for_idle(
+    source: Source,
+) -> None:
+    used, sleeping = instance(source, "used"), instance(source, "sleeping")
+    source.put(f"{SERVICES}/sleeping/1/status/expected", "passivated")
+    writer = Writer(source, SERVICES, interval=3600, idle_wait=3600)
+    writer.touch(used)
+    writer.wake(sleeping)
+    busy = Busy()
+    writer.start()
+    try:
+        wait_until(lambda: gevent.sleep(0.01) or writer.wakeups == 1, what="the wake-up written")
+        assert source.get(f"{SERVICES}/sleeping/1/status/expected") == "started"
+        assert writer.last_access_writes == 0 and len(writer.waiting) == 1
+        busy.stop()
+        written(writer, source, "used")
+    finally:
+        busy.stop()
+        writer.stop()
