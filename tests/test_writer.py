@@ -165,6 +165,20 @@ def test_a_lastaccess_write_waits_until_the_loop_has_nothing_else_to_do(source: 
         writer.stop()
 
 
+def test_a_loop_never_idle_still_gets_its_lastaccess_written(source: Source) -> None:
+    used = instance(source, "used")
+    writer = Writer(source, SERVICES, interval=3600)  # the default wait for an idle loop
+    writer.touch(used)
+    busy = Busy()
+    writer.start()
+    try:
+        wait_until(lambda: gevent.sleep(0.01) or writer.last_access_writes == 1, what="written")
+        assert busy.running and last_access(source, "used") is not None
+    finally:
+        busy.stop()
+        writer.stop()
+
+
 def test_a_wake_up_goes_before_waiting_lastaccess_writes_and_does_not_wait_for_idle(
     source: Source,
 ) -> None:
