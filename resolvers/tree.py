@@ -11,14 +11,19 @@ gone with its last key (a status directory likewise), as a v2 directory deleted 
 Requests read `domains` / `services` without locks. That is safe because greenlets only
 switch at blocking calls and nothing here blocks: each update is a single assignment of
 an immutable value (a `Domain`, a `Service`) or of a whole new dict. A load calls its
-`pause` every few hundred keys, where the watcher lets requests run (at 100,000 domains a
-load is seconds of work): they go on reading the old table, swapped only at the end.
+`pause` every few dozen keys, where the watcher lets requests run (at 100,000 domains a
+load is seconds of work): they go on reading the old table, swapped only at the end. The
+old table is then freed a few dozen entries at a time, with the same pauses: freed at once,
+it held the loop tens of milliseconds. A dict of it someone still holds (a listing or a
+sweep paused half way through) is left whole, and goes when they drop it.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from resolvers.model import (
     Domain,
@@ -41,6 +46,22 @@ def _parts(prefix: str, key: str) -> list[str] | None:
     if not key.startswith(prefix + "/"):
         return None
     return key[len(prefix) + 1 :].rstrip("/").split("/")
+
+
+def _free(retired: list[dict[Any, Any]], pause: Pause) -> None:
+    """Empty each replaced dict `PAUSE_EVERY` entries at a time, `pause` between, unless
+    someone else still holds it: emptying it would change what they read."""
+    while retired:
+        old = retired.pop()
+        # Held by `old` and by getrefcount's own argument, and by nothing else: no one can
+        # reach it any more (the tree holds the new one), so no one can while it empties.
+        if sys.getrefcount(old) > 2:
+            continue
+        popitem = old.popitem
+        while old:
+            for _ in range(min(PAUSE_EVERY, len(old))):
+                popitem()
+            pause()
 
 
 def _event(prefix: str, node: Node, action: str) -> tuple[list[str], bool] | None:
@@ -83,7 +104,9 @@ class DomainTree:
             domain = self._domain_of(host, fields)
             if domain is not None:
                 domains[host] = domain
+        retired: list[dict[Any, Any]] = [self._raw, self.domains]
         self._raw, self.domains = raw, domains
+        _free(retired, pause)
 
     def apply(self, node: Node, action: str) -> bool:
         """Apply one event; True when it changed routing."""
@@ -185,9 +208,11 @@ class ServiceTree:
                 self._set(service, parts, node, deleted=False)
                 if self.implicit_dirs and len(parts) >= 3 and parts[1] in service.raw:
                     keys.setdefault((parts[0], parts[1]), set()).add("/".join(parts[2:]))
+        retired: list[dict[Any, Any]] = []
         if self.implicit_dirs:
             for (name, index), held in keys.items():
                 raw[name].raw[index].status_dir = any(k.startswith("status/") for k in held)
+            retired.append(self._keys)
             self._keys = keys
         services = {}
         for n, (name, service) in enumerate(raw.items()):
@@ -197,7 +222,9 @@ class ServiceTree:
                 index: self._build(name, index, inst) for index, inst in service.raw.items()
             }
             services[name] = make_service(name, list(service.built.values()))
+        retired += [self._raw, self.services]
         self._raw, self.services = raw, services
+        _free(retired, pause)
 
     def apply(self, node: Node, action: str) -> bool:
         """Apply one event; True when it changed routing."""
