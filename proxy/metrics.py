@@ -20,7 +20,6 @@ over the workers, gauges one per worker (label `pid`).
 from __future__ import annotations
 
 import gc
-import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
@@ -181,7 +180,9 @@ class Metrics:
     ) -> None:
         disable_created_metrics()  # type: ignore[no-untyped-call]  # `*_created`: noise
         values.install()  # standalone: a float per value, no lock (proxy/values.py)
-        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        # Under gunicorn: the library's values are in files (it read PROMETHEUS_MULTIPROC_DIR
+        # when first imported), and this page reads them back from there.
+        self.multiprocess = values.in_files()
         self.registry = r = Registry()
         self.requests = Counter(
             "gogeta_requests", "Requests answered, by status code", ["code"], registry=r
