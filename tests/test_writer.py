@@ -11,7 +11,7 @@ stands for one that etcd keeps waiting.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import gevent
 import pytest
@@ -49,6 +49,18 @@ def instance(source: Source, service: str) -> Instance:
     """An instance that exists in etcd (a lastAccess never creates one)."""
     source.put(f"{SERVICES}/{service}/1/location", '{"host": "127.0.0.1", "port": 1}')
     return Instance(service, "1", Status.STARTED, None, None, None)
+
+
+def passivated(source: Source, service: str) -> Instance:
+    """An instance that exists in etcd, passivated there: a wake-up may start it."""
+    found = instance(source, service)
+    source.put(f"{SERVICES}/{service}/1/status/expected", "passivated")
+    return found
+
+
+def soon(condition: Callable[[], object], what: str) -> None:
+    """Wait for `condition`, the writer's greenlet running while this one waits."""
+    wait_until(lambda: gevent.sleep(0.01) or condition(), what=what)
 
 
 def last_access(source: Source, service: str) -> str | None:
@@ -106,8 +118,7 @@ def test_a_use_while_its_write_waits_is_the_time_written(source: Source) -> None
 def test_a_wake_up_the_full_writer_drops_is_asked_again_by_the_next_request(
     source: Source,
 ) -> None:
-    busy, sleeping = instance(source, "busy"), instance(source, "sleeping")
-    source.put(f"{SERVICES}/sleeping/1/status/expected", "passivated")
+    busy, sleeping = instance(source, "busy"), passivated(source, "sleeping")
     writer = Writer(source, SERVICES, interval=3600, capacity=1)
     writer.touch(busy)
     writer.wake(sleeping)  # no room: dropped, and not taken as asked
@@ -118,12 +129,10 @@ def test_a_wake_up_the_full_writer_drops_is_asked_again_by_the_next_request(
         written(writer, source, "busy")
         writer.wake(sleeping)
         assert writer.recently_woken(sleeping)
-
-        def woken() -> bool:
-            gevent.sleep(0.01)
-            return source.get(f"{SERVICES}/sleeping/1/status/expected") == "started"
-
-        wait_until(woken, what="the wake-up written")
+        soon(
+            lambda: source.get(f"{SERVICES}/sleeping/1/status/expected") == "started",
+            "the wake-up written",
+        )
     finally:
         writer.stop()
     assert writer.wakeups == 1
@@ -172,7 +181,7 @@ def test_a_loop_never_idle_still_gets_its_lastaccess_written(source: Source) -> 
     busy = Busy()
     writer.start()
     try:
-        wait_until(lambda: gevent.sleep(0.01) or writer.last_access_writes == 1, what="written")
+        soon(lambda: writer.last_access_writes == 1, "the lastAccess written")
         assert busy.running and last_access(source, "used") is not None
     finally:
         busy.stop()
@@ -182,15 +191,14 @@ def test_a_loop_never_idle_still_gets_its_lastaccess_written(source: Source) -> 
 def test_a_wake_up_goes_before_waiting_lastaccess_writes_and_does_not_wait_for_idle(
     source: Source,
 ) -> None:
-    used, sleeping = instance(source, "used"), instance(source, "sleeping")
-    source.put(f"{SERVICES}/sleeping/1/status/expected", "passivated")
+    used, sleeping = instance(source, "used"), passivated(source, "sleeping")
     writer = Writer(source, SERVICES, interval=3600, idle_wait=3600)
     writer.touch(used)
     writer.wake(sleeping)
     busy = Busy()
     writer.start()
     try:
-        wait_until(lambda: gevent.sleep(0.01) or writer.wakeups == 1, what="the wake-up written")
+        soon(lambda: writer.wakeups == 1, "the wake-up written")
         assert source.get(f"{SERVICES}/sleeping/1/status/expected") == "started"
         assert writer.last_access_writes == 0 and len(writer.waiting) == 1
         busy.stop()
