@@ -34,9 +34,11 @@ log = logging.getLogger(__name__)
 
 CAPACITY = 10_000  # writes waiting at most (the instances used faster than etcd takes)
 WAKE_GRACE = 300.0  # seconds a woken instance keeps showing the wake-up page, not "error"
-# Seconds a lastAccess write waits at most for an idle loop: when it never is, still ~50
-# writes a second, ~5 % of the loop with the watch events they come back as.
-IDLE_WAIT = 0.02
+# Seconds a lastAccess write waits at most for an idle loop: when it never is, still ~10
+# writes a second (a loop that busy turned its writer ~10-25 times a second anyway). Each
+# write made for want of an idle moment lands in a burst of requests: 20 ms made more of
+# them, and longer waits for the requests of those bursts.
+IDLE_WAIT = 0.1
 
 
 def _listed(services: dict[str, Service], key: tuple[str, str]) -> bool:
