@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from typing import Literal, TypeVar
 
 import gevent
 import pytest
@@ -23,6 +24,7 @@ from resolvers.writer import Writer
 from tests.support import EtcdServer, wait_until
 
 SERVICES = "/writer-test"
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="module", params=["v2", "v3"])
@@ -58,9 +60,15 @@ def passivated(source: Source, service: str) -> Instance:
     return found
 
 
-def soon(condition: Callable[[], object], what: str) -> None:
-    """Wait for `condition`, the writer's greenlet running while this one waits."""
-    wait_until(lambda: gevent.sleep(0.01) or condition(), what=what)
+def soon(condition: Callable[[], T | Literal[False] | None], what: str) -> T:
+    """What `condition` returns once truthy, the writer's greenlet running while this one
+    waits."""
+
+    def ready() -> T | Literal[False] | None:
+        gevent.sleep(0.01)
+        return condition()
+
+    return wait_until(ready, what=what)
 
 
 def last_access(source: Source, service: str) -> str | None:
@@ -69,12 +77,10 @@ def last_access(source: Source, service: str) -> str | None:
 
 def written(writer: Writer, source: Source, service: str) -> str:
     """The lastAccess of `service`, once the writer has nothing left waiting."""
-
-    def done() -> str | None:
-        gevent.sleep(0.01)  # the writer's greenlet runs while this one waits
-        return last_access(source, service) if not writer.waiting else None
-
-    return wait_until(done, what=f"the lastAccess of {service}")
+    return soon(
+        lambda: last_access(source, service) if not writer.waiting else None,
+        f"the lastAccess of {service}",
+    )
 
 
 def test_a_use_the_full_writer_drops_is_asked_again_by_the_next_use(source: Source) -> None:
